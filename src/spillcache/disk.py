@@ -1,0 +1,898 @@
+"""The disk tier: one LMDB store in a directory, shared by every process of a node.
+
+A store directory holds exactly the files the store owns: ``spillcache.json`` (the marker that
+tells a store from any other directory, written before anything else), LMDB's ``data.mdb`` and
+``lock.mdb``, and transient ``spillcache.json.<pid>.tmp`` files while the marker is written.
+Inside LMDB the named database ``data`` maps 8-byte big-endian keys to encoded samples and
+``meta`` records the format version, the fingerprint and the creation time.
+
+Durability: writes are queued and committed by one writer thread per process in batched
+transactions — when ``_BATCH_BYTES`` are queued, at the latest ``_COMMIT_INTERVAL`` seconds after
+a put, and on :meth:`DiskTier.flush` / :meth:`DiskTier.close` / interpreter exit (also in
+DataLoader workers). The environment runs with ``sync=False``: a committed transaction survives
+the death of the process (``kill -9``); only an OS crash or power loss can lose transactions
+committed since the last ``flush``/``close``, which call ``env.sync(True)``. LMDB's copy-on-write
+B-tree means a store is never left half-written.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import logging
+import multiprocessing.util
+import os
+import re
+import shutil
+import threading
+import time
+import warnings
+import weakref
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import lmdb
+
+from . import forksafe
+from .codec import FORMAT_VERSION
+from .errors import FingerprintMismatch, StoreError
+
+__all__ = [
+    "MARKER",
+    "DiskTier",
+    "SpillCacheWarning",
+    "filesystem_type",
+    "inspected",
+    "is_store",
+    "live_tier",
+    "owned_files",
+    "read_marker",
+    "store_files_size",
+]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_Txn = TypeVar("_Txn", bound="lmdb.Transaction[Any]")
+OnMismatch = Literal["rebuild", "error"]
+
+MARKER = "spillcache.json"
+_LMDB_FILES = ("data.mdb", "lock.mdb")
+# Commit when this much is queued; the queue may hold twice as much before put() waits, which
+# bounds the memory of pending writes whatever the source's speed.
+_BATCH_BYTES = 32 << 20
+_MAX_QUEUED_BYTES = 2 * _BATCH_BYTES
+_COMMIT_INTERVAL = 0.25
+# A writer with nothing to do exits: hundreds of idle caches must not mean hundreds of threads.
+_WRITER_IDLE_EXIT = 2.0
+_INITIAL_MAP_SIZE = 256 << 20
+_MAX_READERS = 1024
+_FILL_RECHECK_SECONDS = 1.0
+_MIN_FREE_BYTES = 1 << 30
+_MIN_FREE_FRACTION = 0.05
+_READER_CHECK_SECONDS = 60.0
+
+
+class SpillCacheWarning(RuntimeWarning):
+    """A storage fault that spillcache survived (corrupt entry, full disk, rebuilt store)."""
+
+
+class _DamagedStore(StoreError):
+    """The store's LMDB files are damaged (the directory is ours: it has our marker)."""
+
+
+# What LMDB raises for damaged files, as opposed to resource or usage errors.
+_DAMAGE = (lmdb.InvalidError, lmdb.CorruptedError, lmdb.PanicError, lmdb.PageNotFoundError)
+
+
+def owned_files(path: str | os.PathLike[str]) -> list[Path]:
+    """Files in ``path`` that a store owns (existing ones only)."""
+    root = Path(path)
+    names = [MARKER, *_LMDB_FILES]
+    found = [root / n for n in names if (root / n).is_file()]
+    found += sorted(root.glob(f"{MARKER}.*.tmp"))
+    return found
+
+
+def _foreign_entries(root: Path) -> list[str]:
+    owned = {p.name for p in owned_files(root)}
+    return sorted(e for e in os.listdir(root) if e not in owned)
+
+
+def is_store(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a spillcache store directory (marker present, nothing foreign)."""
+    root = Path(path)
+    return root.is_dir() and (root / MARKER).is_file() and not _foreign_entries(root)
+
+
+def read_marker(path: str | os.PathLike[str]) -> dict[str, object]:
+    """The marker's content: ``{"spillcache": layout, "created": unix time}``."""
+    try:
+        data = json.loads((Path(path) / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{path!s}: unreadable store marker {MARKER} ({exc})") from exc
+    if not isinstance(data, dict) or "spillcache" not in data:
+        raise StoreError(f"{path!s}: {MARKER} is not a spillcache marker")
+    return data
+
+
+def store_files_size(path: str | os.PathLike[str]) -> int:
+    """Bytes on disk of a store's files."""
+    return sum(p.stat().st_size for p in owned_files(path))
+
+
+def _prepare_directory(root: Path) -> None:
+    """Make ``root`` a store directory, or refuse without touching anything."""
+    if root.exists() and not root.is_dir():
+        raise StoreError(f"path={str(root)!r} is a file, not a directory; pass a directory path")
+    if root.is_dir():
+        foreign = _foreign_entries(root)
+        if foreign:
+            shown = ", ".join(repr(f) for f in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise StoreError(
+                f"path={str(root)!r} holds files that are not part of a spillcache store "
+                f"({shown}); "
+                "spillcache creates stores only in a new or empty directory and never modifies "
+                "anything else: pass a new or empty directory"
+            )
+        if (root / MARKER).is_file():
+            read_marker(root)
+            _require_writable(root)
+            return
+        if any(root.iterdir()):  # only LMDB files without a marker: someone else's database
+            raise StoreError(
+                f"path={str(root)!r} holds an LMDB database that is not a spillcache store; "
+                "pass a new or empty directory"
+            )
+    else:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"path={str(root)!r} cannot be created: {exc}") from exc
+    _require_writable(root)
+    # The marker comes first, written atomically: a directory with LMDB files but no marker is
+    # never ours, so a crash here can never make us adopt (or later delete) a foreign database.
+    tmp = root / f"{MARKER}.{os.getpid()}.tmp"
+    tmp.write_text(
+        json.dumps({"spillcache": FORMAT_VERSION, "created": time.time()}), encoding="utf-8"
+    )
+    os.replace(tmp, root / MARKER)
+
+
+def _require_writable(root: Path) -> None:
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise StoreError(
+            f"path={str(root)!r} is not writable by this user; pass a directory you can write to"
+        )
+
+
+# LMDB's locking and memory-mapping are not coherent on these ("Do not use LMDB databases on
+# remote filesystems, even between processes on the same host", lmdb.h).
+_REMOTE_FILESYSTEMS = frozenset(
+    {
+        "9p", "afs", "beegfs", "ceph", "cifs", "fuse.gcsfuse", "fuse.glusterfs", "fuse.juicefs",
+        "fuse.s3fs", "fuse.sshfs", "glusterfs", "gpfs", "lustre", "nfs", "nfs4", "panfs",
+        "smb3", "smbfs",
+    }
+)  # fmt: skip
+
+
+def filesystem_type(path: str | os.PathLike[str], mountinfo: str = "/proc/self/mountinfo") -> str:
+    """The type of the file system that holds (or would hold) ``path``; ``""`` if unknown."""
+    target = Path(os.path.abspath(path))
+    while not target.exists() and target != target.parent:
+        target = target.parent
+    resolved = os.path.realpath(target)
+    best, fstype = -1, ""
+    try:
+        with open(mountinfo, encoding="utf-8") as lines:
+            for line in lines:
+                left, _, right = line.partition(" - ")
+                fields = left.split()
+                if len(fields) < 5 or not right:
+                    continue
+                # Mount points escape blanks as octal (\040).
+                point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+                inside = resolved == point or resolved.startswith(point.rstrip("/") + "/")
+                if inside and len(point) > best:
+                    best, fstype = len(point), right.split()[0]
+    except OSError:
+        return ""
+    return fstype
+
+
+def _require_local(root: Path) -> None:
+    fstype = filesystem_type(root)
+    if fstype in _REMOTE_FILESYSTEMS:
+        raise StoreError(
+            f"path={str(root)!r} is on a {fstype} file system; LMDB stores must live on "
+            "node-local storage (its locks and memory maps are not coherent over a network "
+            "file system). Use a local directory such as $SLURM_TMPDIR or /tmp, carry the store "
+            "with `spillcache copy`, or pass allow_remote_fs=True if you know it is safe"
+        )
+
+
+def _key(key: int) -> bytes:
+    # Big-endian so that LMDB's byte order is numeric order: sequential fills append to the B-tree.
+    return key.to_bytes(8, "big")
+
+
+class _Gate:
+    """Many holders at once (read and write transactions) or one exclusive holder.
+
+    Exclusive holders (close, fork, map resize) need every transaction of this process finished,
+    since ``env.close()`` and ``env.set_mapsize()`` invalidate them and a memory view left over
+    from a closed map segfaults.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._holders = 0
+        self._exclusive = False
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive:
+                self._cond.wait()
+            self._holders += 1
+        try:
+            yield
+        finally:
+            self._leave()
+
+    def _leave(self) -> None:
+        with self._cond:
+            self._holders -= 1
+            if self._exclusive and not self._holders:
+                self._cond.notify_all()
+
+    def lock(self) -> None:
+        with self._cond:
+            while self._exclusive:
+                self._cond.wait()
+            self._exclusive = True
+            while self._holders:
+                self._cond.wait()
+
+    def unlock(self) -> None:
+        with self._cond:
+            self._exclusive = False
+            self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        self.lock()
+        try:
+            yield
+        finally:
+            self.unlock()
+
+
+class DiskTier:
+    """An LMDB store of encoded samples with a batching writer thread.
+
+    Safe to use from several threads; survives ``os.fork`` (the environment is closed before a
+    fork and reopened lazily on either side) and pickling (only the path and settings travel).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Store directory: created if missing; an empty directory becomes a store; a directory holding
+        anything else raises :class:`~spillcache.errors.StoreError` and is left untouched.
+    fingerprint : str or None
+        Identity of the data. ``None`` accepts whatever the store holds (and records ``""`` in a new
+        store).
+    on_mismatch : {"rebuild", "error"}
+        What to do with a store of another fingerprint or format version, or a damaged one.
+    budget : int or None
+        Refuse new entries once the data file reaches this many bytes. ``None``: no cap, but stop
+        while the file system has less than max(1 GiB, 5 %) free.
+    readahead : bool
+        Let the OS read ahead on page faults (good for large values; ``False`` for tiny values in a
+        store larger than RAM).
+    allow_remote_fs : bool
+        Open a store on a network file system (NFS, Lustre, ...) although LMDB is not safe there.
+    check_identity : bool
+        ``False`` opens the store whatever its fingerprint and format (for inspection tools).
+    """
+
+    _env: lmdb.Environment | None
+    # Handles of the named databases of the current environment (set wherever it is opened).
+    _data_db: lmdb._Database
+    _meta_db: lmdb._Database
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        fingerprint: str | None,
+        on_mismatch: OnMismatch = "rebuild",
+        budget: int | None = None,
+        readahead: bool = True,
+        allow_remote_fs: bool = False,
+        check_identity: bool = True,
+    ) -> None:
+        self.path = Path(path)
+        self.fingerprint = fingerprint
+        self.budget = budget
+        self.readahead = readahead
+        if not allow_remote_fs:
+            _require_local(self.path)
+        self._init_runtime_state()
+        if live_tier(self.path) is not None:
+            raise StoreError(
+                f"the store at {str(self.path)!r} is already open in this process (LMDB allows "
+                "one environment per process); share that cache object or close it first"
+            )
+        _prepare_directory(self.path)
+        if check_identity:
+            self._open_checked(on_mismatch)
+        else:
+            self._env = self._open_env()
+        forksafe.register(self)
+        _live.add(self)
+
+    def _init_runtime_state(self) -> None:
+        """State that lives in one process only (rebuilt after fork and unpickling)."""
+        self._state = threading.Condition(threading.Lock())
+        self._gate = _Gate()
+        self._env = None
+        self._queue: dict[int, bytes] = {}
+        self._queued_bytes = 0
+        self._inflight: dict[int, bytes] = {}
+        self._writer: threading.Thread | None = None
+        self._stopping = False
+        self._urgent = False
+        self._forking = False
+        self._closed = False
+        self._env_released = False
+        self._full = False
+        self._fill_checked_at = 0.0
+        self._reader_checked_at = 0.0
+        self.rejected = 0
+        self.write_errors = 0
+        self._warned: set[str] = set()
+
+    # -- pickling (spawn / forkserver workers) ---------------------------------------------------
+
+    def __getstate__(self) -> dict[str, object]:
+        return {
+            "path": self.path,
+            "fingerprint": self.fingerprint,
+            "budget": self.budget,
+            "readahead": self.readahead,
+        }
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._init_runtime_state()
+        if not is_store(self.path):
+            raise StoreError(f"path={str(self.path)!r} is no longer a spillcache store")
+        forksafe.register(self)
+        _live.add(self)
+
+    # -- opening ---------------------------------------------------------------------------------
+
+    def _open_env(self) -> lmdb.Environment:
+        data_file = self.path / "data.mdb"
+        size = data_file.stat().st_size if data_file.exists() else 0
+        how_to_fix = (
+            f"clear it with `spillcache clear {self.path}` or open it with on_mismatch='rebuild'"
+        )
+        try:
+            env = lmdb.open(
+                str(self.path),
+                map_size=max(_INITIAL_MAP_SIZE, 2 * size),
+                subdir=True,
+                max_dbs=2,
+                max_readers=_MAX_READERS,
+                sync=False,
+                readahead=self.readahead,
+                meminit=False,
+                max_spare_txns=1,
+                lock=True,
+                writemap=False,
+            )
+        except _DAMAGE as exc:
+            raise _DamagedStore(
+                f"the store at {str(self.path)!r} is damaged ({exc}); {how_to_fix}"
+            ) from exc
+        except lmdb.Error as exc:
+            raise StoreError(f"the store at {str(self.path)!r} cannot be opened: {exc}") from exc
+        try:
+            # A truncated data file opens fine and then kills the process with SIGBUS on the
+            # first read of a missing page: compare the file with what LMDB believes it holds.
+            info, stat = env.info(), env.stat()
+            expected = (info["last_pgno"] + 1) * stat["psize"]
+            if size and data_file.stat().st_size < expected:
+                raise _DamagedStore(
+                    f"the store at {str(self.path)!r} is truncated ({size} bytes, LMDB expects "
+                    f"{expected}); {how_to_fix}"
+                )
+            with env.begin(write=True) as txn:
+                foreign = [k for k, _ in txn.cursor() if k not in (b"data", b"meta")]
+                if foreign:
+                    raise StoreError(
+                        f"the LMDB database at {str(self.path)!r} was not written by spillcache "
+                        f"(it has {foreign[0]!r}); spillcache will not modify it"
+                    )
+                self._data_db = env.open_db(b"data", txn=txn)
+                self._meta_db = env.open_db(b"meta", txn=txn)
+            env.reader_check()
+        except _DAMAGE as exc:
+            env.close()
+            raise _DamagedStore(
+                f"the store at {str(self.path)!r} is damaged ({exc}); {how_to_fix}"
+            ) from exc
+        except BaseException:
+            env.close()
+            raise
+        return env
+
+    def _open_checked(self, on_mismatch: OnMismatch) -> None:
+        try:
+            self._env = self._open_env()
+        except _DamagedStore as exc:
+            if on_mismatch != "rebuild":
+                raise
+            # Only the LMDB files of a directory with our marker: a damaged store of ours.
+            self._warn_once("damaged", f"{exc}; rebuilding it empty")
+            for name in _LMDB_FILES:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.path / name).unlink()
+            self._env = self._open_env()
+        try:
+            self._check_identity(on_mismatch)
+        except BaseException:
+            self._env.close()
+            self._env = None
+            raise
+
+    def _check_identity(self, on_mismatch: OnMismatch) -> None:
+        expected = self._identity(self.fingerprint)
+        with self._write_txn() as txn:
+            stored_fmt = txn.get(b"format_version", db=self._meta_db)
+            stored_fp = txn.get(b"fingerprint", db=self._meta_db)
+        if stored_fmt is None:
+            self._write_meta(drop=False)
+            return
+        stored = f"format {stored_fmt.decode()}, fingerprint {(stored_fp or b'').decode()!r}"
+        if self.fingerprint is None:
+            expected = self._identity((stored_fp or b"").decode())
+        if stored == expected:
+            return
+        if on_mismatch == "error":
+            raise FingerprintMismatch(str(self.path), stored, expected)
+        self.reset(f"it holds {stored}, expected {expected}")
+
+    @staticmethod
+    def _identity(fingerprint: str | None) -> str:
+        return f"format {FORMAT_VERSION}, fingerprint {fingerprint or ''!r}"
+
+    def _write_meta(self, *, drop: bool) -> None:
+        with self._write_txn() as txn:
+            if drop:
+                # One transaction: readers see either the old store or the empty new one.
+                txn.drop(self._data_db, delete=False)
+                txn.drop(self._meta_db, delete=False)
+            txn.put(b"format_version", str(FORMAT_VERSION).encode(), db=self._meta_db)
+            txn.put(b"fingerprint", (self.fingerprint or "").encode(), db=self._meta_db)
+            txn.put(b"created", repr(time.time()).encode(), db=self._meta_db)
+
+    def reset(self, reason: str | None) -> None:
+        """Empty the store in one transaction, discarding queued writes; warn if ``reason``."""
+        with self._state:
+            self._queue.clear()
+            self._queued_bytes = 0
+            while self._inflight:
+                self._state.wait()
+        if reason is not None:
+            self._warn_once("mismatch", f"emptying the store at {str(self.path)!r}: {reason}")
+        self._write_meta(drop=True)
+
+    def _env_for_use(self) -> lmdb.Environment:
+        """This process's environment (caller is inside the gate)."""
+        env = self._env
+        if env is None:
+            with self._state:
+                if self._env_released:
+                    raise ValueError(f"the cache at {str(self.path)!r} is closed")
+                if self._env is None:
+                    self._env = self._open_env()
+                env = self._env
+        return env
+
+    @contextlib.contextmanager
+    def _began(self, begin: Callable[[lmdb.Environment], _Txn]) -> Iterator[_Txn]:
+        """A transaction, inside the gate, that survives another process growing the map."""
+        for attempt in range(2):
+            with self._gate.shared():
+                try:
+                    txn = begin(self._env_for_use())
+                except lmdb.MapResizedError:
+                    if attempt:
+                        raise
+                else:
+                    with txn:
+                        yield txn
+                    return
+            with self._gate.exclusive():
+                if self._env is not None:
+                    self._env.set_mapsize(0)  # adopt the size another process grew the map to
+
+    def _read_txn(self) -> contextlib.AbstractContextManager[lmdb.Transaction[memoryview]]:
+        return self._began(lambda env: env.begin(buffers=True))
+
+    def _write_txn(self) -> contextlib.AbstractContextManager[lmdb.Transaction[bytes]]:
+        return self._began(lambda env: env.begin(write=True))
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def read(self, key: int, decode: Callable[[memoryview | bytes], T]) -> T | None:
+        """Decode the entry for ``key`` inside its read transaction, or return None.
+
+        ``decode`` must copy what it keeps: the buffer it gets is valid only during the call.
+        Decoding errors propagate.
+        """
+        pending = self._queue.get(key)
+        if pending is None:
+            pending = self._inflight.get(key)
+        if pending is not None:
+            return decode(pending)
+        with self._read_txn() as txn:
+            value = txn.get(_key(key), db=self._data_db)
+            return None if value is None else decode(value)
+
+    def contains(self, key: int) -> bool:
+        """Whether ``key`` is stored or queued."""
+        if key in self._queue or key in self._inflight:
+            return True
+        with self._read_txn() as txn:
+            return txn.get(_key(key), db=self._data_db) is not None
+
+    def __len__(self) -> int:
+        with self._state:
+            pending = set(self._queue) | set(self._inflight)
+        with self._read_txn() as txn:
+            stored = int(txn.stat(self._data_db)["entries"])
+            new = sum(1 for k in pending if txn.get(_key(k), db=self._data_db) is None)
+        return stored + new
+
+    def file_bytes(self) -> int:
+        """Size of the data file in bytes."""
+        try:
+            return (self.path / "data.mdb").stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def get_meta(self, name: str) -> bytes | None:
+        """A metadata value recorded with :meth:`set_meta`."""
+        with self._read_txn() as txn:
+            value = txn.get(b"user:" + name.encode(), db=self._meta_db)
+            return None if value is None else bytes(value)
+
+    def set_meta(self, name: str, value: bytes) -> None:
+        """Record a small metadata value, committed before returning."""
+        with self._write_txn() as txn:
+            txn.put(b"user:" + name.encode(), value, db=self._meta_db)
+
+    def describe(self) -> dict[str, object]:
+        """Items, format version, fingerprint and creation time, read from the store."""
+        with self._read_txn() as txn:
+            return _describe(txn, self._data_db, self._meta_db)
+
+    def scan(self, visit: Callable[[int, memoryview], None]) -> int:
+        """Call ``visit(key, value)`` for every stored entry in key order; return the count.
+
+        One read transaction covers the whole scan (a consistent snapshot); ``value`` is valid
+        only during its call.
+        """
+        count = 0
+        with self._read_txn() as txn:
+            for raw_key, value in txn.cursor(db=self._data_db):
+                visit(int.from_bytes(raw_key, "big"), value)
+                count += 1
+        return count
+
+    def copy_to(self, destination: Path) -> None:
+        """Write a compacted copy of the committed store into the directory ``destination``.
+
+        A consistent snapshot (one read transaction) taken after committing what this process
+        has queued; other processes may keep writing meanwhile.
+        """
+        self.flush()
+        with self._gate.shared():
+            self._env_for_use().copy(str(destination), compact=True)
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def write(self, key: int, value: bytes) -> bool:
+        """Queue ``value`` for ``key``; False when the store refuses new entries (full)."""
+        with self._state:
+            if self._closed:
+                raise ValueError(f"the cache at {str(self.path)!r} is closed")
+            while self._forking:
+                self._state.wait()
+            if self._full and not self._recheck_fill_locked():
+                self.rejected += 1
+                return False
+            while self._queued_bytes >= _MAX_QUEUED_BYTES and not self._closed:
+                self._urgent = True
+                self._ensure_writer_locked()
+                self._state.wait()
+            old = self._queue.pop(key, None)
+            if old is not None:
+                self._queued_bytes -= len(old)
+            self._queue[key] = value
+            self._queued_bytes += len(value)
+            self._ensure_writer_locked()
+            if len(self._queue) == 1 or self._queued_bytes >= _BATCH_BYTES:
+                self._state.notify_all()
+        return True
+
+    def _ensure_writer_locked(self) -> None:
+        if self._writer is None:
+            _ensure_exit_hook()
+            self._writer = threading.Thread(
+                target=self._run_writer, name=f"spillcache-writer:{self.path.name}", daemon=True
+            )
+            self._writer.start()
+
+    def _run_writer(self) -> None:
+        while True:
+            with self._state:
+                deadline: float | None = None
+                while True:
+                    if self._queue:
+                        now = time.monotonic()
+                        deadline = deadline or now + _COMMIT_INTERVAL
+                        if (
+                            self._stopping
+                            or self._urgent
+                            or self._queued_bytes >= _BATCH_BYTES
+                            or now >= deadline
+                        ):
+                            break
+                        self._state.wait(deadline - now)
+                    elif (
+                        self._stopping or not self._state.wait(_WRITER_IDLE_EXIT)
+                    ) and not self._queue:
+                        self._writer = None
+                        self._stopping = False
+                        self._state.notify_all()
+                        return
+                batch, self._queue = self._queue, {}
+                self._inflight = batch
+                self._queued_bytes = 0
+                self._urgent = False
+                self._state.notify_all()
+            try:
+                self._commit(batch)
+            finally:
+                with self._state:
+                    self._inflight = {}
+                    self._state.notify_all()
+
+    def _commit(self, batch: dict[int, bytes]) -> None:
+        items = sorted(batch.items())
+        need = sum(len(v) for _, v in items)
+        for _ in range(8):
+            try:
+                with self._write_txn() as txn:
+                    for key, value in items:
+                        txn.put(_key(key), value, db=self._data_db)
+            except lmdb.MapFullError:
+                self._grow_map(need)
+                continue
+            except (lmdb.Error, OSError) as exc:
+                self._write_fault(len(items), exc)
+                return
+            break
+        else:  # the map could not be grown enough (address space or ulimit -v)
+            self._write_fault(len(items), MemoryError("the LMDB map could not grow"))
+            return
+        with self._state:
+            self._update_fill_locked()
+        now = time.monotonic()
+        if now - self._reader_checked_at > _READER_CHECK_SECONDS:
+            self._reader_checked_at = now
+            with self._gate.shared():
+                # Slots of killed readers pin old pages and make the file grow without bound.
+                self._env_for_use().reader_check()
+
+    def _grow_map(self, need: int) -> None:
+        with self._gate.exclusive():
+            env = self._env
+            if env is None:
+                return
+            size = env.info()["map_size"]
+            try:
+                env.set_mapsize(max(2 * size, size + 2 * need))
+            except lmdb.Error as exc:
+                logger.debug("growing the map of %s failed: %s", self.path, exc)
+
+    def _write_fault(self, entries: int, exc: BaseException) -> None:
+        with self._state:
+            self.write_errors += entries
+            self._full = True
+            self._fill_checked_at = time.monotonic()
+        self._warn_once(
+            "write",
+            f"writing to the store at {str(self.path)!r} failed ({exc}); {entries} entries were "
+            "not stored and new entries are refused until space frees up; training goes on",
+        )
+
+    def _update_fill_locked(self) -> None:
+        self._fill_checked_at = time.monotonic()
+        used = self.file_bytes()
+        if self.budget is not None:
+            self._full = used >= self.budget
+            reason = f"reached disk_budget={self.budget} bytes"
+        else:
+            usage = shutil.disk_usage(self.path)
+            reserve = max(_MIN_FREE_BYTES, int(_MIN_FREE_FRACTION * usage.total))
+            self._full = usage.free < reserve
+            reason = f"its file system has less than {reserve} bytes free"
+        if self._full:
+            self._warn_once(
+                "full", f"the store at {str(self.path)!r} {reason}: new entries are refused"
+            )
+
+    def _recheck_fill_locked(self) -> bool:
+        """Whether the store accepts entries again (at most one check a second)."""
+        if time.monotonic() - self._fill_checked_at >= _FILL_RECHECK_SECONDS:
+            try:
+                self._update_fill_locked()
+            except OSError:
+                return False
+        return not self._full
+
+    def _warn_once(self, kind: str, message: str) -> None:
+        if kind not in self._warned:
+            self._warned.add(kind)
+            warnings.warn(message, SpillCacheWarning, stacklevel=3)
+
+    def flush(self) -> None:
+        """Commit everything queued and sync it to disk; return when done."""
+        with self._state:
+            while (self._queue or self._inflight) and not self._closed:
+                self._urgent = True
+                self._ensure_writer_locked()
+                self._state.notify_all()
+                self._state.wait()
+        with self._gate.shared():
+            if self._env is not None:
+                self._env.sync(True)
+
+    def _stop_writer(self) -> None:
+        with self._state:
+            if self._queue:
+                self._ensure_writer_locked()
+            self._stopping = True
+            self._state.notify_all()
+            writer = self._writer
+        if writer is not None and writer is not threading.current_thread():
+            writer.join()
+        with self._state:
+            self._stopping = False
+
+    def close(self) -> None:
+        """Commit what is queued, sync, and close the environment. Idempotent."""
+        with self._state:
+            if self._closed:
+                return
+            self._closed = True
+            self._state.notify_all()
+        self._stop_writer()
+        with self._gate.exclusive():
+            self._env_released = True
+            env, self._env = self._env, None
+            if env is not None:
+                env.sync(True)
+                env.close()
+        _live.discard(self)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    # -- fork ------------------------------------------------------------------------------------
+
+    def _before_fork(self) -> None:
+        # Finish every transaction and close the environment: LMDB forbids using it across fork.
+        with self._state:
+            self._forking = True
+        self._stop_writer()
+        self._gate.lock()
+        self._state.acquire()
+        if self._env is not None:
+            self._env.close()
+            self._env = None
+
+    def _after_fork_in_parent(self) -> None:
+        self._forking = False
+        if self._queue:
+            self._ensure_writer_locked()
+        self._state.notify_all()
+        self._state.release()
+        self._gate.unlock()
+
+    def _after_fork_in_child(self) -> None:
+        closed, released = self._closed, self._env_released
+        rejected, errors = self.rejected, self.write_errors
+        self._init_runtime_state()
+        self._closed, self._env_released = closed, released
+        self.rejected, self.write_errors = rejected, errors
+
+
+def _describe(
+    txn: lmdb.Transaction[memoryview], data_db: lmdb._Database, meta_db: lmdb._Database
+) -> dict[str, object]:
+    def meta(name: bytes) -> str | None:
+        value = txn.get(name, db=meta_db)
+        return None if value is None else bytes(value).decode()
+
+    created = meta(b"created")
+    fmt = meta(b"format_version")
+    return {
+        "items": int(txn.stat(data_db)["entries"]),
+        "format_version": int(fmt) if fmt is not None else None,
+        "fingerprint": meta(b"fingerprint"),
+        "created": float(created) if created is not None else None,
+    }
+
+
+_live: weakref.WeakSet[DiskTier] = weakref.WeakSet()
+
+
+@contextlib.contextmanager
+def inspected(path: str | os.PathLike[str]) -> Iterator[DiskTier]:
+    """The store at ``path`` for inspection: this process's open tier, or a temporary one."""
+    tier = live_tier(path)
+    if tier is not None:
+        yield tier
+        return
+    if not is_store(path):
+        raise StoreError(f"{str(path)!r} is not a spillcache store")
+    tier = DiskTier(path, fingerprint=None, check_identity=False)
+    try:
+        yield tier
+    finally:
+        tier.close()
+
+
+def live_tier(path: str | os.PathLike[str]) -> DiskTier | None:
+    """The open tier of this process for the store at ``path``, if any."""
+    target = os.path.realpath(path)
+    for tier in list(_live):
+        if not tier.closed and os.path.realpath(tier.path) == target:
+            return tier
+    return None
+
+
+@atexit.register
+def _close_all() -> None:
+    """Commit what live stores have queued when the interpreter exits normally."""
+    for tier in list(_live):
+        with contextlib.suppress(Exception):
+            tier.close()
+
+
+_exit_hook_pid: int | None = None
+
+
+def _ensure_exit_hook() -> None:
+    """Close live stores when a multiprocessing child exits, too.
+
+    Children of ``multiprocessing`` (DataLoader workers among them) end with ``os._exit`` and
+    skip ``atexit``; they do run multiprocessing's own finalizers, registered here once per
+    process, at the first write (registrations made before the child's bootstrap are cleared).
+    """
+    global _exit_hook_pid
+    if _exit_hook_pid != os.getpid():
+        _exit_hook_pid = os.getpid()
+        multiprocessing.util.Finalize(None, _close_all, exitpriority=100)
