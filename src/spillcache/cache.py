@@ -1,0 +1,398 @@
+"""SpillCache: a RAM tier of decoded samples in front of a persistent LMDB store."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import warnings
+import weakref
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from . import forksafe
+from .codec import clone, decode, encode
+from .disk import DiskTier, SpillCacheWarning
+from .errors import CodecError
+from .ram import RamTier
+from .sizing import ENTRY_OVERHEAD, filesystem_size, memory_limit, parse_budget, sample_nbytes
+from .stats import CacheStats
+
+__all__ = ["SpillCache", "check_key"]
+
+_MAX_KEY = (1 << 64) - 1
+
+
+def check_key(key: object) -> int:
+    """``key`` as a Python int, or raise for keys a store cannot hold.
+
+    Parameters
+    ----------
+    key : int, numpy integer or 0-d integer tensor
+        Non-negative and below 2**64.
+
+    Raises
+    ------
+    TypeError
+        For any other type (floats, strings, bools, tensors with more than one element, ...).
+    ValueError
+        For negative keys or keys of 2**64 and more.
+    """
+    if type(key) is int:
+        k = key
+    elif isinstance(key, np.integer):
+        k = int(key)
+    elif (
+        isinstance(key, torch.Tensor)
+        and key.ndim == 0
+        and not key.is_floating_point()
+        and not key.is_complex()
+        and key.dtype is not torch.bool
+    ):
+        k = int(key.item())
+    elif isinstance(key, int) and not isinstance(key, bool):
+        k = int(key)
+    else:
+        raise TypeError(
+            f"cache keys must be non-negative integers (int, numpy integer or 0-d integer "
+            f"tensor), not {type(key).__name__}"
+        )
+    if not 0 <= k <= _MAX_KEY:
+        raise ValueError(f"cache keys must be in [0, 2**64), got {k}")
+    return k
+
+
+class SpillCache:
+    """A two-tier sample cache: decoded samples in RAM, everything in an LMDB store on disk.
+
+    Every ``put`` is written through to the store (committed within a second, by a background
+    writer), so the next run starts warm; hot samples also stay decoded in RAM up to
+    ``ram_budget`` bytes. Safe to use from several threads, across ``fork`` and in ``spawn``-ed
+    processes (it pickles as its path and settings).
+
+    Parameters
+    ----------
+    path : str, os.PathLike or None
+        Directory of the store. ``None``: a private temporary store, deleted at :meth:`close`.
+        A store is created only in a missing or empty directory; a directory holding anything
+        else raises :class:`~spillcache.errors.StoreError` and is never modified.
+    ram_budget : int or str
+        Bytes of decoded samples kept in RAM: an int, ``"512MiB"``, ``"4GB"``, ``"1.5GiB"`` or
+        ``"25%"`` (of the memory this process may use: the cgroup or SLURM limit when lower than
+        the physical RAM). ``0`` turns the RAM tier off.
+    disk_budget : int, str or None
+        Size at which the store refuses new entries (same units; ``"25%"`` is of the store's file
+        system). ``None``: no cap, but refuse while the file system has less than
+        max(1 GiB, 5 %) free.
+    fingerprint : str or None
+        Identity of the data. A store recorded with another fingerprint (or another format
+        version) is handled per ``on_mismatch``. ``None`` accepts any fingerprint.
+    on_mismatch : {"rebuild", "error"}
+        ``"rebuild"`` empties a mismatching or damaged store (one transaction, warns once);
+        ``"error"`` raises :class:`~spillcache.errors.FingerprintMismatch`.
+    copy : bool
+        ``True`` (default): every ``get`` returns new tensors and arrays, safe to modify.
+        ``False``: RAM hits return the cached objects themselves — faster, for callers that never
+        modify a returned sample (modifying it would change what the cache serves).
+    readahead : bool
+        Let the OS read ahead when the store is read from disk: good for samples of tens of KiB
+        and more; turn off for tiny samples in a store much larger than RAM.
+    allow_remote_fs : bool
+        Allow a store on a network file system (NFS, Lustre, CIFS, ...). LMDB's locks and
+        memory maps are not coherent there, so a store on one is refused unless you set this.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        ram_budget: int | str = "1GiB",
+        disk_budget: int | str | None = None,
+        fingerprint: str | None = None,
+        on_mismatch: Literal["rebuild", "error"] = "rebuild",
+        copy: bool = True,
+        readahead: bool = True,
+        allow_remote_fs: bool = False,
+    ) -> None:
+        if on_mismatch not in ("rebuild", "error"):
+            raise ValueError(f"on_mismatch={on_mismatch!r} is invalid; use 'rebuild' or 'error'")
+        if fingerprint is not None and not isinstance(fingerprint, str):
+            raise TypeError(f"fingerprint must be a str or None, not {type(fingerprint).__name__}")
+        if path is not None and not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a str, os.PathLike or None, not {type(path).__name__}")
+        ram_bytes = parse_budget(ram_budget, name="ram_budget", total=memory_limit)
+        temporary = path is None
+        root = Path(tempfile.mkdtemp(prefix="spillcache-")) if path is None else Path(path)
+        disk_bytes = (
+            None
+            if disk_budget is None
+            else parse_budget(disk_budget, name="disk_budget", total=lambda: filesystem_size(root))
+        )
+        self._ram_budget = ram_bytes
+        self._copy = bool(copy)
+        self._temporary = temporary
+        self._init_process_state()
+        forksafe.register(self)
+        try:
+            self._disk = DiskTier(
+                root,
+                fingerprint=fingerprint,
+                on_mismatch=on_mismatch,
+                budget=disk_bytes,
+                readahead=readahead,
+                allow_remote_fs=allow_remote_fs,
+            )
+        except BaseException:
+            if temporary:
+                shutil.rmtree(root, ignore_errors=True)
+            raise
+        self._finalizer = weakref.finalize(
+            self, _release, self._disk, root if temporary else None, os.getpid()
+        )
+
+    def _init_process_state(self) -> None:
+        self._lock = threading.Lock()
+        self._ram = RamTier(self._ram_budget)
+        self._role_known = False
+        self._admits = self._ram_budget > 0
+        self._ram_hits = self._disk_hits = self._misses = self._puts = self._corrupt = 0
+        self._warned: set[str] = set()
+
+    # -- pickling --------------------------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The RAM tier, locks and the environment stay behind: the other process reopens the
+        # store by path. A temporary store stays owned by the process that made it.
+        return {
+            "_ram_budget": self._ram_budget,
+            "_copy": self._copy,
+            "_disk": self._disk,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._temporary = False
+        self._init_process_state()
+        forksafe.register(self)
+        self._finalizer = weakref.finalize(self, _release, self._disk, None, os.getpid())
+
+    # -- properties ------------------------------------------------------------------------------
+
+    @property
+    def path(self) -> Path:
+        """Directory of the store."""
+        return self._disk.path
+
+    @property
+    def ram_budget(self) -> int:
+        """RAM tier budget in bytes."""
+        return self._ram_budget
+
+    @property
+    def disk_budget(self) -> int | None:
+        """Disk budget in bytes (``None``: no cap)."""
+        return self._disk.budget
+
+    @property
+    def fingerprint(self) -> str | None:
+        """The fingerprint the store was opened with."""
+        return self._disk.fingerprint
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._disk.closed
+
+    # -- the mapping -----------------------------------------------------------------------------
+
+    def get(self, key: object) -> Any | None:
+        """The sample stored under ``key``, or ``None``.
+
+        Parameters
+        ----------
+        key : int, numpy integer or 0-d integer tensor
+            A non-negative integer.
+
+        Returns
+        -------
+        object or None
+            An equal copy of what was put (same container and leaf types). ``None`` on a miss,
+            including an entry found corrupt (counted in ``stats().corrupt``).
+        """
+        k = check_key(key)
+        with self._lock:
+            value = self._ram.get(k)
+            if value is not None:
+                self._ram_hits += 1
+        if value is not None:
+            return clone(value) if self._copy else value
+        try:
+            value = self._disk.read(k, decode)
+        except CodecError as exc:
+            with self._lock:
+                self._corrupt += 1
+            self._warn_once(
+                "corrupt",
+                f"a corrupt entry (key {k}) in the store at {str(self.path)!r} was ignored and "
+                f"will be replaced by the next put ({exc}); further ones are only counted",
+            )
+            value = None
+        if value is None:
+            with self._lock:
+                self._misses += 1
+            return None
+        admits = self._may_admit()
+        nbytes = sample_nbytes(value) + ENTRY_OVERHEAD if admits else 0
+        with self._lock:
+            self._disk_hits += 1
+            admitted = admits and self._ram.admit(k, value, nbytes)
+        # The RAM tier now owns ``value``; the caller gets its own copy.
+        return clone(value) if admitted and self._copy else value
+
+    def put(self, key: object, sample: object) -> None:
+        """Store ``sample`` under ``key`` (overwriting), in RAM if it fits and on disk.
+
+        Parameters
+        ----------
+        key : int, numpy integer or 0-d integer tensor
+            A non-negative integer.
+        sample : object
+            Nested dicts (str or int keys), lists and tuples of torch tensors, numpy arrays and
+            scalars, Python int/float/bool/str/bytes and None. Not ``None`` itself (a ``get``
+            could not tell it from a miss).
+
+        Raises
+        ------
+        TypeError
+            For an unsupported leaf, naming its path inside the sample.
+        """
+        k = check_key(key)
+        if sample is None:
+            raise TypeError("a sample cannot be None: get() returns None for a miss")
+        blob = encode(sample)
+        self._disk.write(k, blob)
+        with self._lock:
+            self._puts += 1
+        if self._may_admit():
+            self.admit_to_ram(k, clone(sample) if self._copy else sample)
+
+    def _may_admit(self) -> bool:
+        """Whether this process adds samples to its RAM tier.
+
+        DataLoader workers do not: per-worker RAM tiers would hold up to ``num_workers + 1``
+        budgets, or, split, each serve only ``1 / num_workers`` of the hits. Workers read what
+        the main process had in RAM when they were forked (copy-on-write: the sample data is
+        not copied) and otherwise the LMDB pages in the OS page cache, which all processes share.
+        """
+        if not self._role_known:
+            # Checked at first use: a worker learns it is one only once its loop has started.
+            self._admits = self._ram_budget > 0 and torch.utils.data.get_worker_info() is None
+            self._role_known = True
+        return self._admits
+
+    def admit_to_ram(self, key: int, sample: object, *, evict: bool = True) -> bool:
+        """Offer an already validated sample the cache may keep as is to the RAM tier."""
+        if not self._may_admit():
+            return False
+        nbytes = sample_nbytes(sample) + ENTRY_OVERHEAD
+        with self._lock:
+            return self._ram.admit(key, sample, nbytes, evict=evict)
+
+    def _get_meta(self, name: str) -> bytes | None:
+        return self._disk.get_meta(name)
+
+    def _set_meta(self, name: str, value: bytes) -> None:
+        self._disk.set_meta(name, value)
+
+    def _reset(self, reason: str) -> None:
+        """Empty both tiers (the store in one transaction)."""
+        with self._lock:
+            self._ram.clear()
+        self._disk.reset(reason)
+
+    def __contains__(self, key: object) -> bool:
+        k = check_key(key)
+        with self._lock:
+            if k in self._ram:
+                return True
+        return self._disk.contains(k)
+
+    def __len__(self) -> int:
+        return len(self._disk)
+
+    def stats(self) -> CacheStats:
+        """A snapshot of this process's counters and the store's size."""
+        with self._lock:
+            counters = {
+                "ram_hits": self._ram_hits,
+                "disk_hits": self._disk_hits,
+                "misses": self._misses,
+                "puts": self._puts,
+                "corrupt": self._corrupt,
+                "ram_bytes": self._ram.nbytes,
+                "ram_items": len(self._ram),
+            }
+        return CacheStats(
+            **counters,
+            disk_items=len(self._disk) if not self.closed else 0,
+            disk_bytes=self._disk.file_bytes(),
+            rejected=self._disk.rejected,
+            write_errors=self._disk.write_errors,
+        )
+
+    def flush(self) -> None:
+        """Commit every queued write and sync the store to disk."""
+        self._disk.flush()
+
+    def close(self) -> None:
+        """Commit, sync and close the store (delete it if temporary); empty the RAM tier.
+
+        Idempotent. Later calls of ``get``/``put`` raise ``ValueError``.
+        """
+        self._finalizer()
+        with self._lock:
+            self._ram.clear()
+
+    def __enter__(self) -> SpillCache:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"ram_budget={self._ram_budget}"
+        return f"SpillCache({str(self.path)!r}, {state})"
+
+    def _warn_once(self, kind: str, message: str) -> None:
+        if kind not in self._warned:
+            self._warned.add(kind)
+            warnings.warn(message, SpillCacheWarning, stacklevel=3)
+
+    # -- fork ------------------------------------------------------------------------------------
+
+    def _before_fork(self) -> None:
+        self._lock.acquire()
+
+    def _after_fork_in_parent(self) -> None:
+        self._lock.release()
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+        self._role_known = False
+
+
+def _release(disk: DiskTier, temporary: Path | None, owner_pid: int) -> None:
+    """Close the store; delete a temporary one, but only in the process that created it."""
+    disk.close()
+    if temporary is not None and os.getpid() == owner_pid:
+        shutil.rmtree(temporary, ignore_errors=True)

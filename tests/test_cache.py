@@ -1,0 +1,527 @@
+"""SpillCache end to end: tiers, keys, persistence, fingerprints, budgets, faults."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import lmdb
+import numpy as np
+import pytest
+import torch
+
+from helpers import assert_sample_equal
+from spillcache import (
+    FingerprintMismatch,
+    SpillCache,
+    SpillCacheWarning,
+    StoreError,
+    cache_info,
+)
+from spillcache import disk as disk_module
+
+
+def sample(i: int, side: int = 8) -> dict[str, object]:
+    rng = np.random.default_rng(i)
+    return {
+        "image": {"flux": torch.from_numpy(rng.standard_normal((2, side, side), dtype=np.float32))},
+        "mask": rng.random((side, side)) > 0.5,
+        "object_id": f"obj-{i}",
+        "label": i % 7,
+        "weight": float(i) / 3,
+    }
+
+
+def run_python(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_put_get_round_trip_and_stats(tmp_path: Path) -> None:
+    with SpillCache(tmp_path / "s", ram_budget="10MiB") as cache:
+        assert cache.get(1) is None
+        for i in range(5):
+            cache.put(i, sample(i))
+        for i in range(5):
+            assert_sample_equal(cache.get(i), sample(i))
+        stats = cache.stats()
+        assert (stats.puts, stats.ram_hits, stats.disk_hits, stats.misses) == (5, 5, 0, 1)
+        assert stats.ram_items == 5
+        assert 0 < stats.ram_bytes <= cache.ram_budget
+        assert len(cache) == 5
+        assert 3 in cache
+        assert 9 not in cache
+
+
+def test_put_overwrites(tmp_path: Path) -> None:
+    with SpillCache(tmp_path / "s", ram_budget=0) as cache:
+        cache.put(3, {"v": 1})
+        cache.put(3, {"v": 2})
+        cache.flush()
+        assert cache.get(3) == {"v": 2}
+        assert len(cache) == 1
+
+
+def test_disk_tier_serves_when_ram_is_off(tmp_path: Path) -> None:
+    with SpillCache(tmp_path / "s", ram_budget=0) as cache:
+        cache.put(0, sample(0))
+        assert_sample_equal(cache.get(0), sample(0))  # from the write queue
+        cache.flush()
+        assert_sample_equal(cache.get(0), sample(0))  # from LMDB
+        stats = cache.stats()
+        assert stats.ram_items == 0
+        assert stats.disk_hits == 2
+        assert stats.disk_items == 1
+
+
+@pytest.mark.parametrize("ram_budget", ["10MiB", 0])
+def test_returned_samples_are_private_copies(tmp_path: Path, ram_budget: str | int) -> None:
+    with SpillCache(tmp_path / "s", ram_budget=ram_budget) as cache:
+        original = sample(1)
+        cache.put(1, original)
+        original["image"]["flux"].fill_(7.0)  # type: ignore[index]
+        first = cache.get(1)
+        first["image"]["flux"].zero_()
+        first["mask"][:] = False
+        assert_sample_equal(cache.get(1), sample(1))
+
+
+def test_copy_false_returns_the_cached_objects(tmp_path: Path) -> None:
+    with SpillCache(tmp_path / "s", ram_budget="1MiB", copy=False) as cache:
+        cache.put(1, sample(1))
+        assert cache.get(1) is cache.get(1)
+
+
+@pytest.mark.parametrize("key", [np.int64(5), np.uint8(5), torch.tensor(5), 5])
+def test_integral_keys_are_equivalent(tmp_path: Path, key: object) -> None:
+    with SpillCache(tmp_path / "s") as cache:
+        cache.put(key, {"x": 1})
+        assert cache.get(5) == {"x": 1}
+        assert key in cache
+
+
+@pytest.mark.parametrize(
+    ("key", "error", "text"),
+    [
+        (1.0, TypeError, "float"),
+        ("1", TypeError, "str"),
+        (True, TypeError, "bool"),
+        (torch.tensor([1]), TypeError, "Tensor"),
+        (torch.tensor(1.0), TypeError, "Tensor"),
+        (-1, ValueError, "-1"),
+        (2**64, ValueError, r"2\*\*64"),
+    ],
+)
+def test_bad_keys(tmp_path: Path, key: object, error: type[Exception], text: str) -> None:
+    with SpillCache(tmp_path / "s") as cache:
+        with pytest.raises(error, match=text):
+            cache.put(key, {"x": 1})
+        with pytest.raises(error, match=text):
+            cache.get(key)
+
+
+def test_unsupported_sample_names_the_path(tmp_path: Path) -> None:
+    with SpillCache(tmp_path / "s") as cache:
+        with pytest.raises(TypeError, match=r"\[.meta.\]\[2\]"):
+            cache.put(0, {"meta": [1, 2, object()]})
+        with pytest.raises(TypeError, match="None"):
+            cache.put(0, None)
+        assert len(cache) == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"ram_budget": "lots"}, "ram_budget"),
+        ({"ram_budget": "-1GiB"}, "ram_budget"),
+        ({"ram_budget": 1.5}, "ram_budget"),
+        ({"disk_budget": "lots"}, "disk_budget"),
+        ({"on_mismatch": "ignore"}, "on_mismatch"),
+    ],
+)
+def test_bad_arguments_name_the_argument(
+    tmp_path: Path, kwargs: dict[str, object], name: str
+) -> None:
+    with pytest.raises(ValueError, match=name):
+        SpillCache(tmp_path / "s", **kwargs)  # type: ignore[arg-type]
+    assert not (tmp_path / "s").exists()
+
+
+def test_percent_budgets(tmp_path: Path) -> None:
+    with SpillCache(tmp_path / "s", ram_budget="1%", disk_budget="1%") as cache:
+        assert cache.ram_budget > 0
+        assert cache.disk_budget is not None and cache.disk_budget > 0
+
+
+def test_temporary_store_is_deleted_at_close() -> None:
+    cache = SpillCache(None)
+    cache.put(0, {"x": 1})
+    path = cache.path
+    assert path.is_dir()
+    cache.close()
+    assert not path.exists()
+    cache.close()  # idempotent
+    with pytest.raises(ValueError, match="closed"):
+        cache.put(0, {"x": 1})
+    with pytest.raises(ValueError, match="closed"):
+        cache.get(0)
+
+
+def test_unreferenced_cache_releases_its_store(tmp_path: Path) -> None:
+    cache = SpillCache(tmp_path / "s")
+    cache.put(0, {"x": 1})
+    del cache
+    assert disk_module.live_tier(tmp_path / "s") is None
+    # The store was committed and can be opened again in this process.
+    with SpillCache(tmp_path / "s") as again:
+        assert again.get(0) == {"x": 1}
+
+
+def test_second_open_in_one_process_is_refused(tmp_path: Path) -> None:
+    with SpillCache(tmp_path / "s"), pytest.raises(StoreError, match="already open"):
+        SpillCache(tmp_path / "s")
+
+
+# -- directories that are not stores -------------------------------------------------------------
+
+
+def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
+    return {
+        str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_non_store_directory_is_refused_and_untouched(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "catalog.fits").write_bytes(b"precious")
+    before = snapshot(root)
+    with pytest.raises(StoreError, match=r"catalog\.fits"):
+        SpillCache(root)
+    assert snapshot(root) == before
+
+
+def test_foreign_lmdb_is_refused_and_untouched(tmp_path: Path) -> None:
+    root = tmp_path / "other"
+    env = lmdb.open(str(root))
+    with env.begin(write=True) as txn:
+        txn.put(b"k", b"v")
+    env.close()
+    before = snapshot(root)
+    with pytest.raises(StoreError, match="not a spillcache store"):
+        SpillCache(root)
+    assert snapshot(root) == before
+
+
+def test_file_path_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "file"
+    target.write_text("x")
+    with pytest.raises(StoreError, match="is a file"):
+        SpillCache(target)
+    assert target.read_text() == "x"
+
+
+def test_unwritable_directory_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Permission bits do not stop root (CI runs as root): ask the same question os.access answers.
+    monkeypatch.setattr(os, "access", lambda *_args, **_kw: False)
+    with pytest.raises(StoreError, match="not writable"):
+        SpillCache(tmp_path / "ro")
+
+
+# -- persistence and fingerprints ----------------------------------------------------------------
+
+
+def test_second_process_reads_every_entry_from_disk(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    with SpillCache(path, fingerprint="v1") as cache:
+        for i in range(50):
+            cache.put(i, sample(i))
+    result = run_python(
+        """
+        import sys
+        from helpers import assert_sample_equal
+        from test_cache import sample
+        from spillcache import SpillCache
+        with SpillCache(sys.argv[1], fingerprint="v1") as cache:
+            assert len(cache) == 50
+            for i in range(50):
+                got = cache.get(i)
+                assert got is not None, i
+                assert_sample_equal(got, sample(i))
+            s = cache.stats()
+            print(s.disk_hits, s.misses)
+        """,
+        str(path),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["50", "0"]
+    info = cache_info(path)
+    assert info.items == 50
+    assert info.fingerprint == "v1"
+
+
+def test_writes_are_committed_without_flush(tmp_path: Path) -> None:
+    # The writer commits at most _COMMIT_INTERVAL after a put: another process sees the entry
+    # while this one keeps the cache open and never flushes.
+    path = tmp_path / "s"
+    with SpillCache(path) as cache:
+        cache.put(7, {"x": 7})
+        result = run_python(
+            """
+            import sys, time
+            import lmdb
+            env = lmdb.open(sys.argv[1], max_dbs=2, readonly=True, lock=True)
+            db = env.open_db(b"data", create=False)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                with env.begin(db=db) as txn:
+                    if txn.get((7).to_bytes(8, "big")) is not None:
+                        print("seen")
+                        break
+                time.sleep(0.05)
+            """,
+            str(path),
+        )
+    assert result.stdout.strip() == "seen", result.stderr
+
+
+def test_fingerprint_mismatch_rebuilds_and_warns(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    with SpillCache(path, fingerprint="a") as cache:
+        cache.put(1, {"x": 1})
+    with pytest.warns(SpillCacheWarning, match="emptying"), SpillCache(path, fingerprint="b") as c:
+        assert len(c) == 0
+        assert c.get(1) is None
+    assert cache_info(path).fingerprint == "b"
+
+
+def test_fingerprint_mismatch_error_names_both(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    with SpillCache(path, fingerprint="alpha") as cache:
+        cache.put(1, {"x": 1})
+    with pytest.raises(FingerprintMismatch, match="alpha") as info:
+        SpillCache(path, fingerprint="beta", on_mismatch="error")
+    assert "alpha" in info.value.stored
+    assert "beta" in info.value.expected
+    with SpillCache(path, fingerprint="alpha") as cache:
+        assert cache.get(1) == {"x": 1}
+
+
+def test_no_fingerprint_accepts_the_stored_one(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    with SpillCache(path, fingerprint="a") as cache:
+        cache.put(1, {"x": 1})
+    with SpillCache(path, on_mismatch="error") as cache:
+        assert cache.get(1) == {"x": 1}
+
+
+def test_other_format_version_is_a_mismatch(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    with SpillCache(path, fingerprint="a") as cache:
+        cache.put(1, {"x": 1})
+    env = lmdb.open(str(path), max_dbs=2)
+    with env.begin(write=True) as txn:
+        txn.put(b"format_version", b"999", db=env.open_db(b"meta", txn=txn))
+    env.close()
+    with pytest.raises(FingerprintMismatch, match="format 999"):
+        SpillCache(path, fingerprint="a", on_mismatch="error")
+
+
+# -- faults --------------------------------------------------------------------------------------
+
+
+def corrupt_value(path: Path, key: int, offset: int = -1) -> None:
+    env = lmdb.open(str(path), max_dbs=2)
+    with env.begin(write=True) as txn:
+        db = env.open_db(b"data", txn=txn)
+        raw = bytearray(txn.get(key.to_bytes(8, "big"), db=db))
+        raw[offset] ^= 0x10
+        txn.put(key.to_bytes(8, "big"), bytes(raw), db=db)
+    env.close()
+
+
+def test_corrupt_entry_is_a_counted_miss_and_refilled(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    with SpillCache(path, ram_budget=0) as cache:
+        for i in range(3):
+            cache.put(i, sample(i))
+    corrupt_value(path, 0)
+    corrupt_value(path, 1, offset=40)
+    with SpillCache(path, ram_budget=0) as cache:
+        with pytest.warns(SpillCacheWarning, match="corrupt") as caught:
+            assert cache.get(0) is None
+            assert cache.get(1) is None
+        assert len([w for w in caught if "corrupt" in str(w.message)]) == 1
+        assert_sample_equal(cache.get(2), sample(2))
+        stats = cache.stats()
+        assert (stats.corrupt, stats.misses, stats.disk_hits) == (2, 2, 1)
+        cache.put(0, sample(0))
+        cache.flush()
+        assert_sample_equal(cache.get(0), sample(0))
+
+
+def test_disk_budget_refuses_new_entries_and_training_goes_on(tmp_path: Path) -> None:
+    item = {"x": np.zeros(64 * 1024, dtype=np.uint8)}
+    with SpillCache(tmp_path / "s", ram_budget="1MiB", disk_budget="1MiB") as cache:
+        with pytest.warns(SpillCacheWarning, match="disk_budget"):
+            for i in range(64):
+                cache.put(i, item)
+                cache.flush()
+        stats = cache.stats()
+        assert stats.rejected > 0
+        assert stats.puts == 64
+        assert stats.disk_items + stats.rejected == 64
+        assert stats.disk_bytes <= 1.5 * 2**20
+        for i in range(64):
+            got = cache.get(i)
+            assert got is None or np.array_equal(got["x"], item["x"])
+
+
+def test_map_grows_by_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(disk_module, "_INITIAL_MAP_SIZE", 1 << 20)
+    blob = {"x": np.arange(256 * 1024, dtype=np.uint8)}
+    with SpillCache(tmp_path / "s", ram_budget=0) as cache:
+        for i in range(40):  # 10 MiB through a 1 MiB initial map
+            cache.put(i, blob)
+        cache.flush()
+        assert len(cache) == 40
+        assert cache.stats().write_errors == 0
+        assert all(np.array_equal(cache.get(i)["x"], blob["x"]) for i in range(40))
+
+
+def test_damaged_store_gives_a_clear_error_or_is_rebuilt(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    with SpillCache(path) as cache:
+        for i in range(20):
+            cache.put(i, {"x": np.zeros(10_000)})
+    data = path / "data.mdb"
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])  # truncated
+    with pytest.raises(StoreError, match="spillcache clear"):
+        SpillCache(path, on_mismatch="error")
+    with pytest.warns(SpillCacheWarning, match="rebuilding"), SpillCache(path) as cache:
+        assert len(cache) == 0
+        cache.put(1, {"x": 1})
+        assert cache.get(1) == {"x": 1}
+
+
+# -- threads, fork and spawn ---------------------------------------------------------------------
+
+
+def test_threads_share_a_cache(tmp_path: Path) -> None:
+    errors: list[BaseException] = []
+    with SpillCache(tmp_path / "s", ram_budget="200KiB") as cache:
+
+        def work(offset: int) -> None:
+            try:
+                for i in range(offset, 400, 4):
+                    cache.put(i, sample(i))
+                for i in range(offset, 400, 4):
+                    got = cache.get(i)
+                    assert got is not None
+                    assert_sample_equal(got, sample(i))
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        assert len(cache) == 400
+        assert cache.stats().ram_bytes <= cache.ram_budget
+
+
+def _child_reads_and_writes(cache: SpillCache, known: int, queue: object) -> None:
+    try:
+        ok = all(
+            cache.get(i) is not None and np.array_equal(cache.get(i)["v"], np.full(100, i))
+            for i in range(known)
+        )
+        for i in range(10_000, 10_050):
+            cache.put(i, {"v": np.full(100, i)})
+        cache.flush()
+        queue.put(ok)  # type: ignore[attr-defined]
+    except BaseException as exc:
+        queue.put(repr(exc))  # type: ignore[attr-defined]
+
+
+def test_fork_while_a_thread_writes(tmp_path: Path) -> None:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    path = tmp_path / "s"
+    cache = SpillCache(path, ram_budget="64KiB")
+    for i in range(200):
+        cache.put(i, {"v": np.full(100, i)})
+    cache.flush()
+    stop = threading.Event()
+    written = [200]
+
+    def writer() -> None:
+        i = 200
+        while not stop.is_set() and i < 5000:
+            cache.put(i, {"v": np.full(100, i)})
+            written[0] = i = i + 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        results = []
+        for _ in range(3):
+            queue = ctx.Queue()
+            child = ctx.Process(target=_child_reads_and_writes, args=(cache, 200, queue))
+            child.start()
+            results.append(queue.get(timeout=60))
+            child.join(60)
+            assert child.exitcode == 0
+        assert results == [True, True, True]
+    finally:
+        stop.set()
+        thread.join()
+    cache.close()
+    with SpillCache(path) as again:
+        for i in [*range(written[0]), *range(10_000, 10_050)]:
+            got = again.get(i)
+            assert got is not None, i
+            assert np.array_equal(got["v"], np.full(100, i))
+
+
+def _spawned_reader(cache: SpillCache, queue: object) -> None:
+    got = cache.get(3)
+    queue.put(None if got is None else int(got["v"][0]))  # type: ignore[attr-defined]
+    cache.put(4, {"v": np.full(3, 4)})
+    cache.close()
+
+
+def test_spawned_process_gets_a_pickled_cache(tmp_path: Path) -> None:
+    import multiprocessing as mp
+
+    with SpillCache(tmp_path / "s") as cache:
+        cache.put(3, {"v": np.full(3, 3)})
+        cache.flush()
+        state = pickle.dumps(cache)
+        assert b"Environment" not in state
+        assert len(state) < 2000
+        ctx = mp.get_context("spawn")
+        queue = ctx.Queue()
+        child = ctx.Process(target=_spawned_reader, args=(cache, queue))
+        child.start()
+        assert queue.get(timeout=120) == 3
+        child.join(120)
+        assert child.exitcode == 0
+        assert cache.get(4)["v"].tolist() == [4, 4, 4]
