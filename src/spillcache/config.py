@@ -1,0 +1,115 @@
+"""The Hyrax-style configuration: ``config["data_set"]`` keys, defaults and validation."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from .sizing import memory_limit, parse_budget
+
+__all__ = ["DEFAULTS", "CacheSettings", "settings_from_config"]
+
+# TOML (Hyrax's config format) has no null: ``false`` or ``""`` mean "not set" for optional keys.
+DEFAULTS: dict[str, Any] = {
+    "use_cache": True,
+    "preload_cache": False,
+    "preload_threads": "auto",
+    "cache_dir": False,
+    "cache_ram_budget": "1GiB",
+    "cache_disk_budget": False,
+    "cache_fingerprint": False,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheSettings:
+    """Validated cache settings from a Hyrax config (see :data:`DEFAULTS` for the defaults)."""
+
+    use_cache: bool
+    preload_cache: bool
+    preload_threads: int | Literal["auto"]
+    cache_dir: str | None
+    cache_ram_budget: int | str
+    cache_disk_budget: int | str | None
+    cache_fingerprint: str | None
+
+
+def _key(name: str) -> str:
+    return f'config["data_set"]["{name}"]'
+
+
+def _bool(section: Mapping[str, Any], name: str) -> bool:
+    value = section.get(name, DEFAULTS[name])
+    if not isinstance(value, bool):
+        raise ValueError(f"{_key(name)} = {value!r} must be true or false")
+    return value
+
+
+def _optional_str(section: Mapping[str, Any], name: str) -> str | None:
+    value = section.get(name, DEFAULTS[name])
+    if value is None or value is False or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{_key(name)} = {value!r} must be a string, or false for none")
+    return value
+
+
+def _budget(section: Mapping[str, Any], name: str) -> int | str:
+    value: object = section.get(name, DEFAULTS[name])
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(
+            f"{_key(name)} = {value!r} must be a size: bytes (int), a string like '4GiB', or a "
+            "percentage like '25%'"
+        )
+    # Validate now, so a typo fails when the config is read rather than at the first sample.
+    # A percentage of the disk is checked against the real file system when the store opens.
+    total = memory_limit if name == "cache_ram_budget" else (lambda: 1 << 40)
+    parse_budget(value, name=_key(name), total=total)
+    return value
+
+
+def _optional_budget(section: Mapping[str, Any], name: str) -> int | str | None:
+    value = section.get(name, DEFAULTS[name])
+    if value is None or value is False or value == "":
+        return None
+    return _budget(section, name)
+
+
+def _threads(section: Mapping[str, Any]) -> int | Literal["auto"]:
+    value = section.get("preload_threads", DEFAULTS["preload_threads"])
+    if value == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f'{_key("preload_threads")} = {value!r} must be a positive int or "auto"')
+    return value
+
+
+def settings_from_config(config: Mapping[str, Any]) -> CacheSettings:
+    """Read and validate the cache keys of ``config["data_set"]``.
+
+    Parameters
+    ----------
+    config : Mapping
+        A Hyrax configuration (a nested mapping). Missing keys take the values of
+        :data:`DEFAULTS`.
+
+    Raises
+    ------
+    ValueError
+        Naming the key whose value has the wrong type or an invalid value.
+    """
+    if not isinstance(config, Mapping):
+        raise ValueError(f"config must be a mapping (a Hyrax config), not {type(config).__name__}")
+    section = config.get("data_set", {})
+    if not isinstance(section, Mapping):
+        raise ValueError(f'config["data_set"] must be a table, not {type(section).__name__}')
+    return CacheSettings(
+        use_cache=_bool(section, "use_cache"),
+        preload_cache=_bool(section, "preload_cache"),
+        preload_threads=_threads(section),
+        cache_dir=_optional_str(section, "cache_dir"),
+        cache_ram_budget=_budget(section, "cache_ram_budget"),
+        cache_disk_budget=_optional_budget(section, "cache_disk_budget"),
+        cache_fingerprint=_optional_str(section, "cache_fingerprint"),
+    )

@@ -1,0 +1,400 @@
+"""CachedDataset: any map-style data set, served through a SpillCache."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import operator
+import os
+import sys
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any, Literal, Protocol
+
+import torch.utils.data
+
+from .cache import SpillCache
+from .codec import digest, encode
+from .errors import FingerprintMismatch
+from .preload import (
+    Preloader,
+    SingleFlight,
+    StatsLogger,
+    SummaryWriterLike,
+    Threads,
+    check_threads,
+    preview_order,
+)
+from .stats import CacheStats
+
+__all__ = ["CachedDataset", "NondeterministicDataError", "default_fingerprint"]
+
+_PROBES_META = "probes"
+
+
+class _MapDataset(Protocol):
+    def __getitem__(self, index: int) -> Any: ...
+
+    def __len__(self) -> int: ...
+
+
+class NondeterministicDataError(RuntimeError):
+    """The wrapped data set returned different samples for the same index.
+
+    A cache can only serve data sets whose ``dataset[i]`` is the same every time: random
+    augmentation belongs in ``CachedDataset(..., transform=...)``, which runs after the cache.
+    """
+
+
+def default_fingerprint(dataset: object) -> str:
+    """A stable identity of ``dataset``: class, length and ``dataset.cache_fingerprint()``.
+
+    Stable across processes and runs (unlike ``hash()``). Class and length cannot tell two
+    subsets of the same size apart, which is why :class:`CachedDataset` also checks a few
+    sample digests when no explicit fingerprint is given.
+
+    Parameters
+    ----------
+    dataset : object
+        A map-style data set; ``cache_fingerprint()``, if defined, should return a ``str`` that
+        changes whenever its samples change (a file list digest, a config hash, a version).
+    """
+    cls = type(dataset)
+    parts: list[object] = [f"{cls.__module__}.{cls.__qualname__}", len(dataset)]  # type: ignore[arg-type]
+    custom = getattr(dataset, "cache_fingerprint", None)
+    if callable(custom):
+        parts.append(str(custom()))
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
+
+
+class CachedDataset(torch.utils.data.Dataset[Any]):
+    """A map-style data set whose samples are loaded once and then served from a SpillCache.
+
+    ``ds[i]`` returns the cached sample, or loads ``dataset[i]``, caches it and returns it.
+    Works as the data set of a ``DataLoader`` with worker processes (it pickles as the wrapped
+    data set plus the store's path and settings).
+
+    .. important::
+       The wrapped data set must return the same sample for the same index every time. Put
+       random augmentation in ``transform``: it runs on every returned sample *after* the cache,
+       so each epoch draws new random values. Caching an augmented sample would freeze one
+       random draw forever.
+
+    Parameters
+    ----------
+    dataset : map-style data set
+        Anything with ``__getitem__(int)`` and ``__len__``.
+    path : str, os.PathLike or None
+        Store directory (see :class:`SpillCache`); ``None``: a temporary store.
+    ram_budget, disk_budget, on_mismatch, copy, readahead
+        As for :class:`SpillCache`.
+    fingerprint : str or None
+        Identity of the data. ``None`` (default): :func:`default_fingerprint` plus a check of
+        ``probes`` sample digests on reopening; pass a string to vouch for the data yourself
+        (no sample is re-loaded to check).
+    transform : callable or None
+        Applied to every returned sample, after the cache.
+    probes : int
+        How many samples (spread over the index range) to digest and re-check on reopening when
+        no fingerprint is given; ``0`` turns the check off.
+    preload : bool
+        Start :meth:`start_preload` (in index order) once the data set is built.
+    preload_threads : int or "auto"
+        Loads the preload keeps in flight: ``"auto"`` (default) tunes the count to the storage
+        (between 1 and 64); an int fixes it.
+    progress : bool or None
+        Show a progress bar while preloading; ``None`` (default): when stderr is a terminal.
+    summary_writer : SummaryWriter, str, os.PathLike or None
+        A ``tensorboardX.SummaryWriter`` (or a log directory for a new one) to log the cache's
+        statistics to, every ``log_every`` requests and while preloading, from this process.
+    log_every : int
+        See ``summary_writer``.
+
+    Raises
+    ------
+    FingerprintMismatch
+        With ``on_mismatch="error"``, when the store holds other data.
+    NondeterministicDataError
+        When a probed index loads differently twice.
+    """
+
+    def __init__(
+        self,
+        dataset: _MapDataset,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        ram_budget: int | str = "1GiB",
+        disk_budget: int | str | None = None,
+        fingerprint: str | None = None,
+        transform: Callable[[Any], Any] | None = None,
+        probes: int = 2,
+        on_mismatch: Literal["rebuild", "error"] = "rebuild",
+        copy: bool = True,
+        readahead: bool = True,
+        preload: bool = False,
+        preload_threads: Threads = "auto",
+        progress: bool | None = None,
+        summary_writer: SummaryWriterLike | str | os.PathLike[str] | None = None,
+        log_every: int = 1000,
+    ) -> None:
+        if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
+            raise TypeError(
+                f"dataset must be a map-style data set (with __getitem__ and __len__), not "
+                f"{type(dataset).__name__}"
+            )
+        if transform is not None and not callable(transform):
+            raise TypeError(f"transform must be callable or None, not {type(transform).__name__}")
+        if isinstance(probes, bool) or not isinstance(probes, int) or probes < 0:
+            raise ValueError(f"probes={probes!r} is invalid; use a non-negative int (0 = off)")
+        self.preload_threads: Threads = check_threads(preload_threads)
+        if progress not in (None, True, False):
+            raise ValueError(f"progress={progress!r} is invalid; use True, False or None")
+        self.progress = progress
+        self.dataset = dataset
+        self.transform = transform
+        self._len = len(dataset)
+        self._copy = bool(copy)
+        self._flights = SingleFlight(copy=self._copy)
+        self._preloader: Preloader | None = None
+        self._summary: StatsLogger | None = None
+        vouched = fingerprint is not None
+        self.cache = SpillCache(
+            path,
+            ram_budget=ram_budget,
+            disk_budget=disk_budget,
+            fingerprint=fingerprint if vouched else default_fingerprint(dataset),
+            on_mismatch=on_mismatch,
+            copy=copy,
+            readahead=readahead,
+        )
+        try:
+            if summary_writer is not None:
+                self._summary = StatsLogger(summary_writer, log_every)
+            if not vouched and probes and self._len:
+                self._check_probes(_probe_indices(self._len, probes), on_mismatch)
+            if preload:
+                self.start_preload()
+        except BaseException:
+            self.close()
+            raise
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, index: int) -> Any:
+        i = self._normalize(index)
+        sample = self.cache.get(i)
+        if sample is None:
+            sample = self._fetch(i)
+        if self._summary is not None:
+            self._summary.tick(self.stats)
+        return sample if self.transform is None else self.transform(sample)
+
+    def _fetch(self, i: int) -> Any:
+        """Load a missed index once per process: join a load of it in progress, or claim it."""
+        while True:
+            flight, owned = self._flights.claim_or_join(i)
+            if flight is None:
+                return self._load(i)
+            if not owned:
+                done, sample = self._flights.wait(flight)
+                if done:
+                    return sample
+                continue  # that load failed or stopped: look again
+            try:
+                # Whoever held the claim before us may have stored it since our miss.
+                sample = self.cache.get(i) if i in self.cache else None
+                if sample is None:
+                    sample = self._load(i)
+            except BaseException:
+                self._flights.cancel(flight)
+                raise
+            self._flights.land(flight, sample)
+            return sample
+
+    def _load(self, i: int) -> Any:
+        sample = self.dataset[i]
+        self.cache.put(i, sample)
+        return sample
+
+    # -- preload ---------------------------------------------------------------------------------
+
+    def start_preload(self, order: object = None) -> None:
+        """Load the samples ``order`` will ask for into the cache, in the background.
+
+        Returns at once. Indices already cached are skipped (after a restart, samples on disk
+        are only copied into free RAM); the others are loaded by up to ``preload_threads``
+        threads and cached as they complete, the RAM tier taking only free space. Training
+        that asks for a sample being preloaded waits for that load rather than starting its
+        own, and the preload skips what training is loading: each sample is loaded once.
+        A preload already running is stopped first.
+
+        Parameters
+        ----------
+        order : None, iterable of int, sampler or DataLoader
+            The order training will draw in. ``None``: ``0 .. len - 1``. A sampler is
+            previewed without changing what it will yield: ``SequentialSampler``,
+            ``DistributedSampler`` (call ``set_epoch`` first), ``RandomSampler``,
+            ``SubsetRandomSampler``, ``WeightedRandomSampler`` with an explicit
+            ``generator`` (previewed from a copy of its state), a ``BatchSampler`` of one of
+            those, or the ``DataLoader`` that uses it. Other samplers get a warning and index
+            order.
+
+        Raises
+        ------
+        ValueError
+            If the cache is closed.
+        """
+        if self.cache.closed:
+            raise ValueError("the cache is closed; cannot preload")
+        indices, total = preview_order(order, self._len)
+        self.stop_preload()
+        self._preloader = Preloader(
+            self.cache,
+            self.dataset.__getitem__,
+            indices,
+            length=self._len,
+            total=total,
+            threads=self.preload_threads,
+            flights=self._flights,
+            progress=sys.stderr.isatty() if self.progress is None else self.progress,
+            stats=self.stats,
+            summary=self._summary,
+        )
+        self._preloader.start()
+
+    def wait_preload(self, timeout: float | None = None) -> bool:
+        """Wait for the preload to finish; False if ``timeout`` seconds passed first.
+
+        True at once when no preload runs (none started, done, or stopped).
+
+        Raises
+        ------
+        RuntimeError
+            If the preload broke down (e.g. iterating ``order`` raised). Samples whose load
+            raised do not count: they are skipped and counted in ``stats().preload_errors``.
+        """
+        preloader = self._preloader
+        return True if preloader is None else preloader.wait(timeout)
+
+    def stop_preload(self) -> None:
+        """Stop the preload; returns at once, even with slow loads in progress.
+
+        Queued loads are cancelled; a load running in user code finishes on its own thread
+        and its sample is handed to a training thread waiting for it, if any, but not cached.
+        What was cached stays cached.
+        """
+        if self._preloader is not None:
+            self._preloader.stop()
+
+    @property
+    def preloading(self) -> bool:
+        """Whether a preload is running in this process."""
+        return self._preloader is not None and self._preloader.running
+
+    @property
+    def preloader(self) -> Preloader | None:
+        """The current or last preload (its ``limit``, ``in_flight``, ``processed``, ...)."""
+        return self._preloader
+
+    def stats(self) -> CacheStats:
+        """The cache's statistics with this data set's preload counters."""
+        return dataclasses.replace(self.cache.stats(), **self._flights.counters())
+
+    def _normalize(self, index: object) -> int:
+        try:
+            i = operator.index(index)  # type: ignore[arg-type]
+        except TypeError:
+            raise TypeError(
+                f"CachedDataset indices must be integers, not {type(index).__name__}"
+            ) from None
+        if i < 0:
+            i += self._len
+        if not 0 <= i < self._len:
+            raise IndexError(f"index {index} is out of range for a data set of length {self._len}")
+        return i
+
+    # -- the sample probes -----------------------------------------------------------------------
+
+    def _check_probes(self, indices: Sequence[int], on_mismatch: str) -> None:
+        """Tell data sets of equal class and length apart by a few sample digests."""
+        recorded = self.cache._get_meta(_PROBES_META)
+        if recorded is not None:
+            stored = {int(k): v for k, v in json.loads(recorded).items()}
+            changed = [i for i, d in stored.items() if self._probe(i, d) != d]
+            if not changed:
+                return
+            message = (
+                f"samples {changed} of {type(self.dataset).__name__} differ from the ones cached "
+                "in this store (the data changed)"
+            )
+            if on_mismatch == "error":
+                raise FingerprintMismatch(str(self.cache.path), f"sample digests {stored}", message)
+            self.cache._reset(message)
+        digests = {}
+        for i in indices:
+            sample = self.dataset[i]
+            self.cache.put(i, sample)
+            digests[str(i)] = digest(encode(sample))
+        self.cache._set_meta(_PROBES_META, json.dumps(digests).encode())
+
+    def _probe(self, index: int, recorded: str) -> str | None:
+        """Digest of ``dataset[index]`` (None past the end), loading twice if it differs."""
+        if index >= self._len:
+            return None
+        first = digest(encode(self.dataset[index]))
+        if first == recorded:
+            return first
+        if digest(encode(self.dataset[index])) != first:
+            raise NondeterministicDataError(
+                f"{type(self.dataset).__name__}[{index}] returned different samples on two "
+                "loads; a cache needs a deterministic data set: move random augmentation into "
+                "CachedDataset(..., transform=...), which runs after the cache"
+            )
+        return first
+
+    # -- resources -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the preload and close the cache (commits what is queued)."""
+        self.stop_preload()
+        self.cache.close()
+        if self._summary is not None:
+            self._summary.close()
+
+    # -- pickling (DataLoader workers under spawn) -------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Threads, locks and the TensorBoard writer stay in this process; a worker process
+        # starts with no preload and logs nothing.
+        state = self.__dict__.copy()
+        state.update(_flights=None, _preloader=None, _summary=None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._flights = SingleFlight(copy=self._copy)
+
+    def __enter__(self) -> CachedDataset:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"CachedDataset({type(self.dataset).__name__}, len={self._len}, cache={self.cache!r})"
+        )
+
+
+def _probe_indices(n: int, count: int) -> list[int]:
+    """``count`` indices spread over ``range(n)``, ends included."""
+    if count == 1 or n == 1:
+        return [0]
+    return sorted({round(j * (n - 1) / (count - 1)) for j in range(min(count, n))})
