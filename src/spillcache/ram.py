@@ -203,8 +203,9 @@ class RamTier:
     that mean size, capped at ``min(16 MiB, 1 MiB + budget / 50)``, and independent of how
     many distinct keys go by (keys are hashed, never stored).  With more entries than the cap
     can track, the sketch ages faster, so admission falls back towards "keep what is
-    resident", which never thrashes.  Each resident also costs about 100 bytes of dict and
-    list slots, not included in ``nbytes``.
+    resident", which never thrashes.  Each resident also costs 208-257 bytes of dict and list
+    slots; :class:`~spillcache.SpillCache` adds ``sizing.ENTRY_OVERHEAD`` to every size it
+    states, so its ``nbytes`` includes them.
     """
 
     def __init__(self, budget: int) -> None:
