@@ -642,6 +642,18 @@ class DiskTier:
             self._writer.start()
 
     def _run_writer(self) -> None:
+        try:
+            self._writer_loop()
+        finally:
+            with self._state:
+                # Only reached with _writer still set if the loop died of an unexpected error:
+                # let the next write start a new writer instead of queueing forever.
+                if self._writer is threading.current_thread():
+                    self._writer = None
+                    self._stopping = False
+                self._state.notify_all()
+
+    def _writer_loop(self) -> None:
         while True:
             with self._state:
                 deadline: float | None = None
@@ -687,21 +699,24 @@ class DiskTier:
             except lmdb.MapFullError:
                 self._grow_map(need)
                 continue
-            except (lmdb.Error, OSError) as exc:
+            except Exception as exc:  # any storage fault: training goes on without this batch
                 self._write_fault(len(items), exc)
                 return
             break
         else:  # the map could not be grown enough (address space or ulimit -v)
             self._write_fault(len(items), MemoryError("the LMDB map could not grow"))
             return
-        with self._state:
-            self._update_fill_locked()
-        now = time.monotonic()
-        if now - self._reader_checked_at > _READER_CHECK_SECONDS:
-            self._reader_checked_at = now
-            with self._gate.shared():
-                # Slots of killed readers pin old pages and make the file grow without bound.
-                self._env_for_use().reader_check()
+        try:
+            with self._state:
+                self._update_fill_locked()
+            now = time.monotonic()
+            if now - self._reader_checked_at > _READER_CHECK_SECONDS:
+                self._reader_checked_at = now
+                with self._gate.shared():
+                    # Slots of killed readers pin old pages and make the file grow without bound.
+                    self._env_for_use().reader_check()
+        except (OSError, lmdb.Error) as exc:
+            logger.debug("after a commit to %s: %s", self.path, exc)
 
     def _grow_map(self, need: int) -> None:
         with self._gate.exclusive():
