@@ -77,14 +77,24 @@ class _FrequencySketch:
         entries : int
             Number of resident entries whose frequencies must stay distinguishable.
         """
+        first = self.capacity == 0
         self.capacity = max(entries, 2 * self.capacity)
         target = min(self._max_width, _WIDTH_PER_ENTRY * self.capacity)
         # Rows index with ``hash & (width - 1)``; after doubling, a key maps to its old slot or
         # that slot + old width, and both copies hold the old count, so every estimate stays
         # an upper bound of the true count.  The copies a key does not use are noise for later
         # keys, though, which is why the tier sizes the sketch for the full budget up front.
-        while len(self._rows[0]) < target:
-            self._rows = [row * 2 for row in self._rows]
+        width = factor = len(self._rows[0])
+        while factor < target:
+            factor *= 2
+        if first:
+            # Sized at the first admission, when next to nothing is counted yet: fresh zeroed
+            # rows cost no page until a counter on it is used (a 16 MiB sketch is not touched
+            # in full by a cache that holds a handful of samples).
+            self._rows = [bytearray(factor) for _ in self._rows]
+        elif factor > width:
+            # Tiling once by a power of two equals doubling repeatedly, in one copy.
+            self._rows = [row * (factor // width) for row in self._rows]
         self._mask = len(self._rows[0]) - 1
         # Past the memory cap, age as if the cache were only as large as the sketch can track:
         # counters then stay low instead of filling up with collisions, and admission degrades
