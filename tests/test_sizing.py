@@ -425,14 +425,18 @@ _ACCURACY_SCRIPT = textwrap.dedent(
         del sample
         results[name] = [counted / (rss_anon() - base), counted // n, counted]
 
-    # The RAM tier's records: fresh int key -> (value, int size); values exist already.
+    # The RAM tier's own records for entries whose values exist already (sketch excluded:
+    # it is sized once, separately).
+    from spillcache.ram import RamTier
+
     n = 100_000
     values = [i + 0.5 for i in range(n)]
-    entries = {}
+    tier = RamTier(1 << 40)
+    tier.admit(0, values[0], 1)
     settle()
     base = rss_anon()
-    for i in range(n):
-        entries[int.from_bytes((i + 1000).to_bytes(8, "little"), "little")] = (values[i], 5000 + i)
+    for i in range(1, n):
+        tier.admit(int.from_bytes((i + 1000).to_bytes(8, "little"), "little"), values[i], 5000 + i)
     results["ENTRY_OVERHEAD"] = [ENTRY_OVERHEAD * n / (rss_anon() - base), ENTRY_OVERHEAD, 0]
     print(json.dumps(results))
     """

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from . import forksafe
-from .codec import clone, decode, encode
+from .codec import clone, decode, encode, replicate
 from .disk import DiskTier, SpillCacheWarning
 from .errors import CodecError
 from .ram import RamTier
@@ -230,7 +230,7 @@ class SpillCache:
             if value is not None:
                 self._ram_hits += 1
         if value is not None:
-            return clone(value) if self._copy else value
+            return replicate(value) if self._copy else value
         try:
             value = self._disk.read(k, decode)
         except CodecError as exc:
@@ -252,7 +252,7 @@ class SpillCache:
             self._disk_hits += 1
             admitted = admits and self._ram.admit(k, value, nbytes)
         # The RAM tier now owns ``value``; the caller gets its own copy.
-        return clone(value) if admitted and self._copy else value
+        return replicate(value) if admitted and self._copy else value
 
     def put(self, key: object, sample: object) -> None:
         """Store ``sample`` under ``key`` (overwriting), in RAM if it fits and on disk.
@@ -296,7 +296,25 @@ class SpillCache:
         return self._admits
 
     def admit_to_ram(self, key: int, sample: object, *, evict: bool = True) -> bool:
-        """Offer an already validated sample the cache may keep as is to the RAM tier."""
+        """Offer ``sample`` to the RAM tier only (the disk tier is not written).
+
+        For callers that already stored ``sample`` on disk and own a private copy the cache
+        may keep as is (the preload uses it to promote disk entries into free RAM).
+
+        Parameters
+        ----------
+        key : int
+            A key already checked by the caller.
+        sample : object
+            A sample the cache may keep without copying.
+        evict : bool
+            ``False``: take free space only, never evict.
+
+        Returns
+        -------
+        bool
+            Whether the sample is now in the RAM tier.
+        """
         if not self._may_admit():
             return False
         nbytes = sample_nbytes(sample) + ENTRY_OVERHEAD

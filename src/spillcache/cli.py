@@ -103,7 +103,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="spillcache", description="Inspect, verify and clear spillcache stores."
+        prog="spillcache",
+        description="Inspect, verify, copy and clear spillcache stores, or run the demo.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="describe a store (or every store in a cache directory)")
@@ -124,10 +125,14 @@ def _parser() -> argparse.ArgumentParser:
     copy.add_argument("dst", help="a new or empty directory")
     copy.set_defaults(run=_copy)
     demo = sub.add_parser("demo", help="three epochs over a slow data set 3x the RAM budget")
-    demo.add_argument("--samples", type=int, default=1200)
-    demo.add_argument("--sample-kib", type=int, default=128)
-    demo.add_argument("--latency-ms", type=float, default=10.0)
-    demo.add_argument("--epochs", type=int, default=3)
+    demo.add_argument("--samples", type=int, default=1200, help="data set size (default 1200)")
+    demo.add_argument(
+        "--sample-kib", type=int, default=128, help="image KiB per sample (default 128)"
+    )
+    demo.add_argument(
+        "--latency-ms", type=float, default=10.0, help="source cost per sample (default 10 ms)"
+    )
+    demo.add_argument("--epochs", type=int, default=3, help="epochs (default 3)")
     demo.add_argument("--path", default=None, help="store directory (default: temporary)")
     demo.set_defaults(run=_demo)
     return parser

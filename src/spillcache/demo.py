@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .dataset import CachedDataset
+from .sizing import ENTRY_OVERHEAD, sample_nbytes
 from .stats import CacheStats
 
 __all__ = ["EpochReport", "SlowDataset", "run_demo"]
@@ -99,7 +100,8 @@ def run_demo(
         Receives each line of the report.
     """
     source = SlowDataset(samples, sample_kib * 1024, latency)
-    data_bytes = samples * 4 * 2 * source.side**2
+    # The RAM tier's own accounting of the whole data set (all samples are alike in size).
+    data_bytes = samples * (sample_nbytes(SlowDataset(1, sample_kib * 1024, 0)[0]) + ENTRY_OVERHEAD)
     budget = data_bytes // 3
     echo(
         f"spillcache demo: {samples} samples of {sample_kib} KiB ({data_bytes / 2**20:.0f} MiB), "

@@ -873,7 +873,9 @@ def inspected(path: str | os.PathLike[str]) -> Iterator[DiskTier]:
         return
     if not is_store(path):
         raise StoreError(f"{str(path)!r} is not a spillcache store")
-    tier = DiskTier(path, fingerprint=None, check_identity=False)
+    # Inspection and copying read one snapshot in one process, which is safe even where
+    # sharing a store is not: this is how a store is copied back from shared storage.
+    tier = DiskTier(path, fingerprint=None, check_identity=False, allow_remote_fs=True)
     try:
         yield tier
     finally:
