@@ -102,9 +102,15 @@ def _foreign_entries(root: Path) -> list[str]:
 
 
 def is_store(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is a spillcache store directory (marker present, nothing foreign)."""
+    """Whether ``path`` is a spillcache store directory (our marker, nothing foreign)."""
     root = Path(path)
-    return root.is_dir() and (root / MARKER).is_file() and not _foreign_entries(root)
+    if not (root.is_dir() and (root / MARKER).is_file()) or _foreign_entries(root):
+        return False
+    try:
+        read_marker(root)
+    except StoreError:  # a file of that name that some other program wrote
+        return False
+    return True
 
 
 def read_marker(path: str | os.PathLike[str]) -> dict[str, object]:
