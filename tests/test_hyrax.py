@@ -145,3 +145,40 @@ def test_hundreds_of_unreferenced_caches_release_their_stores(tmp_path: Path) ->
         del cache
     gc.collect()
     assert all(live_tier(p) is None for p in paths)
+
+
+def test_providers_with_their_own_request_get_their_own_store(tmp_path: Path) -> None:
+    train, infer = Provider(10), Provider(10)
+    train.data_request = {"train": {"split": 0.8}}  # type: ignore[attr-defined]
+    infer.data_request = {"infer": {"split": 1.0}}  # type: ignore[attr-defined]
+    a = DataCache(config(cache_dir=str(tmp_path)), train)
+    b = DataCache(config(cache_dir=str(tmp_path)), infer)
+    assert a.fingerprint != b.fingerprint
+    a.insert_into_cache(1, {"x": 1})
+    b.insert_into_cache(1, {"x": 2})  # no "already open": two stores
+    assert (a.try_fetch(1), b.try_fetch(1)) == ({"x": 1}, {"x": 2})
+    a.close()
+    b.close()
+
+
+def _fetch_in_child(cache: DataCache, queue: Any) -> None:
+    queue.put(cache.try_fetch(4))
+
+
+def test_data_cache_pickles_for_spawned_workers(tmp_path: Path) -> None:
+    import multiprocessing as mp
+    import pickle
+
+    cache = DataCache(config(cache_dir=str(tmp_path)), Provider())
+    cache.insert_into_cache(4, {"x": 4})
+    assert cache.cache is not None
+    cache.cache.flush()
+    assert b"Lock" not in pickle.dumps(cache)
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_fetch_in_child, args=(cache, queue))
+    child.start()
+    assert queue.get(timeout=120) == {"x": 4}
+    child.join(60)
+    assert child.exitcode == 0
+    cache.close()

@@ -254,7 +254,7 @@ class SpillCache:
         # The RAM tier now owns ``value``; the caller gets its own copy.
         return replicate(value) if admitted and self._copy else value
 
-    def put(self, key: object, sample: object) -> None:
+    def put(self, key: object, sample: object, *, evict: bool = True) -> bool:
         """Store ``sample`` under ``key`` (overwriting), in RAM if it fits and on disk.
 
         Parameters
@@ -265,6 +265,15 @@ class SpillCache:
             Nested dicts (str or int keys), lists and tuples of torch tensors, numpy arrays and
             scalars, Python int/float/bool/str/bytes and None. Not ``None`` itself (a ``get``
             could not tell it from a miss).
+        evict : bool
+            ``False``: the RAM tier takes the sample only into free space (what a background
+            fill should do: never push out what training uses).
+
+        Returns
+        -------
+        bool
+            Whether the sample is cached: in RAM, or on its way to disk (``False`` when the
+            RAM tier declined it and the disk tier is full).
 
         Raises
         ------
@@ -274,12 +283,21 @@ class SpillCache:
         k = check_key(key)
         if sample is None:
             raise TypeError("a sample cannot be None: get() returns None for a miss")
-        blob = encode(sample)
-        self._disk.write(k, blob)
+        on_disk = self._disk.write(k, encode(sample))
         with self._lock:
             self._puts += 1
-        if self._may_admit():
-            self.admit_to_ram(k, clone(sample) if self._copy else sample)
+        if not self._may_admit():
+            return on_disk
+        nbytes = sample_nbytes(sample) + ENTRY_OVERHEAD
+        if not evict:
+            with self._lock:
+                room = self._ram.budget - self._ram.nbytes
+            if nbytes > room:  # the private copy would be wasted work
+                return on_disk
+        kept = clone(sample) if self._copy else sample
+        with self._lock:
+            in_ram = self._ram.admit(k, kept, nbytes, evict=evict)
+        return on_disk or in_ram
 
     def _may_admit(self) -> bool:
         """Whether this process adds samples to its RAM tier.
@@ -295,31 +313,29 @@ class SpillCache:
             self._role_known = True
         return self._admits
 
-    def admit_to_ram(self, key: int, sample: object, *, evict: bool = True) -> bool:
-        """Offer ``sample`` to the RAM tier only (the disk tier is not written).
+    def _tier_of(self, key: int) -> Literal["ram", "disk"] | None:
+        """Where ``key`` is, counting no request and recording no access (for the preload)."""
+        with self._lock:
+            if key in self._ram:
+                return "ram"
+        return "disk" if self._disk.contains(key) else None
 
-        For callers that already stored ``sample`` on disk and own a private copy the cache
-        may keep as is (the preload uses it to promote disk entries into free RAM).
+    def _promote(self, key: int) -> bool | None:
+        """Copy ``key`` from disk into free RAM, counting nothing (a warm restart's preload).
 
-        Parameters
-        ----------
-        key : int
-            A key already checked by the caller.
-        sample : object
-            A sample the cache may keep without copying.
-        evict : bool
-            ``False``: take free space only, never evict.
-
-        Returns
-        -------
-        bool
-            Whether the sample is now in the RAM tier.
+        Returns whether it now is in RAM; ``None`` if the entry is missing or unreadable.
         """
+        try:
+            value = self._disk.read(key, decode)
+        except CodecError:
+            return None
+        if value is None:
+            return None
         if not self._may_admit():
             return False
-        nbytes = sample_nbytes(sample) + ENTRY_OVERHEAD
+        nbytes = sample_nbytes(value) + ENTRY_OVERHEAD
         with self._lock:
-            return self._ram.admit(key, sample, nbytes, evict=evict)
+            return self._ram.admit(key, value, nbytes, evict=False)
 
     def _get_meta(self, name: str) -> bytes | None:
         return self._disk.get_meta(name)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import os
+import sys
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,8 +17,13 @@ import numpy as np
 
 from .cache import SpillCache
 from .config import CacheSettings, settings_from_config
+from .preload import Preloader, SingleFlight, StatsLogger, SummaryWriterLike, preview_order
+from .stats import CacheStats
 
 __all__ = ["DataCache"]
+
+# try_fetch calls between two logs of the statistics (Hyrax logged every 1000 inserts).
+_LOG_EVERY = 1000
 
 
 class DataProvider(Protocol):
@@ -41,12 +49,21 @@ class DataCache:
     named by a digest of ``config["data_request"]`` and ``len(data_provider)`` (or of
     ``cache_fingerprint`` when set), which is also the store's fingerprint.
 
+    With ``preload_cache = true``, :meth:`start_preload_thread` fills the cache in the
+    background with ``preload_threads`` loads in flight (``"auto"``: tuned to the storage).
+    While it runs, a ``try_fetch`` of a sample the preload is loading waits for that load and
+    returns the sample, and a miss reserves the index until its ``insert_into_cache``, so that
+    the preload skips it: every sample is resolved once.
+
     Parameters
     ----------
     config : Mapping
         The Hyrax configuration.
     data_provider : DataProvider
         Offers ``len()`` and ``resolve_data(idx)``.
+    summary_writer : SummaryWriter, str, os.PathLike or None
+        A ``tensorboardX.SummaryWriter`` (or a log directory for a new one): the cache's
+        statistics are logged every 1000 ``try_fetch`` calls and while preloading.
 
     Raises
     ------
@@ -54,12 +71,43 @@ class DataCache:
         When a cache key of ``config["data_set"]`` has a wrong type or value.
     """
 
-    def __init__(self, config: Mapping[str, Any], data_provider: DataProvider) -> None:
+    _preloader: Preloader | None
+    _summary: StatsLogger | None
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        data_provider: DataProvider,
+        *,
+        summary_writer: SummaryWriterLike | str | os.PathLike[str] | None = None,
+    ) -> None:
         self.settings: CacheSettings = settings_from_config(config)
         self._provider = data_provider
         self._config = config
         self._cache: SpillCache | None = None
+        self._init_process_state()
+        if summary_writer is not None:
+            self._summary = StatsLogger(summary_writer, _LOG_EVERY)
+
+    def _init_process_state(self) -> None:
         self._opening = threading.Lock()
+        self._flights = SingleFlight(copy=True)
+        self._preloader = None
+        self._summary = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # For spawn/forkserver DataLoader workers: the store travels as its path and settings
+        # (SpillCache pickles that way); locks, the preload and the summary writer stay here.
+        return {
+            "settings": self.settings,
+            "_provider": self._provider,
+            "_config": self._config,
+            "_cache": self._cache,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init_process_state()
 
     @property
     def fingerprint(self) -> str:
@@ -67,7 +115,10 @@ class DataCache:
         if self.settings.cache_fingerprint is not None:
             basis: object = ["fingerprint", self.settings.cache_fingerprint]
         else:
-            basis = ["data_request", self._config.get("data_request"), len(self._provider)]
+            # A provider's own request (when it has one) tells apart the train/validate/infer
+            # providers that share one config's data_request table.
+            request = getattr(self._provider, "data_request", self._config.get("data_request"))
+            basis = ["data_request", request, len(self._provider)]
         text = json.dumps(basis, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
@@ -97,26 +148,115 @@ class DataCache:
         return idx
 
     def try_fetch(self, idx: int) -> Any | None:
-        """The cached sample for ``idx``, or ``None`` (always ``None`` when caching is off)."""
+        """The cached sample for ``idx``, or ``None`` (always ``None`` when caching is off).
+
+        While a preload runs, a miss on a sample it is loading waits for that load.
+        """
         cache = self.cache
-        return None if cache is None else cache.get(self._check_index(idx))
+        if cache is None:
+            return None
+        i = self._check_index(idx)
+        sample = cache.get(i)
+        if sample is None and self.preloading:
+            sample = self._join_preload(cache, i)
+        if self._summary is not None:
+            self._summary.tick(self.stats)
+        return sample
+
+    def _join_preload(self, cache: SpillCache, i: int) -> Any | None:
+        """Wait for the preload's load of ``i``, or reserve ``i`` for the caller's insert."""
+        while True:
+            # Not waitable: nothing guarantees the caller ever inserts what it reserved.
+            flight, owned = self._flights.claim_or_join(i, waitable=False)
+            if flight is None:  # another caller reserved it: behave as without a preload
+                return None
+            if owned:
+                # The preload may have stored it between our miss and our claim.
+                if i not in cache:
+                    return None
+                self._flights.cancel(flight)
+                return cache.get(i)
+            done, sample = self._flights.wait(flight)
+            if done:
+                return sample
 
     def insert_into_cache(self, idx: int, data: Any) -> None:
         """Cache ``data`` as the sample of ``idx`` (does nothing when caching is off)."""
         cache = self.cache
         if cache is not None:
-            cache.put(self._check_index(idx), data)
+            i = self._check_index(idx)
+            try:
+                cache.put(i, data)
+            finally:
+                self._flights.release(i)
 
-    def start_preload_thread(self) -> None:
-        """Start preloading when ``preload_cache`` is true.
+    # -- preload ---------------------------------------------------------------------------------
 
-        Currently a documented no-op: the preload engine is not part of this release.
+    def start_preload_thread(self, order: object = None) -> None:
+        """Start preloading in the background when ``use_cache`` and ``preload_cache`` are true.
+
+        Returns at once; a preload already running is stopped first. Samples already cached
+        are skipped; the others are resolved by ``preload_threads`` threads (``"auto"``: as
+        many as the storage rewards, up to 64) and cached, the RAM tier taking only free
+        space. A progress bar shows on stderr when it is a terminal.
+
+        Parameters
+        ----------
+        order : None, iterable of int, sampler or DataLoader
+            The order to preload in (an extension of Hyrax's interface): see
+            :meth:`CachedDataset.start_preload <spillcache.CachedDataset.start_preload>`.
+            ``None``: ``0 .. len - 1``.
         """
+        cache = self.cache  # None when use_cache is false
+        if cache is None or not self.settings.preload_cache:
+            return
+        indices, total = preview_order(order, len(self._provider))
+        self.stop_preload()
+        self._preloader = Preloader(
+            cache,
+            self._provider.resolve_data,
+            indices,
+            length=len(self._provider),
+            total=total,
+            threads=self.settings.preload_threads,
+            flights=self._flights,
+            progress=sys.stderr.isatty(),
+            stats=self.stats,
+            summary=self._summary,
+        )
+        self._preloader.start()
+
+    def wait_preload(self, timeout: float | None = None) -> bool:
+        """Wait for the preload to finish; False if ``timeout`` seconds passed first.
+
+        True at once when no preload runs. Raises ``RuntimeError`` if the preload broke down.
+        """
+        preloader = self._preloader
+        return True if preloader is None else preloader.wait(timeout)
+
+    def stop_preload(self) -> None:
+        """Stop the preload; returns at once, even with slow loads in progress."""
+        if self._preloader is not None:
+            self._preloader.stop()
+
+    @property
+    def preloading(self) -> bool:
+        """Whether a preload is running in this process."""
+        return self._preloader is not None and self._preloader.running
+
+    def stats(self) -> CacheStats:
+        """The cache's statistics with the preload counters (zeros when caching is off)."""
+        cache = self.cache
+        base = CacheStats() if cache is None else cache.stats()
+        return dataclasses.replace(base, **self._flights.counters())
 
     def close(self) -> None:
-        """Close the store (also happens when the cache is garbage collected)."""
+        """Stop the preload and close the store (closing also happens at garbage collection)."""
+        self.stop_preload()
         if self._cache is not None:
             self._cache.close()
+        if self._summary is not None:
+            self._summary.close()
 
     def __enter__(self) -> DataCache:
         return self

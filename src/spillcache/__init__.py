@@ -1,0 +1,30 @@
+"""spillcache: a two-tier (RAM + LMDB) persistent sample cache for PyTorch training.
+
+Hot samples stay decoded in RAM under a byte budget; every sample is written through to an LMDB
+store on local disk that the next run, DataLoader workers and DDP ranks on the node reuse.
+"""
+
+from .admin import CacheInfo, cache_info, clear_cache, copy_cache
+from .cache import SpillCache
+from .dataset import CachedDataset, NondeterministicDataError
+from .disk import SpillCacheWarning
+from .errors import FingerprintMismatch, StoreError
+from .hyrax import DataCache
+from .stats import CacheStats
+
+__all__ = [
+    "CacheInfo",
+    "CacheStats",
+    "CachedDataset",
+    "DataCache",
+    "FingerprintMismatch",
+    "NondeterministicDataError",
+    "SpillCache",
+    "SpillCacheWarning",
+    "StoreError",
+    "cache_info",
+    "clear_cache",
+    "copy_cache",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,1131 @@
+"""The preload engine: a background fill that follows the sampler and adapts to the storage.
+
+A :class:`Preloader` walks the indices a sampler is about to draw and has a pool of daemon
+threads load the ones neither tier holds, each sample inserted as soon as it is loaded. Its
+pieces:
+
+* :func:`preview_order` turns a sampler into the indices it will yield without disturbing it
+  (a random sampler is previewed from a *copy* of its generator state).
+* :class:`SingleFlight` records which indices are being loaded right now, by the preload or by
+  training, so that every index is loaded once: training joins a preload load in progress, and
+  the preload skips what training is loading.
+* A hill-climbing tuner sets the number of loads in flight (``threads="auto"``): it doubles
+  the count while the measured throughput grows, backs off when it stops, and probes up and
+  down now and then. Throughput comes from Little's law (mean number in flight / mean time a
+  load holds its slot), which, unlike counting completions in a short window, is not fooled by
+  loads that finish in waves.
+* Memory stays flat: at most ``threads`` loaded samples exist outside the cache, the RAM tier
+  only takes free space (it never evicts for the preload), and the disk tier's writer bounds
+  what is queued.
+* :meth:`Preloader.stop` returns at once: the rest of the order is dropped, and a load stuck
+  in user code is left to finish on its own daemon thread, whose result then reaches any
+  training thread waiting for it but never the store (a guard keeps every thread of the
+  preload away from the store once it is stopped, which ``close()`` and interpreter exit
+  always do first).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import copy
+import dataclasses
+import itertools
+import logging
+import operator
+import os
+import sys
+import threading
+import time
+import warnings
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sized
+from typing import Any, Literal, Protocol, cast
+
+import torch
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    DistributedSampler,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+    SubsetRandomSampler,
+    WeightedRandomSampler,
+)
+
+from . import forksafe
+from .cache import SpillCache
+from .codec import clone
+from .stats import CacheStats
+
+__all__ = [
+    "AUTO_MAX_THREADS",
+    "Preloader",
+    "SingleFlight",
+    "StatsLogger",
+    "check_threads",
+    "preview_order",
+]
+
+logger = logging.getLogger(__name__)
+
+Threads = int | Literal["auto"]
+
+#: Upper bound of ``threads="auto"``: enough for a network file system with tens of
+#: milliseconds of latency, few enough that a machine is never swamped (ask for more with an
+#: explicit count).
+AUTO_MAX_THREADS = 64
+# The tuner works on log2(concurrency): a doubling is kept when it brings at least this much
+# more throughput. Doubling gives 2x on storage that is latency-bound and 1x on storage that is
+# saturated; 1.2 is above the noise of a window and catches the partial gains of a machine
+# whose CPUs are shared with other work.
+_GROW = 1.2
+# A halving is kept when it costs at most this much throughput (fewer threads for the same
+# rate). Together with _GROW this leaves a dead band, so the tuner does not oscillate.
+_KEEP = 0.87
+# Windows at the chosen concurrency between two probes: the first probe after a climb comes
+# after _FIRST_PROBE_WINDOWS, the next after _HOLD_WINDOWS, doubling while probes change
+# nothing (a probe costs throughput) up to _MAX_HOLD_WINDOWS.
+_FIRST_PROBE_WINDOWS = 2
+_HOLD_WINDOWS = 8
+_MAX_HOLD_WINDOWS = 64
+# Windows in a row whose rate leaves the dead band around the held rate before the tuner
+# takes it for a change of the storage and probes at the short interval again.
+_DRIFT_WINDOWS = 3
+# A measurement window closes once it saw this many completions (and two per slot) and lasted
+# this long. After a change, a window starts only once every load begun under the previous
+# setting is done and then one load per slot more: the first loads at a new setting meet
+# queues (at a semaphore, at the GIL) that are still building up, and would look fast.
+_WINDOW_COMPLETIONS = 4
+_WINDOW_SECONDS = 0.05
+# How often the coordinator wakes up to refresh the progress bar and log, when nothing else
+# wakes it.
+_REFRESH_SECONDS = 0.25
+# Scalars are logged every ``log_every`` processed indices, and at least this often.
+_LOG_SECONDS = 10.0
+# stop() waits this long for the coordinator to notice.
+_STOP_JOIN_SECONDS = 0.5
+# Tuner measurements kept in ``Preloader.tuning``.
+_TUNING_KEPT = 64
+
+
+def check_threads(value: object, name: str = "preload_threads") -> Threads:
+    """``value`` if it is a positive int or ``"auto"``; raise ``ValueError`` otherwise."""
+    if value == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f'{name}={value!r} is invalid; use a positive int or "auto"')
+    return value
+
+
+# -- the order -------------------------------------------------------------------------------
+
+# Samplers whose iteration draws only from ``self.generator``: a shallow copy holding a clone
+# of that generator yields exactly what the original will.
+_GENERATOR_SAMPLERS = (RandomSampler, SubsetRandomSampler, WeightedRandomSampler)
+# Samplers whose iteration has no side effects at all.
+_PURE_SAMPLERS = (SequentialSampler, DistributedSampler)
+
+
+def preview_order(order: object, length: int) -> tuple[Iterator[object], int | None]:
+    """The indices ``order`` will yield, obtained without changing what it will yield.
+
+    Call it at the moment the preload starts: a random sampler's generator state is copied
+    *now*, so training that draws from the sampler afterwards gets exactly the previewed
+    permutation.
+
+    Parameters
+    ----------
+    order : None, iterable of int, sampler or DataLoader
+        ``None``: ``0 .. length - 1``. An iterable (list, range, array, ...) is iterated lazily,
+        in the preload's thread. Samplers that can be previewed: ``SequentialSampler``,
+        ``DistributedSampler`` (its order depends only on seed and epoch: call ``set_epoch``
+        first), ``RandomSampler``, ``SubsetRandomSampler`` and ``WeightedRandomSampler`` with an
+        explicit ``generator``, and a ``BatchSampler`` of any of them. A ``DataLoader`` is
+        previewed through its sampler, for the next iterator it creates (a ``DataLoader`` with
+        ``persistent_workers=True`` matches only in its first epoch). Any other sampler cannot
+        be previewed without risking a side effect: it gets a warning and ``0 .. length - 1``.
+    length : int
+        Length of the data set.
+
+    Returns
+    -------
+    indices : iterator
+        The indices (not yet checked: the preload counts invalid ones as errors).
+    total : int or None
+        How many indices there are, when known.
+
+    Raises
+    ------
+    TypeError
+        If ``order`` is neither ``None``, an iterable, a sampler nor a ``DataLoader``.
+    """
+    if order is None:
+        return iter(range(length)), length
+    if isinstance(order, DataLoader):
+        indices, total, advice = _preview_loader(order)
+    elif isinstance(order, Sampler):
+        indices, total, advice = _preview_sampler(order, None)
+    elif isinstance(order, (str, bytes)) or not isinstance(order, Iterable):
+        raise TypeError(
+            f"order must be None, an iterable of indices, a sampler or a DataLoader, not "
+            f"{type(order).__name__}"
+        )
+    else:
+        return iter(order), len(order) if isinstance(order, Sized) else None
+    if indices is None:
+        warnings.warn(
+            f"the preload cannot follow this sampler's order: {advice}; preloading in index "
+            f"order 0..{length - 1} instead",
+            UserWarning,
+            stacklevel=3,
+        )
+        return iter(range(length)), length
+    return indices, total
+
+
+_Preview = tuple[Iterator[object] | None, int | None, str]
+
+
+def _preview_loader(loader: DataLoader[Any]) -> _Preview:
+    sampler = cast(Sampler[Any], loader.sampler)
+    shared = (
+        loader.generator is not None
+        and type(sampler) in _GENERATOR_SAMPLERS
+        and getattr(sampler, "generator", None) is loader.generator
+    )
+    if not shared:
+        return _preview_sampler(sampler, None)
+    # A new DataLoader iterator draws its workers' base seed from ``loader.generator`` before
+    # the sampler's first draw from the same generator (``DataLoader(shuffle=True,
+    # generator=g)``): replay that draw on the copy.
+    generator = _clone_generator(loader.generator)
+    torch.empty((), dtype=torch.int64).random_(generator=generator)
+    return _preview_sampler(sampler, generator)
+
+
+def _preview_sampler(sampler: Sampler[Any], generator: torch.Generator | None) -> _Preview:
+    """``(indices, total, "")``, or ``(None, None, advice)`` if it cannot be previewed."""
+    kind = type(sampler)
+    if kind is BatchSampler:
+        # The batches hold the inner sampler's indices in its order (a dropped last batch
+        # is merely preloaded for nothing).
+        return _preview_sampler(sampler.sampler, generator)  # type: ignore[attr-defined]
+    total = len(sampler) if isinstance(sampler, Sized) else None
+    if kind in _PURE_SAMPLERS:
+        return iter(sampler), total, ""
+    if kind in _GENERATOR_SAMPLERS:
+        own = getattr(sampler, "generator", None)
+        if own is not None:
+            twin = copy.copy(sampler)
+            twin.generator = generator if generator is not None else _clone_generator(own)  # type: ignore[attr-defined]
+            return iter(twin), total, ""
+        return (
+            None,
+            None,
+            f"the {kind.__name__} has no generator, so its order is drawn from torch's global "
+            f"random state when training iterates it and cannot be known in advance; give it "
+            f"one: {kind.__name__}(..., generator=torch.Generator().manual_seed(seed)), or "
+            f"DataLoader(..., shuffle=True, generator=torch.Generator().manual_seed(seed))",
+        )
+    return (
+        None,
+        None,
+        f"spillcache cannot tell whether iterating a {kind.__name__} has side effects; pass "
+        f"order= an iterable of the indices training will draw, or one of the samplers "
+        f"spillcache can preview (SequentialSampler, DistributedSampler, or RandomSampler, "
+        f"SubsetRandomSampler, WeightedRandomSampler with a generator)",
+    )
+
+
+def _clone_generator(generator: torch.Generator) -> torch.Generator:
+    twin = torch.Generator(device=generator.device)
+    twin.set_state(generator.get_state())
+    return twin
+
+
+# -- single flight ---------------------------------------------------------------------------
+
+
+class Flight:
+    """One load of one index in progress; others may wait for its result.
+
+    Attributes
+    ----------
+    key : int
+        The index being loaded.
+    by_preload : bool
+        Whether the preload loads it (as opposed to training).
+    waitable : bool
+        Whether others may wait for it (``False`` for claims whose owner may never report
+        back, like Hyrax's ``try_fetch`` that is followed by an ``insert_into_cache``).
+    """
+
+    def __init__(self, key: int, *, by_preload: bool, waitable: bool) -> None:
+        self.key = key
+        self.by_preload = by_preload
+        self.waitable = waitable
+        self.waiters = 0
+        self.ok = False
+        self.value: object = None
+        # Whether ``value`` was already handed out (the next taker then gets a copy).
+        self.taken = False
+        self.done = threading.Event()
+
+
+class SingleFlight:
+    """The indices being loaded in this process, so that each is loaded once.
+
+    Every loader (the preload's threads, training threads) claims an index before loading it
+    and lands the claim when done; whoever finds an index claimed either waits for the result
+    (training) or skips it (the preload). Also holds the preload counters of the data set.
+
+    Parameters
+    ----------
+    copy : bool
+        Whether every waiter must get its own copy of a result (the cache's ``copy``).
+    """
+
+    def __init__(self, copy: bool) -> None:
+        self._copy = copy
+        self._lock = threading.Lock()
+        self._flights: dict[int, Flight] = {}
+        self._counters = dict.fromkeys(_COUNTERS, 0)
+        forksafe.register(self)
+
+    def claim(self, key: int, *, by_preload: bool, waitable: bool = True) -> Flight | None:
+        """Claim ``key``; ``None`` if someone else is loading it."""
+        with self._lock:
+            if key in self._flights:
+                return None
+            flight = self._flights[key] = Flight(key, by_preload=by_preload, waitable=waitable)
+            return flight
+
+    def claim_or_join(self, key: int, *, waitable: bool = True) -> tuple[Flight | None, bool]:
+        """Claim ``key`` for training, or join the load in progress.
+
+        Returns
+        -------
+        flight : Flight or None
+            The claimed or joined flight; ``None`` when ``key`` is claimed by someone nobody
+            may wait for (then load it without a claim).
+        owned : bool
+            True if the caller claimed it and must :meth:`land` or :meth:`cancel` it.
+        """
+        with self._lock:
+            flight = self._flights.get(key)
+            if flight is None:
+                flight = self._flights[key] = Flight(key, by_preload=False, waitable=waitable)
+                # The owner returns the value itself: waiters always get copies.
+                flight.taken = True
+                return flight, True
+            if not flight.waitable:
+                return None, False
+            flight.waiters += 1
+            return flight, False
+
+    def wait(self, flight: Flight) -> tuple[bool, object]:
+        """Wait for a joined flight: ``(True, value)``, or ``(False, None)`` if it failed."""
+        flight.done.wait()
+        with self._lock:
+            if not flight.ok:
+                return False, None
+            if flight.by_preload:
+                self._counters["preload_waits"] += 1
+            value, shared = flight.value, flight.taken
+            flight.taken = True
+        return True, clone(value) if shared and self._copy else value
+
+    def land(self, flight: Flight, value: object) -> None:
+        """End ``flight`` with ``value``, handing it to the waiters."""
+        with self._lock:
+            self._remove_locked(flight)
+            private = flight.taken and flight.waiters and self._copy
+        # An owner that returns ``value`` to its caller (who may modify it) leaves the waiters
+        # a snapshot; copies of it are made by each waiter but the first.
+        flight.value = clone(value) if private else value
+        flight.taken = flight.taken and not private
+        flight.ok = True
+        flight.done.set()
+
+    def cancel(self, flight: Flight) -> None:
+        """End ``flight`` without a result: waiters then look in the cache or load it."""
+        with self._lock:
+            self._remove_locked(flight)
+        flight.done.set()
+
+    def release(self, key: int) -> None:
+        """Cancel the flight of ``key``, if any (Hyrax's insert after a ``try_fetch`` miss)."""
+        with self._lock:
+            flight = self._flights.get(key)
+        if flight is not None and not flight.by_preload:
+            self.cancel(flight)
+
+    def _remove_locked(self, flight: Flight) -> None:
+        if self._flights.get(flight.key) is flight:
+            del self._flights[flight.key]
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to the counter ``name``."""
+        with self._lock:
+            self._counters[name] += n
+
+    def counters(self) -> dict[str, int]:
+        """The preload counters, as ``CacheStats`` field names."""
+        with self._lock:
+            return dict(self._counters)
+
+    # Nothing to prepare: the child replaces the lock (a thread of the parent may hold it at the
+    # moment of the fork) and forgets the loads in progress, which belong to threads it lacks.
+    def _before_fork(self) -> None:
+        pass
+
+    def _after_fork_in_parent(self) -> None:
+        pass
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+        self._flights = {}
+
+
+_COUNTERS = (
+    "preload_loads",
+    "preload_skips",
+    "preload_promotions",
+    "preload_errors",
+    "preload_waits",
+)
+
+
+class _Guard:
+    """Lets threads use the store until it is closed; closing waits for the current users."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._users = 0
+        self.closed = False
+
+    @contextlib.contextmanager
+    def open(self) -> Iterator[bool]:
+        """Yield whether the store may be used; it stays usable until the block ends."""
+        with self._cond:
+            entered = not self.closed
+            self._users += entered
+        try:
+            yield entered
+        finally:
+            if entered:
+                with self._cond:
+                    self._users -= 1
+                    if not self._users:
+                        self._cond.notify_all()
+
+    def close(self) -> None:
+        """Refuse new users and wait until the current ones are done (they never block long)."""
+        with self._cond:
+            self.closed = True
+            while self._users:
+                self._cond.wait()
+
+
+# -- adaptive concurrency --------------------------------------------------------------------
+
+
+class _Tuner:
+    """Hill climbing of the concurrency on a log2 scale, fed one throughput per window.
+
+    Starts at 1 and doubles while a doubling raises throughput by ``_GROW``. Then it holds
+    the best level and probes one step down (kept if it loses less than ``1 - _KEEP``:
+    fewer threads for the same rate) or up (kept, and climbing resumes, if it gains
+    ``_GROW``). The first probe after a climb goes down, soon, to undo a step that only
+    looked useful; later probes alternate, and each one that changes nothing doubles the
+    windows until the next, up to ``_MAX_HOLD_WINDOWS``. A rate that stays out of the dead
+    band for ``_DRIFT_WINDOWS`` windows brings the probes back to ``_HOLD_WINDOWS``. It never
+    runs more than twice the level it holds, and that only for one window.
+    """
+
+    def __init__(self, maximum: int) -> None:
+        self.limit = 1
+        self._max = maximum
+        self._base = 1
+        self._base_rate = self._reference = 0.0
+        self._phase: Literal["start", "grow", "hold", "up", "down"] = "start"
+        self._held = self._outside = 0
+        self._wait = self._interval = _HOLD_WINDOWS
+        self._up_next = False
+
+    def observe(self, rate: float) -> int:
+        """Take the throughput measured at ``self.limit``; return the next limit."""
+        phase = self._phase
+        if phase == "start":
+            self._base_rate = rate
+            self._climb()
+        elif phase in ("grow", "up"):
+            if rate >= self._base_rate * _GROW:
+                self._base, self._base_rate = self.limit, rate
+                self._interval = _HOLD_WINDOWS
+                self._climb()
+            elif phase == "grow":
+                self._hold(up_next=False, wait=_FIRST_PROBE_WINDOWS)
+            else:
+                self._hold(up_next=False, wait=self._backoff())
+        elif phase == "down":
+            if rate >= self._base_rate * _KEEP:
+                self._base, self._base_rate = self.limit, rate
+                self._interval = _HOLD_WINDOWS
+                self._hold(up_next=False, wait=_FIRST_PROBE_WINDOWS)
+            else:
+                self._hold(up_next=True, wait=self._backoff())
+        else:
+            # Follow a storage whose speed drifts; one window is too noisy to replace it.
+            self._base_rate = 0.5 * (self._base_rate + rate)
+            inside = self._reference * _KEEP <= rate <= self._reference * _GROW
+            self._outside = 0 if inside else self._outside + 1
+            # Several windows in a row: the one after a probe is often off, which is no drift.
+            if self._outside >= _DRIFT_WINDOWS:
+                self._reference = self._base_rate
+                self._interval = self._wait = _HOLD_WINDOWS
+            self._held += 1
+            if self._held >= self._wait:
+                self._probe()
+        return self.limit
+
+    def _climb(self) -> None:
+        if self._base < self._max:
+            self.limit = min(self._max, 2 * self._base)
+            self._phase = "grow"
+        else:
+            self._hold(up_next=False, wait=_FIRST_PROBE_WINDOWS)
+
+    def _backoff(self) -> int:
+        self._interval = min(_MAX_HOLD_WINDOWS, 2 * self._interval)
+        return self._interval
+
+    def _hold(self, *, up_next: bool, wait: int) -> None:
+        self.limit = self._base
+        self._phase = "hold"
+        self._reference = self._base_rate
+        self._held = self._outside = 0
+        self._wait = wait
+        self._up_next = up_next
+
+    def _probe(self) -> None:
+        can_up, can_down = self._base < self._max, self._base > 1
+        self._held = 0
+        if can_up and (self._up_next or not can_down):
+            self.limit, self._phase = min(self._max, 2 * self._base), "up"
+        elif can_down:
+            self.limit, self._phase = self._base // 2, "down"
+
+
+# -- visibility ------------------------------------------------------------------------------
+
+
+class SummaryWriterLike(Protocol):
+    """What spillcache needs of a ``tensorboardX.SummaryWriter``."""
+
+    def add_scalar(self, tag: str, scalar_value: float, global_step: int | None = None) -> Any:
+        """Record one scalar."""
+
+
+class StatsLogger:
+    """Writes cache statistics to TensorBoard, from the process that created it only.
+
+    Parameters
+    ----------
+    writer : SummaryWriter, str or os.PathLike
+        A ``tensorboardX.SummaryWriter`` (or anything with its ``add_scalar``), or a log
+        directory for a new one, which :meth:`close` then closes.
+    every : int
+        Log the cache's statistics every ``every`` calls of :meth:`tick`.
+    """
+
+    def __init__(self, writer: SummaryWriterLike | str | os.PathLike[str], every: int) -> None:
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"log_every={every!r} is invalid; use a positive int")
+        self.every = every
+        self._owned = isinstance(writer, (str, os.PathLike))
+        if isinstance(writer, (str, os.PathLike)):
+            # Imported when needed: importing tensorboardX takes seconds.
+            from tensorboardX import SummaryWriter  # noqa: PLC0415
+
+            self._writer: SummaryWriterLike = SummaryWriter(logdir=os.fspath(writer))
+        elif callable(getattr(writer, "add_scalar", None)):
+            self._writer = writer
+        else:
+            raise TypeError(
+                f"summary_writer must be a SummaryWriter (with add_scalar) or a log directory, "
+                f"not {type(writer).__name__}"
+            )
+        self._pid = os.getpid()
+        self._calls = itertools.count(1)
+
+    def tick(self, stats: Callable[[], CacheStats]) -> None:
+        """Count one operation; every ``every``-th logs ``stats()`` (call outside any lock)."""
+        n = next(self._calls)
+        if n % self.every == 0:
+            self.log_stats(stats(), n)
+
+    def log_stats(self, stats: CacheStats, step: int) -> None:
+        """Log the counters of ``stats`` at ``step``."""
+        self.log(
+            {
+                "spillcache/hit_rate": stats.hit_rate,
+                "spillcache/ram_hit_rate": stats.ram_hit_rate,
+                "spillcache/ram_bytes": stats.ram_bytes,
+                "spillcache/ram_items": stats.ram_items,
+                "spillcache/disk_bytes": stats.disk_bytes,
+                "spillcache/disk_items": stats.disk_items,
+                "spillcache/rejected": stats.rejected,
+                "spillcache/preload_errors": stats.preload_errors,
+            },
+            step,
+        )
+
+    def log(self, scalars: dict[str, float], step: int) -> None:
+        """Log ``scalars`` at ``step`` (nothing in a forked or spawned process)."""
+        if os.getpid() != self._pid:
+            return
+        for tag, value in scalars.items():
+            self._writer.add_scalar(tag, value, step)
+
+    def close(self) -> None:
+        """Close the writer if this logger created it."""
+        if self._owned and os.getpid() == self._pid:
+            self._writer.close()  # type: ignore[attr-defined]
+
+
+# -- the preloader ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Slot:
+    """One pass of a load thread: find the next index to load, load it, store it."""
+
+    epoch: int
+    reserved_at: float
+
+
+class Preloader:
+    """Loads the indices of an order into a cache in the background.
+
+    Built and started by ``CachedDataset.start_preload`` and
+    ``DataCache.start_preload_thread``; use those.
+
+    ``limit`` load threads each take the next index of the order, skip it if it is cached or
+    being loaded, else load and store it, and start over: no hand-off between threads per
+    sample. A coordinator thread starts threads when the limit rises (threads above it retire
+    after their current sample), refreshes the progress bar and logs.
+
+    Parameters
+    ----------
+    cache : SpillCache
+        Where samples go.
+    load : callable
+        ``load(index)`` returns the sample (``dataset[index]``).
+    indices : iterator
+        What :func:`preview_order` returned.
+    length : int
+        Length of the data set (indices outside it are counted as errors and skipped).
+    total : int or None
+        Number of indices, for the progress bar.
+    threads : int or "auto"
+        Loads in flight: a fixed count, or tuned to the storage between 1 and
+        :data:`AUTO_MAX_THREADS`.
+    flights : SingleFlight
+        Shared with training.
+    progress : bool
+        Show a tqdm progress bar on stderr.
+    stats : callable
+        Returns the cache's statistics (for the bar and TensorBoard).
+    summary : StatsLogger or None
+        Where to log scalars, every ``summary.every`` processed indices.
+
+    Attributes
+    ----------
+    limit : int
+        Loads allowed in flight now.
+    peak_limit, peak_threads : int
+        Highest limit and largest number of load threads so far.
+    processed : int
+        Indices done with: loaded, skipped, promoted or failed.
+    tuning : list of (float, int, float)
+        With ``threads="auto"``, the last measurements: seconds since the start,
+        concurrency, samples per second. They tell how the storage scales: rates that double
+        with the concurrency mean latency-bound storage; a rate that stops growing at some
+        concurrency means an IOPS or CPU limit.
+    error : BaseException or None
+        What ended the preload early, if anything did.
+    """
+
+    def __init__(
+        self,
+        cache: SpillCache,
+        load: Callable[[int], object],
+        indices: Iterator[object],
+        *,
+        length: int,
+        total: int | None,
+        threads: Threads,
+        flights: SingleFlight,
+        progress: bool,
+        stats: Callable[[], CacheStats],
+        summary: StatsLogger | None = None,
+    ) -> None:
+        self._cache = cache
+        self._load = load
+        self._indices = indices
+        self._length = length
+        self._total = total
+        self._flights = flights
+        self._progress = progress
+        self._stats = stats
+        self._summary = summary
+        self._tuner = _Tuner(AUTO_MAX_THREADS) if threads == "auto" else None
+        self._cond = threading.Condition(threading.Lock())
+        # Serializes the order's iterator (a generator cannot be advanced by two threads).
+        self._order_lock = threading.Lock()
+        self._guard = _Guard()
+        self._finished = threading.Event()
+        self._started = self._stopping = self._stopped = self._exhausted = False
+        self._coordinator: threading.Thread | None = None
+        self.error: BaseException | None = None
+        # Promote disk entries into RAM until the first one that does not fit.
+        self._promoting = cache.ram_budget > 0
+        self._reported: set[type[BaseException]] = set()
+        self.limit = self.peak_limit = 1 if threads == "auto" else threads
+        self.peak_threads = self._pool = 0
+        self.processed = 0
+        self.tuning: list[tuple[float, int, float]] = []
+        # Slots in flight, and the tuner's measurement window: ``_area`` integrates the slots
+        # in flight over time since ``_window_start``; ``_window_busy`` sums the time each
+        # completed slot was held. A window starts only once the ``_old`` slots reserved under
+        # an earlier limit are all released, and ``_settling`` more slots after that.
+        self._active = 0
+        self._epoch = self._old = self._settling = 0
+        self._window_start: float | None = None
+        self._area = self._area_at = self._window_busy = 0.0
+        self._window_done = 0
+        self._started_at = self._refreshed_at = self._logged_at = 0.0
+        self._logged = 0
+        forksafe.register(self)
+
+    # -- control ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the coordinator thread (once)."""
+        with self._cond:
+            if self._started:
+                raise RuntimeError("a Preloader starts only once")
+            self._started = True
+            now = time.monotonic()
+            self._started_at = self._refreshed_at = self._logged_at = now
+        _live.add(self)
+        self._coordinator = threading.Thread(
+            target=self._run, name="spillcache-preload", daemon=True
+        )
+        self._coordinator.start()
+
+    @property
+    def running(self) -> bool:
+        """Whether the preload is still at work."""
+        return self._started and not self._finished.is_set()
+
+    @property
+    def in_flight(self) -> int:
+        """Load threads at work on a sample right now."""
+        return self._active
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the preload is done or stopped; False if ``timeout`` expired first.
+
+        Raises
+        ------
+        RuntimeError
+            If the preload itself failed (e.g. iterating ``order`` raised); loads that raise
+            are only counted.
+        """
+        if not self._finished.wait(timeout):
+            return False
+        if self.error is not None:
+            raise RuntimeError(f"the preload failed: {self.error!r}") from self.error
+        return True
+
+    def stop(self) -> None:
+        """Stop; return once no thread of the preload will touch the store.
+
+        Loads in progress in user code are not waited for: their threads finish on their own
+        and hand their samples to training threads waiting for them, never to the store.
+        Idempotent.
+        """
+        with self._cond:
+            if self._stopped:
+                return
+            self._stopped = self._stopping = True
+            self._cond.notify_all()
+        self._guard.close()
+        coordinator = self._coordinator
+        if coordinator is not None and coordinator is not threading.current_thread():
+            coordinator.join(_STOP_JOIN_SECONDS)
+        self._finished.set()
+
+    # -- the coordinator -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        bar = self._open_bar()
+        try:
+            while True:
+                with self._cond:
+                    ending = self._stopping or self._exhausted
+                    if self._stopped or (ending and not self._pool):
+                        break
+                    spawn = 0 if ending else max(0, self.limit - self._pool)
+                    self._pool += spawn
+                    self.peak_threads = max(self.peak_threads, self._pool)
+                    if not spawn:
+                        self._cond.wait(_REFRESH_SECONDS)
+                for _ in range(spawn):
+                    threading.Thread(
+                        target=self._work, name="spillcache-preload-load", daemon=True
+                    ).start()
+                self._refresh(bar)
+            if not self._stopped:
+                self._refresh(bar, final=True)
+        except Exception as exc:  # the progress bar or the summary writer failed
+            self._abort(exc)
+        finally:
+            if bar is not None:
+                bar.close()
+            self._finished.set()
+
+    def _open_bar(self) -> Any:
+        if not self._progress:
+            return None
+        # Imported when needed: a tenth of a second that most runs (no TTY) never need.
+        from tqdm.auto import tqdm  # noqa: PLC0415
+
+        return tqdm(
+            total=self._total,
+            desc="spillcache preload",
+            unit=" samples",
+            file=sys.stderr,
+            dynamic_ncols=True,
+            mininterval=_REFRESH_SECONDS,
+            leave=False,
+        )
+
+    # -- the load threads ------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        try:
+            while (slot := self._reserve()) is not None:
+                self._pass(slot)
+        except BaseException as exc:
+            with self._cond:
+                self._pool -= 1
+            if not isinstance(exc, Exception):
+                raise
+            # The order's iterator raised, or a bug.
+            self._abort(exc)
+
+    def _abort(self, exc: Exception) -> None:
+        """End the preload because of ``exc``, which wait() then raises."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if not self._cache.closed:  # else the user closed the cache under us
+            self.error = exc
+            logger.error("the preload failed: %r", exc, exc_info=exc)
+
+    def _reserve(self) -> _Slot | None:
+        """A slot for one more pass, or None when this thread must end (and has left)."""
+        with self._cond:
+            if self._stopping or self._exhausted or self._pool > self.limit:
+                self._pool -= 1
+                self._cond.notify_all()
+                return None
+            now = time.monotonic()
+            self._add_active_locked(1, now)
+            return _Slot(self._epoch, now)
+
+    def _pass(self, slot: _Slot) -> None:
+        found = self._next_index()
+        if found is None:
+            self._release(slot, completed=False)
+            return
+        index, flight = found
+        try:
+            sample = self._load(index)
+        except Exception as exc:
+            self._flights.cancel(flight)
+            self._release(slot, completed=True, counter="preload_errors")
+            self._report_error(index, exc)
+            return
+        except BaseException:
+            self._flights.cancel(flight)
+            self._release(slot, completed=False)
+            raise
+        stored: bool | None = None
+        error: Exception | None = None
+        with self._guard.open() as usable:
+            if usable:
+                try:
+                    stored = self._cache.put(index, sample, evict=False)
+                except Exception as exc:  # e.g. a leaf type the codec refuses
+                    error = exc
+        if error is None:
+            # Also after stop: a training thread may be waiting for exactly this sample.
+            self._flights.land(flight, sample)
+        else:
+            # Training then loads it and meets the same error, as it would without a cache.
+            self._flights.cancel(flight)
+        del sample
+        if error is not None:
+            self._release(slot, completed=True, counter="preload_errors")
+            self._report_error(index, error)
+            return
+        self._release(slot, completed=True, counter="preload_loads" if stored else None)
+        if stored is False:
+            self._cache_full()
+
+    def _next_index(self) -> tuple[int, Flight] | None:
+        """The next index to load, claimed; None when the order is exhausted or we stop."""
+        while True:
+            with self._order_lock:
+                if self._stopping or self._exhausted:
+                    return None
+                try:
+                    raw = next(self._indices)
+                except StopIteration:
+                    self._exhausted = True
+                    return None
+            found = self._offer(raw)
+            if found is not None:
+                return found
+
+    def _offer(self, raw: object) -> tuple[int, Flight] | None:
+        """``raw`` as a claimed index to load, or None if there is nothing to load."""
+        try:
+            i = operator.index(raw)  # type: ignore[arg-type]
+            if i < 0:
+                i += self._length
+            if not 0 <= i < self._length:
+                raise IndexError(
+                    f"index {raw} is out of range for a data set of length {self._length}"
+                )
+        except (TypeError, IndexError) as exc:
+            self._done("preload_errors")
+            self._report_error(raw, exc)
+            return None
+        flight = self._flights.claim(i, by_preload=True)
+        if flight is None:  # training is loading it
+            self._done("preload_skips")
+            return None
+        promoted: bool | None = None
+        try:
+            with self._guard.open() as usable:
+                where = self._cache._tier_of(i) if usable else None
+                if usable and where == "disk" and self._promoting:
+                    promoted = self._cache._promote(i)
+                    if promoted is None:  # unreadable: load it again
+                        where = None
+        except BaseException:
+            self._flights.cancel(flight)  # nobody may wait for it forever
+            raise
+        if usable and where is None:
+            return i, flight
+        self._flights.cancel(flight)  # waiters find it in the cache
+        if usable:
+            self._promoting = self._promoting and promoted is not False
+            self._done("preload_promotions" if promoted else "preload_skips")
+        return None
+
+    def _cache_full(self) -> None:
+        with self._cond:
+            first = not self._stopping
+            self._stopping = True
+            self._cond.notify_all()
+        if first:
+            logger.warning(
+                "the preload stopped early: the cache is full (the RAM tier is at its budget "
+                "and the store refuses new entries, see stats().rejected)"
+            )
+
+    def _report_error(self, index: object, exc: BaseException) -> None:
+        kind = type(exc)
+        with self._cond:
+            first = kind not in self._reported
+            self._reported.add(kind)
+        if first:
+            logger.warning(
+                "preloading index %r failed with %s: %s; it is not cached, and training loads "
+                "it itself when it asks for it (further %s errors of this preload are only "
+                "counted in stats().preload_errors)",
+                index,
+                kind.__name__,
+                exc,
+                kind.__name__,
+                exc_info=exc,
+            )
+
+    # -- bookkeeping -----------------------------------------------------------------------------
+
+    def _done(self, counter: str) -> None:
+        self._flights.count(counter)
+        with self._cond:
+            self.processed += 1
+
+    def _release(self, slot: _Slot, *, completed: bool, counter: str | None = None) -> None:
+        if counter is not None:
+            self._flights.count(counter)
+        with self._cond:
+            now = time.monotonic()
+            self._add_active_locked(-1, now)
+            self.processed += completed
+            if slot.epoch != self._epoch:
+                self._old -= 1
+            elif self._window_start is None:
+                # Settling (the very first load, too, pays for opening the store and starting
+                # its writer).
+                self._settling -= 1
+                if self._settling <= 0 and not self._old:
+                    self._start_window_locked(now)
+            elif completed:
+                self._window_done += 1
+                self._window_busy += now - slot.reserved_at
+                if self._tuner is not None:
+                    self._tune_locked(self._tuner, now)
+
+    def _add_active_locked(self, delta: int, now: float) -> None:
+        self._area += self._active * (now - self._area_at)
+        self._area_at = now
+        self._active += delta
+
+    def _start_window_locked(self, now: float) -> None:
+        self._window_start = self._area_at = now
+        self._area = self._window_busy = 0.0
+        self._window_done = 0
+
+    def _tune_locked(self, tuner: _Tuner, now: float) -> None:
+        """Close a complete window and feed its throughput to the tuner.
+
+        By Little's law, throughput = mean number in flight / mean time in flight; both
+        means are smooth even when completions come in bursts.
+        """
+        start = self._window_start
+        if start is None or now - start < _WINDOW_SECONDS:
+            return
+        if self._window_done < max(_WINDOW_COMPLETIONS, 2 * self.limit):
+            return
+        self._add_active_locked(0, now)
+        rate = (self._area / (now - start)) / (self._window_busy / self._window_done)
+        self.tuning.append((now - self._started_at, self.limit, rate))
+        del self.tuning[:-_TUNING_KEPT]
+        self._start_window_locked(now)
+        limit = tuner.observe(rate)
+        if limit != self.limit:
+            self.limit = limit
+            self.peak_limit = max(self.peak_limit, limit)
+            self._epoch += 1
+            self._old = self._active
+            self._settling = limit
+            self._window_start = None
+            self._cond.notify_all()  # the coordinator starts threads
+
+    # -- visibility ------------------------------------------------------------------------------
+
+    def _refresh(self, bar: Any, *, final: bool = False) -> None:
+        """Update the progress bar and log scalars when due (coordinator thread only)."""
+        now = time.monotonic()
+        processed = self.processed
+        summary = self._summary
+        due_log = summary is not None and (
+            final
+            or processed - self._logged >= summary.every
+            or now - self._logged_at >= _LOG_SECONDS
+        )
+        due_bar = bar is not None and now - self._refreshed_at >= _REFRESH_SECONDS
+        if not (final or due_log or due_bar):
+            return
+        with self._guard.open() as usable:
+            stats = self._stats() if usable else None
+        if stats is None:
+            return
+        self._refreshed_at = now
+        if bar is not None:
+            budget = self._cache.ram_budget
+            ram = f"RAM {100 * stats.ram_bytes / budget:.0f}%" if budget else "RAM off"
+            bar.set_postfix_str(
+                f"{ram}, disk {bar.format_sizeof(stats.disk_bytes, 'B', 1024)}, "
+                f"in flight {self._active}/{self.limit}",
+                refresh=False,
+            )
+            bar.update(processed - bar.n)
+        if due_log and summary is not None:
+            rate = (processed - self._logged) / max(now - self._logged_at, 1e-9)
+            summary.log(
+                {
+                    "spillcache/preload_items_per_s": rate,
+                    "spillcache/preload_in_flight": self._active,
+                    "spillcache/preload_concurrency": self.limit,
+                    "spillcache/preload_processed": processed,
+                },
+                processed,
+            )
+            summary.log_stats(stats, processed)
+            self._logged_at, self._logged = now, processed
+        if final:
+            logger.info(
+                "preload done in %.1f s: %d loaded, %d skipped, %d promoted, %d failed%s",
+                now - self._started_at,
+                stats.preload_loads,
+                stats.preload_skips,
+                stats.preload_promotions,
+                stats.preload_errors,
+                self._describe_tuning(),
+            )
+
+    def _describe_tuning(self) -> str:
+        if self._tuner is None or not self.tuning:
+            return ""
+        by_level: dict[int, list[float]] = {}
+        for _, level, rate in self.tuning:
+            by_level.setdefault(level, []).append(rate)
+        rates = ", ".join(
+            f"{level}: {sorted(r)[len(r) // 2]:.0f}/s" for level, r in sorted(by_level.items())
+        )
+        return f"; loads in flight settled at {self.limit} (samples/s by loads in flight: {rates})"
+
+    # -- fork ------------------------------------------------------------------------------------
+
+    # The child of a fork (a DataLoader worker) has none of our threads and never uses the
+    # parent's preload: nothing to prepare, and the child starts from a stopped state with
+    # new locks (any of the old ones may have been held by a thread of the parent).
+    def _before_fork(self) -> None:
+        pass
+
+    def _after_fork_in_parent(self) -> None:
+        pass
+
+    def _after_fork_in_child(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._order_lock = threading.Lock()
+        self._guard = _Guard()
+        self._guard.closed = True
+        self._started = self._stopping = self._stopped = True
+        self._pool = self._active = 0
+        self._coordinator = None
+        self._finished = threading.Event()
+        self._finished.set()
+
+
+_live: weakref.WeakSet[Preloader] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    """Stop running preloads before the stores close at exit (atexit runs this one first)."""
+    for preloader in list(_live):
+        with contextlib.suppress(Exception):
+            preloader.stop()

@@ -1,0 +1,74 @@
+"""Counters of a cache, as a plain frozen dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+
+__all__ = ["CacheStats"]
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheStats:
+    """A snapshot of a cache's counters (this process only).
+
+    Attributes
+    ----------
+    ram_hits, disk_hits, misses : int
+        Outcome of every ``get``: served from the RAM tier, from the disk tier, or not at all.
+    puts : int
+        Samples stored with ``put``.
+    ram_bytes, ram_items : int
+        Accounted bytes and number of samples in the RAM tier (``ram_bytes <= ram_budget``).
+    disk_items, disk_bytes : int
+        Entries in the store and size of its data file (shared by every process using it).
+    rejected : int
+        Puts the disk tier refused because it reached ``disk_budget`` or the file system is full.
+    corrupt : int
+        Entries that failed their checksum or could not be decoded; each was served as a miss.
+    write_errors : int
+        Entries lost to a failed write (e.g. the disk filled up during a commit).
+    preload_loads : int
+        Samples the preload loaded from the data set and cached.
+    preload_skips : int
+        Indices the preload passed over: already cached, or being loaded by training.
+    preload_promotions : int
+        Samples the preload copied from the disk tier into free RAM (a warm restart).
+    preload_errors : int
+        Indices whose preload failed (the load raised, the sample could not be stored, or the
+        order held an invalid index); none of them is cached.
+    preload_waits : int
+        Requests that found their sample being loaded by the preload and waited for that load
+        instead of starting their own (each is also counted in ``misses``).
+    """
+
+    ram_hits: int = 0
+    disk_hits: int = 0
+    misses: int = 0
+    puts: int = 0
+    ram_bytes: int = 0
+    ram_items: int = 0
+    disk_items: int = 0
+    disk_bytes: int = 0
+    rejected: int = 0
+    corrupt: int = 0
+    write_errors: int = 0
+    preload_loads: int = 0
+    preload_skips: int = 0
+    preload_promotions: int = 0
+    preload_errors: int = 0
+    preload_waits: int = 0
+
+    @property
+    def requests(self) -> int:
+        """Number of ``get`` calls."""
+        return self.ram_hits + self.disk_hits + self.misses
+
+    @property
+    def ram_hit_rate(self) -> float:
+        """Fraction of ``get`` calls served from RAM (0.0 before any)."""
+        return self.ram_hits / self.requests if self.requests else 0.0
+
+    @property
+    def hit_rate(self) -> float:
+        """Fraction of ``get`` calls served from either tier (0.0 before any)."""
+        return (self.ram_hits + self.disk_hits) / self.requests if self.requests else 0.0
