@@ -525,3 +525,9 @@ def test_spawned_process_gets_a_pickled_cache(tmp_path: Path) -> None:
         child.join(120)
         assert child.exitcode == 0
         assert cache.get(4)["v"].tolist() == [4, 4, 4]
+
+
+@pytest.mark.parametrize("name", ["copy", "readahead", "allow_remote_fs"])
+def test_flags_must_be_booleans(tmp_path: Path, name: str) -> None:
+    with pytest.raises(TypeError, match=name):
+        SpillCache(tmp_path / "s", **{name: "false"})  # type: ignore[arg-type]

@@ -141,6 +141,7 @@ def verify(path: str | os.PathLike[str]) -> VerifyReport:
             bad.append(key)
 
     with inspected(path) as tier:
+        tier.describe()  # the meta records too: a store that cannot be opened is not ok
         entries = tier.scan(check)
     return VerifyReport(Path(path), entries, tuple(bad))
 
@@ -229,7 +230,9 @@ def _remove_store(store: Path) -> None:
     # an empty store rather than stale entries of deleted files.
     with contextlib.suppress(StoreError, OSError), inspected(store) as tier:
         tier.reset(None)
-    for file in owned_files(store):
+    # The marker last (it is listed first): LMDB files without a marker are never taken for
+    # a store, so a store being opened meanwhile is refused rather than adopted half-deleted.
+    for file in reversed(owned_files(store)):
         with contextlib.suppress(FileNotFoundError):
             file.unlink()
     with contextlib.suppress(OSError):

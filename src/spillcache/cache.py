@@ -123,6 +123,13 @@ class SpillCache:
             raise ValueError(f"on_mismatch={on_mismatch!r} is invalid; use 'rebuild' or 'error'")
         if fingerprint is not None and not isinstance(fingerprint, str):
             raise TypeError(f"fingerprint must be a str or None, not {type(fingerprint).__name__}")
+        for name, flag in (
+            ("copy", copy),
+            ("readahead", readahead),
+            ("allow_remote_fs", allow_remote_fs),
+        ):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be True or False, not {flag!r}")
         if path is not None and not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be a str, os.PathLike or None, not {type(path).__name__}")
         ram_bytes = parse_budget(ram_budget, name="ram_budget", total=memory_limit)
@@ -134,7 +141,7 @@ class SpillCache:
             else parse_budget(disk_budget, name="disk_budget", total=lambda: filesystem_size(root))
         )
         self._ram_budget = ram_bytes
-        self._copy = bool(copy)
+        self._copy = copy
         self._temporary = temporary
         self._init_process_state()
         forksafe.register(self)
@@ -161,6 +168,8 @@ class SpillCache:
         self._role_known = False
         self._admits = self._ram_budget > 0
         self._ram_hits = self._disk_hits = self._misses = self._puts = self._corrupt = 0
+        self._reading: dict[int, int] = {}
+        self._overtaken: set[int] = set()
         self._warned: set[str] = set()
 
     # -- pickling --------------------------------------------------------------------------------
@@ -229,6 +238,8 @@ class SpillCache:
             value = self._ram.get(k)
             if value is not None:
                 self._ram_hits += 1
+            else:
+                self._start_reading(k)
         if value is not None:
             return replicate(value) if self._copy else value
         try:
@@ -242,17 +253,43 @@ class SpillCache:
                 f"will be replaced by the next put ({exc}); further ones are only counted",
             )
             value = None
+        except BaseException:
+            with self._lock:
+                self._done_reading(k)
+            raise
         if value is None:
             with self._lock:
+                self._done_reading(k)
                 self._misses += 1
             return None
         admits = self._may_admit()
         nbytes = sample_nbytes(value) + ENTRY_OVERHEAD if admits else 0
         with self._lock:
+            overtaken = self._done_reading(k)
             self._disk_hits += 1
-            admitted = admits and self._ram.admit(k, value, nbytes)
+            admitted = admits and not overtaken and self._ram.admit(k, value, nbytes)
         # The RAM tier now owns ``value``; the caller gets its own copy.
         return replicate(value) if admitted and self._copy else value
+
+    def _start_reading(self, k: int) -> None:
+        """Note a disk read of ``k`` in progress (caller holds the lock).
+
+        A ``put`` of ``k`` that lands meanwhile marks the read overtaken, and the value read,
+        now older than the stored one, must not enter the RAM tier.
+        """
+        self._reading[k] = self._reading.get(k, 0) + 1
+
+    def _done_reading(self, k: int) -> bool:
+        """End a read started with :meth:`_start_reading` (caller holds the lock).
+
+        Returns whether a ``put`` overtook it.
+        """
+        overtaken = k in self._overtaken
+        self._reading[k] -= 1
+        if not self._reading[k]:
+            del self._reading[k]
+            self._overtaken.discard(k)
+        return overtaken
 
     def put(self, key: object, sample: object, *, evict: bool = True) -> bool:
         """Store ``sample`` under ``key`` (overwriting), in RAM if it fits and on disk.
@@ -286,6 +323,8 @@ class SpillCache:
         on_disk = self._disk.write(k, encode(sample))
         with self._lock:
             self._puts += 1
+            if k in self._reading:
+                self._overtaken.add(k)
         if not self._may_admit():
             return on_disk
         nbytes = sample_nbytes(sample) + ENTRY_OVERHEAD
@@ -325,17 +364,23 @@ class SpillCache:
 
         Returns whether it now is in RAM; ``None`` if the entry is missing or unreadable.
         """
+        with self._lock:
+            self._start_reading(key)
         try:
             value = self._disk.read(key, decode)
         except CodecError:
-            return None
-        if value is None:
-            return None
-        if not self._may_admit():
-            return False
-        nbytes = sample_nbytes(value) + ENTRY_OVERHEAD
+            value = None
+        except BaseException:
+            with self._lock:
+                self._done_reading(key)
+            raise
+        admits = value is not None and self._may_admit()
+        nbytes = sample_nbytes(value) + ENTRY_OVERHEAD if admits else 0
         with self._lock:
-            return self._ram.admit(key, value, nbytes, evict=False)
+            overtaken = self._done_reading(key)
+            if value is None:
+                return None
+            return admits and not overtaken and self._ram.admit(key, value, nbytes, evict=False)
 
     def _get_meta(self, name: str) -> bytes | None:
         return self._disk.get_meta(name)

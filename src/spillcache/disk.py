@@ -74,7 +74,6 @@ _MAX_READERS = 1024
 _FILL_RECHECK_SECONDS = 1.0
 _MIN_FREE_BYTES = 1 << 30
 _MIN_FREE_FRACTION = 0.05
-_READER_CHECK_SECONDS = 60.0
 
 
 class SpillCacheWarning(RuntimeWarning):
@@ -98,9 +97,17 @@ def owned_files(path: str | os.PathLike[str]) -> list[Path]:
     return found
 
 
+_TMP_MARKER = re.compile(re.escape(MARKER) + r"\.\d+\.tmp")
+
+
 def _foreign_entries(root: Path) -> list[str]:
-    owned = {p.name for p in owned_files(root)}
-    return sorted(e for e in os.listdir(root) if e not in owned)
+    # One listing, classified by name: files appearing meanwhile (another process creating
+    # the same store) must not look foreign.
+    return sorted(
+        e
+        for e in os.listdir(root)
+        if e not in (MARKER, *_LMDB_FILES) and not _TMP_MARKER.fullmatch(e)
+    )
 
 
 def is_store(path: str | os.PathLike[str]) -> bool:
@@ -145,11 +152,14 @@ def _prepare_directory(root: Path) -> None:
                 "spillcache creates stores only in a new or empty directory and never modifies "
                 "anything else: pass a new or empty directory"
             )
+        has_lmdb = any((root / n).exists() for n in _LMDB_FILES)
+        # Looked at after the LMDB files: a store's marker is written before them and removed
+        # after them, so LMDB files seen while no marker exists later are not a store's.
         if (root / MARKER).is_file():
             read_marker(root)
             _require_writable(root)
             return
-        if any(root.iterdir()):  # only LMDB files without a marker: someone else's database
+        if has_lmdb:
             raise StoreError(
                 f"path={str(root)!r} holds an LMDB database that is not a spillcache store; "
                 "pass a new or empty directory"
@@ -163,10 +173,15 @@ def _prepare_directory(root: Path) -> None:
     # The marker comes first, written atomically: a directory with LMDB files but no marker is
     # never ours, so a crash here can never make us adopt (or later delete) a foreign database.
     tmp = root / f"{MARKER}.{os.getpid()}.tmp"
-    tmp.write_text(
-        json.dumps({"spillcache": FORMAT_VERSION, "created": time.time()}), encoding="utf-8"
-    )
-    os.replace(tmp, root / MARKER)
+    try:
+        tmp.write_text(
+            json.dumps({"spillcache": FORMAT_VERSION, "created": time.time()}), encoding="utf-8"
+        )
+        os.replace(tmp, root / MARKER)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise StoreError(f"path={str(root)!r} cannot be made a store: {exc}") from exc
 
 
 def _require_writable(root: Path) -> None:
@@ -350,6 +365,8 @@ class DiskTier:
         self._env = None
         self._queue: dict[int, bytes] = {}
         self._queued_bytes = 0
+        self._enqueued = 0
+        self._done = 0
         self._inflight: dict[int, bytes] = {}
         self._writer: threading.Thread | None = None
         self._stopping = False
@@ -359,7 +376,6 @@ class DiskTier:
         self._env_released = False
         self._full = False
         self._fill_checked_at = 0.0
-        self._reader_checked_at = 0.0
         self.rejected = 0
         self.write_errors = 0
         self._warned: set[str] = set()
@@ -442,7 +458,7 @@ class DiskTier:
 
     def _open_checked(self, on_mismatch: OnMismatch) -> None:
         try:
-            self._env = self._open_env()
+            self._open_and_identify(on_mismatch)
         except _DamagedStore as exc:
             if on_mismatch != "rebuild":
                 raise
@@ -451,7 +467,10 @@ class DiskTier:
             for name in _LMDB_FILES:
                 with contextlib.suppress(FileNotFoundError):
                     (self.path / name).unlink()
-            self._env = self._open_env()
+            self._open_and_identify(on_mismatch)
+
+    def _open_and_identify(self, on_mismatch: OnMismatch) -> None:
+        self._env = self._open_env()
         try:
             self._check_identity(on_mismatch)
         except BaseException:
@@ -525,7 +544,14 @@ class DiskTier:
                         raise
                 else:
                     with txn:
-                        yield txn
+                        try:
+                            yield txn
+                        except (*_DAMAGE, lmdb.BadTxnError) as exc:
+                            raise _DamagedStore(
+                                f"the store at {str(self.path)!r} is damaged ({exc}); clear it "
+                                f"with `spillcache clear {self.path}` or open it with "
+                                "on_mismatch='rebuild'"
+                            ) from exc
                     return
             with self._gate.exclusive():
                 if self._env is not None:
@@ -636,6 +662,7 @@ class DiskTier:
                 self._queued_bytes -= len(old)
             self._queue[key] = value
             self._queued_bytes += len(value)
+            self._enqueued += 1
             self._ensure_writer_locked()
             if len(self._queue) == 1 or self._queued_bytes >= _BATCH_BYTES:
                 self._state.notify_all()
@@ -684,8 +711,9 @@ class DiskTier:
                         self._stopping = False
                         self._state.notify_all()
                         return
-                batch, self._queue = self._queue, {}
-                self._inflight = batch
+                self._inflight = batch = self._queue
+                self._queue = {}
+                taken = self._enqueued
                 self._queued_bytes = 0
                 self._urgent = False
                 self._state.notify_all()
@@ -694,6 +722,7 @@ class DiskTier:
             finally:
                 with self._state:
                     self._inflight = {}
+                    self._done = taken
                     self._state.notify_all()
 
     def _commit(self, batch: dict[int, bytes]) -> None:
@@ -717,12 +746,10 @@ class DiskTier:
         try:
             with self._state:
                 self._update_fill_locked()
-            now = time.monotonic()
-            if now - self._reader_checked_at > _READER_CHECK_SECONDS:
-                self._reader_checked_at = now
-                with self._gate.shared():
-                    # Slots of killed readers pin old pages and make the file grow without bound.
-                    self._env_for_use().reader_check()
+            with self._gate.shared():
+                # Slots of killed readers pin old pages and make the file grow without bound;
+                # clearing them costs well under a microsecond, so every commit does it.
+                self._env_for_use().reader_check()
         except (OSError, lmdb.Error) as exc:
             logger.debug("after a commit to %s: %s", self.path, exc)
 
@@ -781,7 +808,8 @@ class DiskTier:
     def flush(self) -> None:
         """Commit everything queued and sync it to disk; return when done."""
         with self._state:
-            while (self._queue or self._inflight) and not self._closed:
+            target = self._enqueued
+            while self._done < target and (self._queue or self._inflight) and not self._closed:
                 self._urgent = True
                 self._ensure_writer_locked()
                 self._state.notify_all()
