@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from helpers import assert_sample_equal
 from torch.utils.data import DataLoader, Subset
 
+from helpers import assert_sample_equal
 from spillcache import (
     CachedDataset,
     FingerprintMismatch,
@@ -189,3 +189,39 @@ def test_dataloader_workers_fill_and_serve_the_store(tmp_path: Path, method: str
     with CachedDataset(source, path, probes=0) as ds:
         assert [ds[i]["label"] for i in range(24)] == list(range(24))
     assert source.loads == []
+
+
+class SharedCount(Source):
+    """Counts loads across forked worker processes."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(n)
+        import multiprocessing as mp
+
+        self.calls = mp.get_context("fork").Value("i", 0)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        with self.calls.get_lock():
+            self.calls.value += 1
+        return super().__getitem__(i)
+
+
+def test_a_preload_in_the_main_process_feeds_persistent_workers(tmp_path: Path) -> None:
+    from torch.utils.data import BatchSampler, SequentialSampler
+
+    source = SharedCount(40)
+    with CachedDataset(source, tmp_path / "s", ram_budget="16KiB", probes=0) as ds:
+        ds.start_preload()
+        assert ds.wait_preload(60)
+        assert source.calls.value == 40
+        loader = DataLoader(
+            ds,
+            batch_sampler=BatchSampler(SequentialSampler(range(40)), batch_size=8, drop_last=False),
+            num_workers=2,
+            persistent_workers=True,
+            multiprocessing_context="fork",
+        )
+        for _ in range(2):
+            labels = [int(v) for batch in loader for v in batch["label"]]
+            assert labels == list(range(40))
+        assert source.calls.value == 40  # the workers never called the source
