@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from .preload import check_threads
 from .sizing import memory_limit, parse_budget
 
 __all__ = ["DEFAULTS", "CacheSettings", "settings_from_config"]
@@ -76,15 +77,6 @@ def _optional_budget(section: Mapping[str, Any], name: str) -> int | str | None:
     return _budget(section, name)
 
 
-def _threads(section: Mapping[str, Any]) -> int | Literal["auto"]:
-    value = section.get("preload_threads", DEFAULTS["preload_threads"])
-    if value == "auto":
-        return "auto"
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f'{_key("preload_threads")} = {value!r} must be a positive int or "auto"')
-    return value
-
-
 def settings_from_config(config: Mapping[str, Any]) -> CacheSettings:
     """Read and validate the cache keys of ``config["data_set"]``.
 
@@ -107,7 +99,10 @@ def settings_from_config(config: Mapping[str, Any]) -> CacheSettings:
     return CacheSettings(
         use_cache=_bool(section, "use_cache"),
         preload_cache=_bool(section, "preload_cache"),
-        preload_threads=_threads(section),
+        preload_threads=check_threads(
+            section.get("preload_threads", DEFAULTS["preload_threads"]),
+            name=_key("preload_threads"),
+        ),
         cache_dir=_optional_str(section, "cache_dir"),
         cache_ram_budget=_budget(section, "cache_ram_budget"),
         cache_disk_budget=_optional_budget(section, "cache_disk_budget"),
