@@ -86,6 +86,8 @@ class _DamagedStore(StoreError):
 
 # What LMDB raises for damaged files, as opposed to resource or usage errors.
 _DAMAGE = (lmdb.InvalidError, lmdb.CorruptedError, lmdb.PanicError, lmdb.PageNotFoundError)
+# Inside a transaction, a damaged page can also poison the transaction itself.
+_DAMAGE_IN_TXN = (*_DAMAGE, lmdb.BadTxnError)
 
 
 def owned_files(path: str | os.PathLike[str]) -> list[Path]:
@@ -257,16 +259,21 @@ class _Gate:
 
     @contextlib.contextmanager
     def shared(self) -> Iterator[None]:
+        self.enter()
+        try:
+            yield
+        finally:
+            self.leave()
+
+    def enter(self) -> None:
+        """Become a shared holder (:meth:`shared` without a context manager, for hot paths)."""
         with self._cond:
             while self._exclusive:
                 self._cond.wait()
             self._holders += 1
-        try:
-            yield
-        finally:
-            self._leave()
 
-    def _leave(self) -> None:
+    def leave(self) -> None:
+        """Stop being a shared holder (after :meth:`enter`)."""
         with self._cond:
             self._holders -= 1
             if self._exclusive and not self._holders:
@@ -546,16 +553,18 @@ class DiskTier:
                     with txn:
                         try:
                             yield txn
-                        except (*_DAMAGE, lmdb.BadTxnError) as exc:
-                            raise _DamagedStore(
-                                f"the store at {str(self.path)!r} is damaged ({exc}); clear it "
-                                f"with `spillcache clear {self.path}` or open it with "
-                                "on_mismatch='rebuild'"
-                            ) from exc
+                        except _DAMAGE_IN_TXN as exc:
+                            raise self._damaged(exc) from exc
                     return
             with self._gate.exclusive():
                 if self._env is not None:
                     self._env.set_mapsize(0)  # adopt the size another process grew the map to
+
+    def _damaged(self, exc: BaseException) -> _DamagedStore:
+        return _DamagedStore(
+            f"the store at {str(self.path)!r} is damaged ({exc}); clear it with "
+            f"`spillcache clear {self.path}` or open it with on_mismatch='rebuild'"
+        )
 
     def _read_txn(self) -> contextlib.AbstractContextManager[lmdb.Transaction[memoryview]]:
         return self._began(lambda env: env.begin(buffers=True))
@@ -571,11 +580,35 @@ class DiskTier:
         ``decode`` must copy what it keeps: the buffer it gets is valid only during the call.
         Decoding errors propagate.
         """
-        pending = self._queue.get(key)
-        if pending is None:
-            pending = self._inflight.get(key)
-        if pending is not None:
-            return decode(pending)
+        if self._queue or self._inflight:
+            pending = self._queue.get(key)
+            if pending is None:
+                pending = self._inflight.get(key)
+            if pending is not None:
+                return decode(pending)
+        # Every disk hit comes through here: _read_txn's two context managers would cost about
+        # a quarter of a small sample's hit. Its retry (another process grew the map) is taken
+        # only when begin() asks for it.
+        gate = self._gate
+        gate.enter()
+        try:
+            env = self._env
+            if env is None:
+                env = self._env_for_use()
+            try:
+                txn = env.begin(buffers=True)
+            except lmdb.MapResizedError:
+                pass
+            else:
+                try:
+                    value = txn.get(_key(key), db=self._data_db)
+                    return None if value is None else decode(value)
+                except _DAMAGE_IN_TXN as exc:
+                    raise self._damaged(exc) from exc
+                finally:
+                    txn.abort()
+        finally:
+            gate.leave()
         with self._read_txn() as txn:
             value = txn.get(_key(key), db=self._data_db)
             return None if value is None else decode(value)
