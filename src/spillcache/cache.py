@@ -9,13 +9,13 @@ import threading
 import warnings
 import weakref
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from . import forksafe
+from .closing import Closing
 from .codec import clone, decode, encode, replicate
 from .disk import DiskTier, SpillCacheWarning
 from .errors import CodecError
@@ -67,7 +67,7 @@ def check_key(key: object) -> int:
     return k
 
 
-class SpillCache:
+class SpillCache(Closing):
     """A two-tier sample cache: decoded samples in RAM, everything in an LMDB store on disk.
 
     Every ``put`` is written through to the store (committed within a second, by a background
@@ -437,17 +437,6 @@ class SpillCache:
         self._finalizer()
         with self._lock:
             self._ram.clear()
-
-    def __enter__(self) -> SpillCache:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"ram_budget={self._ram_budget}"

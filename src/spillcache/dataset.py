@@ -9,12 +9,12 @@ import operator
 import os
 import sys
 from collections.abc import Callable, Sequence
-from types import TracebackType
 from typing import Any, Literal, Protocol
 
 import torch.utils.data
 
 from .cache import SpillCache
+from .closing import Closing
 from .codec import digest, encode
 from .errors import FingerprintMismatch
 from .preload import (
@@ -68,7 +68,7 @@ def default_fingerprint(dataset: object) -> str:
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
 
 
-class CachedDataset(torch.utils.data.Dataset[Any]):
+class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
     """A map-style data set whose samples are loaded once and then served from a SpillCache.
 
     ``ds[i]`` returns the cached sample, or loads ``dataset[i]``, caches it and returns it.
@@ -375,17 +375,6 @@ class CachedDataset(torch.utils.data.Dataset[Any]):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._flights = SingleFlight(copy=self._copy)
-
-    def __enter__(self) -> CachedDataset:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return (

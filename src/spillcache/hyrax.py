@@ -10,12 +10,12 @@ import sys
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Protocol
 
 import numpy as np
 
 from .cache import SpillCache
+from .closing import Closing
 from .config import CacheSettings, settings_from_config
 from .preload import Preloader, SingleFlight, StatsLogger, SummaryWriterLike, preview_order
 from .stats import CacheStats
@@ -34,7 +34,7 @@ class DataProvider(Protocol):
     def resolve_data(self, idx: int) -> Any: ...
 
 
-class DataCache:
+class DataCache(Closing):
     """Hyrax's ``DataCache`` interface, backed by a :class:`SpillCache`.
 
     Reads ``config["data_set"]``: ``use_cache``, ``preload_cache``, ``preload_threads`` (Hyrax's
@@ -257,14 +257,3 @@ class DataCache:
             self._cache.close()
         if self._summary is not None:
             self._summary.close()
-
-    def __enter__(self) -> DataCache:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
