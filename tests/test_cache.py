@@ -24,6 +24,7 @@ from spillcache import (
     cache_info,
 )
 from spillcache import disk as disk_module
+from spillcache.sizing import sample_nbytes
 
 
 def sample(i: int, side: int = 8) -> dict[str, object]:
@@ -72,6 +73,30 @@ def test_put_overwrites(tmp_path: Path) -> None:
         cache.flush()
         assert cache.get(3) == {"v": 2}
         assert len(cache) == 1
+
+
+def test_put_declined_by_ram_copies_nothing_and_drops_the_old_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spillcache import cache as cache_module
+
+    copies: list[object] = []
+    real_clone = cache_module.clone
+    monkeypatch.setattr(cache_module, "clone", lambda x: copies.append(x) or real_clone(x))
+    one = sample_nbytes({"v": np.full(100, 0.0)}) + cache_module.ENTRY_OVERHEAD
+    with SpillCache(tmp_path / "s", ram_budget=3 * one) as cache:
+        for i in range(3):
+            cache.put(i, {"v": np.full(100, float(i))})
+        assert (cache.stats().ram_items, len(copies)) == (3, 3)
+        cache.put(10, {"v": np.full(100, 10.0)})  # full, and key 10 is cold: no copy made
+        assert len(copies) == 3
+        # A bigger value for a resident key that preload may not evict for: the old value
+        # leaves RAM, so the new one is served (from disk), never the stale one.
+        assert cache.put(1, {"v": np.full(200, -1.0)}, evict=False) is True
+        assert len(copies) == 3
+        assert cache.stats().ram_items == 2
+        np.testing.assert_array_equal(cache.get(1)["v"], np.full(200, -1.0))
+        np.testing.assert_array_equal(cache.get(10)["v"], np.full(100, 10.0))
 
 
 def test_disk_tier_serves_when_ram_is_off(tmp_path: Path) -> None:

@@ -215,6 +215,28 @@ def test_evict_false_only_takes_free_space() -> None:
     assert len(tier) == 10
 
 
+def test_would_admit_answers_without_changing_anything() -> None:
+    tier = RamTier(1000)
+    assert tier.would_admit(1, 1000) is True  # free space is taken for sure
+    assert tier.would_admit(1, 1001) is False  # larger than the budget
+    _fill(tier, range(10), 100)
+    assert tier.would_admit(5, 100) is True  # replaces its own resident value in place
+    assert tier.would_admit(5, 101) is False  # needs 1 byte more, and 5 is cold
+    for _ in range(2):
+        tier.get(99)
+    assert tier.would_admit(99, 100) is False  # 2 accesses cannot beat a margin of 3
+    tier.get(99)
+    assert tier.would_admit(99, 100) is True  # 3 can: admit samples the victims
+    assert tier.would_admit(99, 100, evict=False) is False
+    # Asking records no access and moves nothing.
+    for _ in range(10):
+        tier.would_admit(98, 100)
+    assert tier.would_admit(98, 100) is False
+    assert sorted(k for k in range(100) if k in tier) == list(range(10))
+    assert tier.admit(99, "hot", 100) is True
+    assert RamTier(0).would_admit(1, 0) is False
+
+
 def test_large_candidate_evicts_several_cold_residents() -> None:
     tier = RamTier(1000)
     _fill(tier, range(10), 100)
@@ -245,7 +267,7 @@ def test_accounting_never_exceeds_budget_under_random_operations() -> None:
     keyspace = [*range(300), *(2**62 + 12345 * i for i in range(50))]
     hot: list[int] = []
     latest: dict[int, tuple[str, int, int]] = {}  # key -> last admitted (value, nbytes, step)
-    evictions = 0
+    evictions = declined = 0
     for step in range(20_000):
         if step % 1000 == 0:  # a moving hot set keeps forcing evictions
             hot = rng.sample(keyspace, 30)
@@ -258,8 +280,12 @@ def test_accounting_never_exceeds_budget_under_random_operations() -> None:
             nbytes = rng.choice([0, rng.randint(1, 3000), rng.randint(1, budget + 10)])
             value = (f"v{key}", nbytes, step)
             before = len(tier) - (key in tier)
-            resident = tier.admit(key, value, nbytes, evict=rng.random() < 0.8)
+            evict = rng.random() < 0.8
+            may = tier.would_admit(key, nbytes, evict=evict)
+            resident = tier.admit(key, value, nbytes, evict=evict)
             latest[key] = value
+            assert may or not resident  # would_admit's "no" is certain
+            declined += may and not resident
             assert (key in tier) is resident
             assert resident or nbytes > budget or tier.nbytes + nbytes > budget
             evictions += len(tier) - resident < before
@@ -273,6 +299,7 @@ def test_accounting_never_exceeds_budget_under_random_operations() -> None:
         assert 0 <= tier.nbytes <= budget
         assert len(tier) == len(resident_keys)
     assert evictions > 30  # the run exercised eviction (64, mostly of several victims)
+    assert declined > 30  # ...and candidates that would_admit could not rule out but lost
 
 
 def test_same_accesses_give_same_residents() -> None:

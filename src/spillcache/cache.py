@@ -329,10 +329,10 @@ class SpillCache(Closing):
         if not self._may_admit():
             return on_disk
         nbytes = sample_nbytes(sample) + ENTRY_OVERHEAD
-        if not evict:
-            with self._lock:
-                room = self._ram.budget - self._ram.nbytes
-            if nbytes > room:  # the private copy would be wasted work
+        with self._lock:
+            if not self._ram.would_admit(k, nbytes, evict=evict):
+                # The private copy would be thrown away; an older value must go all the same.
+                self._ram.discard(k)
                 return on_disk
         kept = clone(sample) if self._copy else sample
         with self._lock:

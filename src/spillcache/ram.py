@@ -310,6 +310,37 @@ class RamTier:
             sketch.reserve(len(self._keys) * self.budget // max(self.nbytes, 1))
         return True
 
+    def would_admit(self, key: int, nbytes: int, *, evict: bool = True) -> bool:
+        """Whether :meth:`admit` may keep a value of ``nbytes`` for ``key``; changes nothing.
+
+        ``False`` is certain: :meth:`admit` would decline, so the caller can skip building the
+        value (a private copy of a sample costs as much as the rest of a put).  ``True`` means
+        :meth:`admit` decides: free space is taken for sure, eviction depends on the victims.
+
+        Parameters
+        ----------
+        key : int
+            Sample index.
+        nbytes : int
+            Size the value would be accounted at.
+        evict : bool
+            As for :meth:`admit`.
+
+        Returns
+        -------
+        bool
+            False if the value cannot become resident.
+        """
+        sketch = self._sketch
+        if nbytes > self.budget or sketch is None:
+            return False
+        slot = self._slot.get(key)
+        replaced = 0 if slot is None else self._sizes[slot]
+        if self.nbytes - replaced + nbytes <= self.budget:
+            return True
+        # Mirrors ``_evict_for``: a candidate below the margin cannot beat any victim.
+        return evict and sketch.frequency(key, False) >= _MARGIN
+
     def discard(self, key: int) -> None:
         """Remove ``key`` if it is resident.
 
