@@ -176,6 +176,49 @@ def test_enospc_keeps_what_was_committed(tmp_path: Path, monkeypatch: pytest.Mon
     assert check_store(path, 20, fingerprint="fp") == set(range(10))
 
 
+class _FailingSyncEnv:
+    """An LMDB environment whose fsync fails, as on a disk that reports an I/O error."""
+
+    def __init__(self, env: lmdb.Environment) -> None:
+        self.env = env
+        self.closed = False
+
+    def sync(self, force: bool = False) -> None:
+        raise lmdb.Error("mdb_env_sync: Input/output error")
+
+    def close(self) -> None:
+        self.closed = True
+        self.env.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.env, name)
+
+
+def test_failed_sync_warns_once_and_still_closes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    envs: list[_FailingSyncEnv] = []
+    real_open = lmdb.open
+    monkeypatch.setattr(
+        lmdb, "open", lambda *a, **k: envs.append(_FailingSyncEnv(real_open(*a, **k))) or envs[-1]
+    )
+    path = tmp_path / "store"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cache = SpillCache(path, fingerprint="fp")
+        for key in range(5):
+            cache.put(key, make_sample(key))
+        cache.flush()  # training goes on
+        cache.put(5, make_sample(5))
+        cache.close()
+    assert [w for w in spill_warnings(caught) if "Input/output error" in w] == spill_warnings(caught)
+    assert len(spill_warnings(caught)) == 1
+    assert cache.closed
+    assert envs and all(env.closed for env in envs)  # no environment is left open
+    monkeypatch.undo()
+    assert check_store(path, 6, fingerprint="fp") == set(range(6))  # the commits are all there
+
+
 @contextlib.contextmanager
 def _small_filesystem(root: Path) -> Iterator[tuple[Path, int | None]]:
     """An 8 MiB tmpfs if this process may mount one, else a 6 MiB file size limit."""

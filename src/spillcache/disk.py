@@ -856,7 +856,17 @@ class DiskTier:
                 self._state.wait()
         with self._gate.shared():
             if self._env is not None:
-                self._env.sync(True)
+                self._sync(self._env)
+
+    def _sync(self, env: lmdb.Environment) -> None:
+        try:
+            env.sync(True)
+        except lmdb.Error as exc:  # e.g. EIO from fsync: a storage fault, not a training error
+            self._warn_once(
+                "sync",
+                f"syncing the store at {str(self.path)!r} to disk failed ({exc}); what was "
+                "committed survives the end of this process, but maybe not an OS crash",
+            )
 
     def _stop_writer(self) -> None:
         with self._state:
@@ -882,8 +892,10 @@ class DiskTier:
             self._env_released = True
             env, self._env = self._env, None
             if env is not None:
-                env.sync(True)
-                env.close()
+                try:
+                    self._sync(env)
+                finally:
+                    env.close()
         _live.discard(self)
 
     @property
