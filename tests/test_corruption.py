@@ -170,9 +170,9 @@ def test_every_damage_at_once_through_a_dataset(tmp_path: Path) -> None:
         for i in range(len(ds)):
             check_sample(i, ds[i])
         stats = ds.cache.stats()
-        # A miss may be looked at twice (once more after claiming the load), so count >=.
-        assert stats.corrupt >= len(DAMAGES)
-        assert stats.puts == len(DAMAGES)
+        # Each damaged entry is one request: one corrupt miss, one load, one put.
+        assert (stats.corrupt, stats.misses, stats.puts) == (len(DAMAGES),) * 3
+        assert stats.disk_hits == 3
     assert len(corrupt_warnings(caught)) == 1
     assert verify(path).ok
     assert not (tmp_path / "code-was-executed").exists()

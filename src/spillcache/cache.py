@@ -272,6 +272,21 @@ class SpillCache(Closing):
         # The RAM tier now owns ``value``; the caller gets its own copy.
         return replicate(value) if admitted and self._copy else value
 
+    def _reread(self, key: int) -> Any | None:
+        """The sample under ``key`` for a second look right after a counted miss, or None.
+
+        Counts nothing and admits nothing: the miss was this request's count.  A corrupt entry
+        is None without a second warning or count (the miss that found it counted it).
+        """
+        with self._lock:
+            value = self._ram.get(key) if key in self._ram else None
+        if value is not None:
+            return replicate(value) if self._copy else value
+        try:
+            return self._disk.read(key, decode)
+        except CodecError:
+            return None
+
     def _start_reading(self, k: int) -> None:
         """Note a disk read of ``k`` in progress (caller holds the lock).
 

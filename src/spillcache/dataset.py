@@ -204,7 +204,7 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
                 continue  # that load failed or stopped: look again
             try:
                 # Whoever held the claim before us may have stored it since our miss.
-                sample = self.cache.get(i) if i in self.cache else None
+                sample = self.cache._reread(i)
                 if sample is None:
                     sample = self._load(i)
             except BaseException:

@@ -172,10 +172,10 @@ class DataCache(Closing):
                 return None
             if owned:
                 # The preload may have stored it between our miss and our claim.
-                if i not in cache:
-                    return None
-                self._flights.cancel(flight)
-                return cache.get(i)
+                sample = cache._reread(i)
+                if sample is not None:
+                    self._flights.cancel(flight)
+                return sample
             done, sample = self._flights.wait(flight)
             if done:
                 return sample
