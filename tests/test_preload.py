@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import errno
 import logging
 import os
 import pickle
@@ -31,10 +32,12 @@ from torch.utils.data import (
     WeightedRandomSampler,
 )
 
+import spillcache.preload
 from helpers import assert_sample_equal
 from spillcache import CachedDataset, DataCache, SpillCache
 from spillcache.admin import verify
-from spillcache.preload import _Tuner, preview_order
+from spillcache.errors import StoreError
+from spillcache.preload import Preloader, _Tuner, preview_order
 from spillcache.sizing import ENTRY_OVERHEAD, sample_nbytes
 
 # Generous: only reached when something is broken.
@@ -94,6 +97,31 @@ def wait_until(predicate: Callable[[], bool]) -> None:
 
 def twin_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+def returns(call: Callable[[], Any]) -> Any:
+    """``call()``, run in a daemon thread that must end (so that a hang fails the test)."""
+    outcome: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as exc:
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(TIMEOUT)
+    assert outcome, f"{call} did not return"
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
+
+
+def labels(loader: DataLoader[Any]) -> list[int]:
+    """The indices of one epoch of ``loader`` (its data set's samples carry their index)."""
+    return [int(i) for batch in loader for i in batch["label"]]
 
 
 # -- order -----------------------------------------------------------------------------------
@@ -175,6 +203,48 @@ def test_unpreviewable_samplers_warn_and_fall_back_to_index_order() -> None:
     assert list(indices) == [0, 1, 2]
     with pytest.raises(TypeError, match="order must be"):
         preview_order(5, 3)
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["own-generator", "loader-generator"])
+def test_preload_follows_a_dataloader_batch_sampler(tmp_path: Path, shared: bool) -> None:
+    source = Source(50)
+    with open_ds(source, tmp_path / "s", preload_threads=1) as ds:
+        g = twin_generator(4)
+        batches = BatchSampler(RandomSampler(ds, generator=g), 8, drop_last=False)
+        # torch leaves loader.sampler an unused SequentialSampler here.
+        loader = DataLoader(ds, batch_sampler=batches, generator=g if shared else None)
+        ds.start_preload(loader)
+        assert ds.wait_preload(TIMEOUT)
+        preloaded = list(source.loads)
+        epoch = labels(loader)
+        assert preloaded == epoch
+        assert sorted(epoch) == list(range(50)) and epoch != sorted(epoch)
+        assert source.loads == preloaded  # training found everything in the cache
+
+
+def test_a_dataloader_with_a_custom_batch_sampler_warns(tmp_path: Path) -> None:
+    class Pairs(Sampler[list[int]]):
+        def __init__(self) -> None:
+            self.iterated = 0
+
+        def __iter__(self) -> Iterator[list[int]]:
+            self.iterated += 1
+            return iter([[9, 8], [7, 6], [5, 4], [3, 2], [1, 0]])
+
+        def __len__(self) -> int:
+            return 5
+
+    source = Source(10)
+    pairs = Pairs()
+    with open_ds(source, tmp_path / "s", preload_threads=1) as ds:
+        loader = DataLoader(ds, batch_sampler=pairs)
+        with pytest.warns(UserWarning, match="cannot tell whether iterating a Pairs"):
+            ds.start_preload(loader)
+        assert ds.wait_preload(TIMEOUT)
+        assert pairs.iterated == 0  # the preview did not touch it
+        assert source.loads == list(range(10))  # the fallback the warning announces
+        assert labels(loader) == list(reversed(range(10)))
+        assert pairs.iterated == 1
 
 
 def test_preload_follows_the_sampler_order(tmp_path: Path) -> None:
@@ -521,7 +591,132 @@ def test_a_failing_order_surfaces_in_wait_preload(tmp_path: Path) -> None:
         ds.start_preload(order())
         with pytest.raises(RuntimeError, match="sampler broke"):
             ds.wait_preload(TIMEOUT)
+        assert ds.preloader is not None and ds.preloader.in_flight == 0  # its slot was freed
         assert_sample_equal(ds[1], sample(1))
+
+
+def test_a_failed_preload_never_looks_successful(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failing, returned = threading.Event(), threading.Event()
+
+    def order() -> Iterator[int]:
+        yield 0
+        failing.set()
+        raise RuntimeError("sampler broke")
+
+    closed = SpillCache.closed
+
+    def slow_closed(cache: SpillCache) -> bool:
+        # Holds the failing load thread when it asks whether the cache is closed, for as long
+        # as wait_preload() runs (or a second): wait_preload() must not end meanwhile.
+        if failing.is_set() and threading.current_thread().name == "spillcache-preload-load":
+            returned.wait(1.0)
+        return bool(closed.fget(cache))  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(SpillCache, "closed", property(slow_closed))
+    with open_ds(Source(5), tmp_path / "s", preload_threads=1) as ds:
+        ds.start_preload(order())
+        try:
+            with pytest.raises(RuntimeError, match="sampler broke"):
+                ds.wait_preload(TIMEOUT)
+        finally:
+            returned.set()
+
+
+def test_a_store_error_while_looking_up_an_index_ends_the_preload_cleanly(
+    tmp_path: Path,
+) -> None:
+    source = Source(5)
+    with open_ds(source, tmp_path / "s", preload_threads=1) as ds:
+        tier_of = ds.cache._tier_of
+
+        def failing_tier_of(key: int) -> Any:
+            if key == 2:
+                raise StoreError("lmdb: input/output error")
+            return tier_of(key)
+
+        ds.cache._tier_of = failing_tier_of  # type: ignore[method-assign]
+        ds.start_preload()
+        with pytest.raises(RuntimeError, match="input/output error"):
+            ds.wait_preload(TIMEOUT)
+        assert ds.preloader is not None and ds.preloader.in_flight == 0
+        assert ds._flights._flights == {}
+        assert_sample_equal(ds[2], sample(2))
+        assert source.loads == [0, 1, 2]
+
+
+class Boom(BaseException):
+    """Like KeyboardInterrupt: not an Exception."""
+
+
+def test_a_base_exception_from_the_store_does_not_strand_waiters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    died: list[type[BaseException] | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: died.append(args.exc_type))
+    source = Source(10)
+    entered, gate = source.block(4)
+    with open_ds(source, tmp_path / "s", preload_threads=1) as ds:
+        put = ds.cache.put
+        booms = [Boom()]
+
+        def failing_put(key: object, value: object, **kwargs: Any) -> bool:
+            if key == 4 and booms:
+                raise booms.pop()
+            return put(key, value, **kwargs)
+
+        ds.cache.put = failing_put  # type: ignore[method-assign]
+        ds.start_preload([4, 5])
+        assert entered.wait(TIMEOUT)
+        got: list[Any] = []
+        training = threading.Thread(target=lambda: got.append(ds[4]), daemon=True)
+        training.start()
+        wait_until(lambda: ds._flights._flights[4].waiters == 1)
+        gate.set()
+        training.join(TIMEOUT)
+        assert not training.is_alive(), "training waits forever for the failed preload load"
+        assert_sample_equal(got[0], sample(4))
+        assert source.loads.count(4) == 2  # training loaded it again
+        assert ds.wait_preload(TIMEOUT)
+        assert died == [Boom]  # it reached the thread's top, as a Ctrl-C would
+        assert ds.preloader is not None and ds.preloader.in_flight == 0
+        assert ds.stats().preload_loads == 1  # index 5, by a new load thread
+
+
+def test_a_failed_copy_for_waiters_does_not_strand_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = Source(10)
+    entered, gate = source.block(6)
+    with open_ds(source, tmp_path / "s") as ds:
+        owner: list[Any] = []
+
+        def own() -> None:
+            try:
+                owner.append(ds[6])
+            except MemoryError as exc:
+                owner.append(exc)
+
+        first = threading.Thread(target=own, daemon=True)
+        first.start()
+        assert entered.wait(TIMEOUT)
+        got: list[Any] = []
+        waiter = threading.Thread(target=lambda: got.append(ds[6]), daemon=True)
+        waiter.start()
+        wait_until(lambda: ds._flights._flights[6].waiters == 1)
+
+        def no_room(value: object) -> object:
+            raise MemoryError("no room for the waiters' copy")
+
+        monkeypatch.setattr(spillcache.preload, "clone", no_room)
+        gate.set()
+        first.join(TIMEOUT)
+        waiter.join(TIMEOUT)
+        assert not waiter.is_alive(), "the waiter waits forever for the failed flight"
+        assert isinstance(owner[0], MemoryError)
+        assert_sample_equal(got[0], sample(6))  # from the cache, where the owner put it
+        assert source.loads == [6]
 
 
 # -- lifecycle -------------------------------------------------------------------------------
@@ -681,6 +876,65 @@ def test_interpreter_exit_with_a_running_preload_does_not_hang(tmp_path: Path) -
     assert out.stdout == "exiting\n"
 
 
+def test_every_stop_waits_until_the_store_is_free(tmp_path: Path) -> None:
+    events: list[str] = []
+    in_put, gate = threading.Event(), threading.Event()
+    with open_ds(Source(10), tmp_path / "s", preload_threads=1) as ds:
+        put = ds.cache.put
+
+        def held_put(key: object, value: object, **kwargs: Any) -> bool:
+            if key == 3 and threading.current_thread().name == "spillcache-preload-load":
+                in_put.set()
+                gate.wait(TIMEOUT)
+                try:
+                    return put(key, value, **kwargs)
+                finally:
+                    events.append("put returned")
+            return put(key, value, **kwargs)
+
+        ds.cache.put = held_put  # type: ignore[method-assign]
+        ds.start_preload()
+        assert in_put.wait(TIMEOUT)
+        preloader = ds.preloader
+        assert preloader is not None
+
+        def stop(name: str) -> None:
+            preloader.stop()
+            events.append(name)
+
+        first = threading.Thread(target=stop, args=("first stop",))
+        first.start()
+        wait_until(lambda: preloader._guard.closed)  # the first stop waits for the put
+        second = threading.Thread(target=stop, args=("second stop",))  # e.g. a second Ctrl-C
+        second.start()
+        second.join(0.5)  # time to return early, were it going to
+        gate.set()
+        first.join(TIMEOUT)
+        second.join(TIMEOUT)
+        assert events[0] == "put returned"
+        assert sorted(events[1:]) == ["first stop", "second stop"]
+
+
+def test_a_preload_whose_thread_cannot_start_ends_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class NoCoordinator(threading.Thread):
+        def start(self) -> None:
+            if self.name == "spillcache-preload":
+                raise RuntimeError("can't start new thread")
+            super().start()
+
+    source = Source(5)
+    with open_ds(source, tmp_path / "s") as ds:
+        with monkeypatch.context() as patch:
+            patch.setattr(threading, "Thread", NoCoordinator)
+            with pytest.raises(RuntimeError, match="can't start new thread"):
+                ds.start_preload()
+        assert not ds.preloading
+        assert returns(ds.wait_preload) is True
+        assert source.loads == []
+
+
 def test_restarting_the_preload_replaces_the_running_one(tmp_path: Path) -> None:
     source = Source(20)
     entered, gate = source.block(0)
@@ -776,6 +1030,45 @@ def test_progress_bar(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.parametrize("step", ["open", "update", "close"])
+def test_a_failing_progress_bar_does_not_stop_the_preload(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, step: str
+) -> None:
+    class BrokenBar:
+        """A tqdm stand-in that fails at ``step`` like a write to a pipe nobody reads."""
+
+        def __init__(self, **kwargs: Any) -> None:
+            self.n = 0
+            self._fail("open")
+
+        def _fail(self, at: str) -> None:
+            if at == step:
+                raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+        def set_postfix_str(self, text: str, refresh: bool = True) -> None:
+            self._fail("update")
+
+        def format_sizeof(self, num: float, suffix: str = "", divisor: float = 1000) -> str:
+            return f"{num}{suffix}"
+
+        def update(self, n: int) -> None:
+            self.n += n
+
+        def close(self) -> None:
+            self._fail("close")
+
+    monkeypatch.setattr("tqdm.auto.tqdm", BrokenBar)
+    source = Source(20)
+    with open_ds(source, tmp_path / "s", preload_threads=2, progress=True) as ds:
+        with caplog.at_level(logging.WARNING, logger="spillcache.preload"):
+            ds.start_preload()
+            assert returns(ds.wait_preload) is True
+        assert not ds.preloading
+        assert sorted(source.loads) == list(range(20))
+        assert ds.stats().preload_loads == 20
+        assert "progress bar failed (BrokenPipeError" in caplog.text
+
+
 class FakeWriter:
     def __init__(self) -> None:
         self.scalars: list[tuple[str, float, int | None]] = []
@@ -839,6 +1132,33 @@ def test_tuner_converges(rate: Callable[[int], float], settles_at: int, peak: in
     assert collections.Counter(tail).most_common(1)[0][0] == settles_at
     # Probes back off: few windows are spent away from the chosen level.
     assert sum(1 for c in tail if c != settles_at) <= 8
+
+
+def test_a_coarse_clock_does_not_break_the_tuner(tmp_path: Path) -> None:
+    with open_ds(Source(4), tmp_path / "s") as ds:
+        preloader = Preloader(
+            ds.cache,
+            ds.dataset.__getitem__,
+            iter(()),
+            length=4,
+            total=0,
+            threads="auto",
+            flights=ds._flights,
+            progress=False,
+            stats=ds.stats,
+        )
+        tuner = preloader._tuner
+        assert tuner is not None
+        with preloader._cond:
+            preloader._start_window_locked(100.0)
+            # Ten loads that the clock saw take no time at all.
+            preloader._area, preloader._window_done = 1.0, 10
+            preloader._tune_locked(tuner, 101.0)
+            assert (preloader.tuning, preloader.limit) == ([], 1)  # the window stays open
+            preloader._window_busy = 0.5
+            preloader._tune_locked(tuner, 101.0)
+        assert preloader.tuning == [(101.0, 1, 20.0)]
+        assert preloader.limit == 2
 
 
 # -- Hyrax -----------------------------------------------------------------------------------

@@ -143,9 +143,10 @@ def preview_order(order: object, length: int) -> tuple[Iterator[object], int | N
         ``DistributedSampler`` (its order depends only on seed and epoch: call ``set_epoch``
         first), ``RandomSampler``, ``SubsetRandomSampler`` and ``WeightedRandomSampler`` with an
         explicit ``generator``, and a ``BatchSampler`` of any of them. A ``DataLoader`` is
-        previewed through its sampler, for the next iterator it creates (a ``DataLoader`` with
-        ``persistent_workers=True`` matches only in its first epoch). Any other sampler cannot
-        be previewed without risking a side effect: it gets a warning and ``0 .. length - 1``.
+        previewed through its batch sampler (or sampler), for the next iterator it creates
+        (a ``DataLoader`` with ``persistent_workers=True`` matches only in its first epoch).
+        Any other sampler cannot be previewed without risking a side effect: it gets a
+        warning and ``0 .. length - 1``.
     length : int
         Length of the data set.
 
@@ -189,11 +190,15 @@ _Preview = tuple[Iterator[object] | None, int | None, str]
 
 
 def _preview_loader(loader: DataLoader[Any]) -> _Preview:
-    sampler = cast(Sampler[Any], loader.sampler)
+    # With batching the loader draws from its batch sampler alone: given as
+    # ``batch_sampler=``, it leaves ``loader.sampler`` an unused SequentialSampler.
+    drawn = loader.sampler if loader.batch_sampler is None else loader.batch_sampler
+    sampler = cast(Sampler[Any], drawn)
+    inner = sampler.sampler if type(sampler) is BatchSampler else sampler
     shared = (
         loader.generator is not None
-        and type(sampler) in _GENERATOR_SAMPLERS
-        and getattr(sampler, "generator", None) is loader.generator
+        and type(inner) in _GENERATOR_SAMPLERS
+        and getattr(inner, "generator", None) is loader.generator
     )
     if not shared:
         return _preview_sampler(sampler, None)
@@ -342,12 +347,15 @@ class SingleFlight:
         with self._lock:
             self._remove_locked(flight)
             private = flight.taken and flight.waiters and self._copy
-        # An owner that returns ``value`` to its caller (who may modify it) leaves the waiters
-        # a snapshot; copies of it are made by each waiter but the first.
-        flight.value = clone(value) if private else value
-        flight.taken = flight.taken and not private
-        flight.ok = True
-        flight.done.set()
+        try:
+            # An owner that returns ``value`` to its caller (who may modify it) leaves the
+            # waiters a snapshot; copies of it are made by each waiter but the first.
+            flight.value = clone(value) if private else value
+            flight.taken = flight.taken and not private
+            flight.ok = True
+        finally:
+            # Waiters of a failed copy find the flight not ok and look again.
+            flight.done.set()
 
     def cancel(self, flight: Flight) -> None:
         """End ``flight`` without a result: waiters then look in the cache or load it."""
@@ -690,6 +698,8 @@ class Preloader:
         self._finished = threading.Event()
         self._started = self._stopping = self._stopped = self._exhausted = False
         self._coordinator: threading.Thread | None = None
+        # The progress bar, if any (coordinator thread only).
+        self._bar: Any = None
         self.error: BaseException | None = None
         # Promote disk entries into RAM until the first one that does not fit.
         self._promoting = cache.ram_budget > 0
@@ -725,7 +735,13 @@ class Preloader:
         self._coordinator = threading.Thread(
             target=self._run, name="spillcache-preload", daemon=True
         )
-        self._coordinator.start()
+        try:
+            self._coordinator.start()
+        except BaseException:
+            # E.g. "can't start new thread": end stopped, or wait() would never return.
+            self._coordinator = None
+            self.stop()
+            raise
 
     @property
     def running(self) -> bool:
@@ -760,21 +776,23 @@ class Preloader:
         Idempotent.
         """
         with self._cond:
-            if self._stopped:
-                return
+            first = not self._stopped
             self._stopped = self._stopping = True
             self._cond.notify_all()
+        # Every call waits here, not only the first: a second stop() (a second Ctrl-C, the
+        # exit hook) must not return while the first still waits for a thread in the store.
         self._guard.close()
         coordinator = self._coordinator
-        if coordinator is not None and coordinator is not threading.current_thread():
+        if first and coordinator is not None and coordinator is not threading.current_thread():
             coordinator.join(_STOP_JOIN_SECONDS)
         self._finished.set()
 
     # -- the coordinator -------------------------------------------------------------------------
 
     def _run(self) -> None:
-        bar = self._open_bar()
         try:
+            with self._bar_errors():
+                self._bar = self._open_bar()
             while True:
                 with self._cond:
                     ending = self._stopping or self._exhausted
@@ -789,15 +807,19 @@ class Preloader:
                     threading.Thread(
                         target=self._work, name="spillcache-preload-load", daemon=True
                     ).start()
-                self._refresh(bar)
+                self._refresh()
             if not self._stopped:
-                self._refresh(bar, final=True)
-        except Exception as exc:  # the progress bar or the summary writer failed
+                self._refresh(final=True)
+        except Exception as exc:  # the summary writer failed, or a thread did not start
             self._abort(exc)
         finally:
-            if bar is not None:
-                bar.close()
-            self._finished.set()
+            bar, self._bar = self._bar, None
+            try:
+                if bar is not None:
+                    with self._bar_errors():
+                        bar.close()
+            finally:
+                self._finished.set()  # whatever happened: wait() must return
 
     def _open_bar(self) -> Any:
         if not self._progress:
@@ -815,6 +837,18 @@ class Preloader:
             leave=False,
         )
 
+    @contextlib.contextmanager
+    def _bar_errors(self) -> Iterator[None]:
+        """Drop the progress bar if the block fails: the preload goes on without it."""
+        try:
+            yield
+        except Exception as exc:  # e.g. EPIPE: stderr is a pipe nobody reads any more
+            bar, self._bar = self._bar, None
+            logger.warning("the preload's progress bar failed (%r); going on without it", exc)
+            if bar is not None:
+                with contextlib.suppress(Exception):
+                    bar.close()
+
     # -- the load threads ------------------------------------------------------------------------
 
     def _work(self) -> None:
@@ -822,20 +856,27 @@ class Preloader:
             while (slot := self._reserve()) is not None:
                 self._pass(slot)
         except BaseException as exc:
+            if isinstance(exc, Exception):  # the order's iterator raised, or a bug
+                # Before leaving the pool: once it is empty the coordinator may end, and
+                # wait() must then raise.
+                self._abort(exc)
             with self._cond:
                 self._pool -= 1
+                self._cond.notify_all()
             if not isinstance(exc, Exception):
                 raise
-            # The order's iterator raised, or a bug.
-            self._abort(exc)
 
     def _abort(self, exc: Exception) -> None:
-        """End the preload because of ``exc``, which wait() then raises."""
+        """End the preload because of ``exc``, which wait() then raises (the first one)."""
+        closed = self._cache.closed  # the user closed the cache under us: no failure
         with self._cond:
+            first = not closed and self.error is None
+            if first:
+                self.error = exc
+            # Published with the error: whoever sees the preload stop sees why.
             self._stopping = True
             self._cond.notify_all()
-        if not self._cache.closed:  # else the user closed the cache under us
-            self.error = exc
+        if first:
             logger.error("the preload failed: %r", exc, exc_info=exc)
 
     def _reserve(self) -> _Slot | None:
@@ -850,44 +891,47 @@ class Preloader:
             return _Slot(self._epoch, now)
 
     def _pass(self, slot: _Slot) -> None:
-        found = self._next_index()
-        if found is None:
-            self._release(slot, completed=False)
-            return
-        index, flight = found
+        # Whatever raises (the order's iterator, the store), the slot is given back.
+        completed, counter = False, None
         try:
-            sample = self._load(index)
-        except Exception as exc:
-            self._flights.cancel(flight)
-            self._release(slot, completed=True, counter="preload_errors")
-            self._report_error(index, exc)
-            return
-        except BaseException:
-            self._flights.cancel(flight)
-            self._release(slot, completed=False)
-            raise
-        stored: bool | None = None
-        error: Exception | None = None
-        with self._guard.open() as usable:
-            if usable:
-                try:
-                    stored = self._cache.put(index, sample, evict=False)
-                except Exception as exc:  # e.g. a leaf type the codec refuses
-                    error = exc
-        if error is None:
+            found = self._next_index()
+            if found is not None:
+                completed, counter = self._fill(*found)
+        finally:
+            self._release(slot, completed=completed, counter=counter)
+
+    def _fill(self, index: int, flight: Flight) -> tuple[bool, str | None]:
+        """Load and store ``index``; return whether it completed and the counter it adds to.
+
+        ``flight`` ends here whatever happens, landed or cancelled: training threads may be
+        waiting for it.
+        """
+        landed = False
+        try:
+            try:
+                sample = self._load(index)
+            except Exception as exc:
+                self._report_error(index, exc)
+                return True, "preload_errors"
+            stored: bool | None = None
+            with self._guard.open() as usable:
+                if usable:
+                    try:
+                        stored = self._cache.put(index, sample, evict=False)
+                    except Exception as exc:  # e.g. a leaf type the codec refuses
+                        # Training then loads it and meets the same error, as it would
+                        # without a cache.
+                        self._report_error(index, exc)
+                        return True, "preload_errors"
             # Also after stop: a training thread may be waiting for exactly this sample.
             self._flights.land(flight, sample)
-        else:
-            # Training then loads it and meets the same error, as it would without a cache.
-            self._flights.cancel(flight)
-        del sample
-        if error is not None:
-            self._release(slot, completed=True, counter="preload_errors")
-            self._report_error(index, error)
-            return
-        self._release(slot, completed=True, counter="preload_loads" if stored else None)
+            landed = True
+        finally:
+            if not landed:
+                self._flights.cancel(flight)
         if stored is False:
             self._cache_full()
+        return True, "preload_loads" if stored else None
 
     def _next_index(self) -> tuple[int, Flight] | None:
         """The next index to load, claimed; None when the order is exhausted or we stop."""
@@ -1014,7 +1058,8 @@ class Preloader:
         means are smooth even when completions come in bursts.
         """
         start = self._window_start
-        if start is None or now - start < _WINDOW_SECONDS:
+        # A coarse clock can give loads a duration of zero: wait until some time was measured.
+        if start is None or now - start < _WINDOW_SECONDS or self._window_busy <= 0:
             return
         if self._window_done < max(_WINDOW_COMPLETIONS, 2 * self.limit):
             return
@@ -1035,7 +1080,7 @@ class Preloader:
 
     # -- visibility ------------------------------------------------------------------------------
 
-    def _refresh(self, bar: Any, *, final: bool = False) -> None:
+    def _refresh(self, *, final: bool = False) -> None:
         """Update the progress bar and log scalars when due (coordinator thread only)."""
         now = time.monotonic()
         processed = self.processed
@@ -1045,7 +1090,7 @@ class Preloader:
             or processed - self._logged >= summary.every
             or now - self._logged_at >= _LOG_SECONDS
         )
-        due_bar = bar is not None and now - self._refreshed_at >= _REFRESH_SECONDS
+        due_bar = self._bar is not None and now - self._refreshed_at >= _REFRESH_SECONDS
         if not (final or due_log or due_bar):
             return
         with self._guard.open() as usable:
@@ -1053,15 +1098,9 @@ class Preloader:
         if stats is None:
             return
         self._refreshed_at = now
-        if bar is not None:
-            budget = self._cache.ram_budget
-            ram = f"RAM {100 * stats.ram_bytes / budget:.0f}%" if budget else "RAM off"
-            bar.set_postfix_str(
-                f"{ram}, disk {bar.format_sizeof(stats.disk_bytes, 'B', 1024)}, "
-                f"in flight {self._active}/{self.limit}",
-                refresh=False,
-            )
-            bar.update(processed - bar.n)
+        if self._bar is not None:
+            with self._bar_errors():
+                self._show(self._bar, stats, processed)
         if due_log and summary is not None:
             rate = (processed - self._logged) / max(now - self._logged_at, 1e-9)
             summary.log(
@@ -1085,6 +1124,16 @@ class Preloader:
                 stats.preload_errors,
                 self._describe_tuning(),
             )
+
+    def _show(self, bar: Any, stats: CacheStats, processed: int) -> None:
+        budget = self._cache.ram_budget
+        ram = f"RAM {100 * stats.ram_bytes / budget:.0f}%" if budget else "RAM off"
+        bar.set_postfix_str(
+            f"{ram}, disk {bar.format_sizeof(stats.disk_bytes, 'B', 1024)}, "
+            f"in flight {self._active}/{self.limit}",
+            refresh=False,
+        )
+        bar.update(processed - bar.n)
 
     def _describe_tuning(self) -> str:
         if self._tuner is None or not self.tuning:
