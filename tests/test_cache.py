@@ -99,6 +99,29 @@ def test_put_declined_by_ram_copies_nothing_and_drops_the_old_value(
         np.testing.assert_array_equal(cache.get(10)["v"], np.full(100, 10.0))
 
 
+def test_large_values_are_encoded_into_recycled_buffers(tmp_path: Path) -> None:
+    def big(i: int) -> dict[str, object]:
+        return {"x": np.full(65536, float(i), dtype=np.float32), "i": i}  # 256 KiB
+
+    with SpillCache(tmp_path / "s", ram_budget=0) as cache:
+        cache.put(0, big(0))
+        early = cache.get(0)  # most likely still queued: decoded from a copy of its buffer
+        for i in range(1, 60):  # 15 MiB through an 8 MiB queue: buffers go round
+            cache.put(i, big(i))
+        cache.flush()
+        disk = cache._disk
+        spare = list(disk._spare)
+        assert spare  # committed values gave their buffers back...
+        size = len(spare[0])
+        assert any(disk.buffer(size) is b for b in spare)  # ...and they are handed out again
+        for i in range(60):  # no value was overwritten by a later one in its recycled buffer
+            got = cache.get(i)
+            assert got["i"] == i
+            np.testing.assert_array_equal(got["x"], big(i)["x"])
+        np.testing.assert_array_equal(early["x"], big(0)["x"])
+        assert cache.stats().disk_items == 60
+
+
 def test_disk_tier_serves_when_ram_is_off(tmp_path: Path) -> None:
     with SpillCache(tmp_path / "s", ram_budget=0) as cache:
         cache.put(0, sample(0))

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from helpers import assert_sample_equal
 from spillcache import codec
-from spillcache.codec import FORMAT_VERSION, clone, decode, digest, encode
+from spillcache.codec import FORMAT_VERSION, clone, decode, digest, encode, encode_into
 from spillcache.errors import CodecError
 
 pytestmark = pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental:UserWarning")
@@ -53,7 +53,10 @@ SHAPES = [(), (0,), (5,), (2, 3), (3, 0, 2), (2, 1, 3, 2)]
 
 
 def roundtrip(sample: object) -> Any:
-    return decode(encode(sample))
+    value = encode(sample)
+    assert bytes(encode_into(sample, lambda size: bytearray(size + 7))) == value
+    assert encode_into(sample, lambda size: None) == value
+    return decode(value)
 
 
 def seal(body: bytes) -> bytes:
@@ -644,6 +647,7 @@ def native(sample: Any) -> Any:
 @given(SAMPLES)
 def test_random_samples_round_trip_exactly(sample: object) -> None:
     value = encode(sample)
+    assert bytes(encode_into(sample, bytearray)) == value
     assert_sample_equal(decode(value), native(sample))
     assert_sample_equal(clone(sample), native(sample))
     assert encode(clone(sample)) == value

@@ -16,7 +16,7 @@ import torch
 
 from . import forksafe
 from .closing import Closing
-from .codec import clone, decode, encode, replicate
+from .codec import clone, decode, encode_into, replicate
 from .disk import DiskTier, SpillCacheWarning
 from .errors import CodecError
 from .ram import RamTier
@@ -336,7 +336,7 @@ class SpillCache(Closing):
         k = check_key(key)
         if sample is None:
             raise TypeError("a sample cannot be None: get() returns None for a miss")
-        on_disk = self._disk.write(k, encode(sample))
+        on_disk = self._disk.write(k, encode_into(sample, self._disk.buffer))
         with self._lock:
             self._puts += 1
             if k in self._reading:
