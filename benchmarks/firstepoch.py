@@ -5,9 +5,10 @@
    loop, against the same epoch without a cache; interleaved rounds, fresh store each time.
    The epoch ends with its last sample: writes are committed in the background meanwhile,
    and the final flush (which syncs the store to disk) is not part of it. The RAM budget is a
-   third of the data (so puts also spill). The floor is the least any persistent cache does:
-   hand each sample to a thread that appends its tensor bytes to a fresh file (no encoding,
-   no index, no copy in the training thread), with as much queued as spillcache may queue.
+   third of the data (so puts also spill). The floor is the least a two-tier cache does with
+   that budget: keep one private copy (one ``clone()`` per tensor) of each sample while the
+   copies fit the budget, and hand every sample to a thread that appends its tensor bytes to
+   a fresh file (no encoding, no index), with as much queued as spillcache may queue.
 2. First-epoch seconds of every contender on the same source (one round: a secondary figure).
 3. Preload: first-epoch seconds of a shuffled pass vs preload threads, for a latency-bound
    source (20 ms sleep) and a CPU-bound one (5 ms of CPU), via ``benchmarks.preload``.
@@ -32,7 +33,7 @@ from spillcache import CachedDataset, SpillCache, disk
 
 from .contenders import Unavailable, require
 from .warm import accounted_bytes
-from .workloads import Sample, TimedSource, Workload, monai_transform, tensors
+from .workloads import Sample, TimedSource, Workload, monai_transform, tensors, tree_clone
 
 SOURCE_SECONDS = 0.002
 _QUEUED_BYTES = disk._MAX_QUEUED_BYTES
@@ -81,10 +82,12 @@ def _epoch_source(source: TimedSource, order: list[int]) -> None:
 
 
 class _FileFloor:
-    """Append the tensor bytes of each sample to a file from a thread: the put-path floor."""
+    """The put-path floor: copies while they fit ``budget``, and a thread appending to a file."""
 
-    def __init__(self, path: Path, queued_bytes: int, sample_bytes: int) -> None:
+    def __init__(self, path: Path, budget: int, queued_bytes: int, sample_bytes: int) -> None:
         self._queue: queue.Queue[Sample | None] = queue.Queue(max(1, queued_bytes // sample_bytes))
+        self._copies: dict[int, Sample] = {}
+        self._room = budget
         self._thread = threading.Thread(target=self._drain, args=(path,))
         self._thread.start()
 
@@ -96,7 +99,11 @@ class _FileFloor:
 
     def epoch(self, source: TimedSource, order: list[int]) -> None:
         for i in order:
-            self._queue.put(source[i])
+            sample = source[i]
+            if self._room > 0:
+                self._copies[i] = tree_clone(sample)
+                self._room -= accounted_bytes([sample])
+            self._queue.put(sample)
 
     def close(self) -> None:
         self._queue.put(None)
@@ -115,7 +122,7 @@ def run_put_path(workload: Workload, rounds: int, log: Callable[[str], None]) ->
                 source, Path(tmp) / "ds", ram_budget=budget, fingerprint="bench", probes=0
             )
             cache = SpillCache(Path(tmp) / "cache", ram_budget=budget)
-            floor = _FileFloor(Path(tmp) / "floor", _QUEUED_BYTES, workload.payload_bytes)
+            floor = _FileFloor(Path(tmp) / "floor", budget, _QUEUED_BYTES, workload.payload_bytes)
             runs = {
                 "dataset": partial(_epoch_dataset, ds, order),
                 "cache": partial(_epoch_cache, cache, source, order),

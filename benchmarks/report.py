@@ -207,9 +207,10 @@ def markdown(results: dict[str, Any], images: list[str]) -> str:
         "",
         f"Source: 2 ms per 1 MiB sample; {put['n']} samples, RAM budget a third of the data. "
         f"Filling the cache adds {put['dataset_overhead']:+.1%} through `CachedDataset` and "
-        f"{put['cache_overhead']:+.1%} through a bare `SpillCache` get/put loop; the floor, a "
-        "thread appending each sample's tensor bytes to a fresh file (no encoding, no index, "
-        f"no copy in the training thread), adds {put['floor_overhead']:+.1%} (medians of "
+        f"{put['cache_overhead']:+.1%} through a bare `SpillCache` get/put loop. The floor, "
+        "the least a two-tier cache does with that budget (one copy of each sample while the "
+        "copies fit it, and a thread appending every sample's tensor bytes to a fresh file: no "
+        f"encoding, no index), adds {put['floor_overhead']:+.1%} (medians of "
         f"{len(put['dataset_ratios'])} interleaved rounds; the epoch ends with its last "
         "sample, while the writer may still be committing: the final flush is not counted).",
         "",

@@ -228,7 +228,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             "ok": put["dataset_overhead"] <= 0.10,
             "note": (
                 f"CachedDataset; bare SpillCache loop: {put['cache_overhead']:+.1%}; "
-                f"floor (append the tensor bytes to a file): {put['floor_overhead']:+.1%}"
+                f"floor (copies that fit the RAM budget + a thread appending to a file): "
+                f"{put['floor_overhead']:+.1%}"
             ),
         }
     )
