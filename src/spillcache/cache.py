@@ -235,14 +235,18 @@ class SpillCache(Closing):
         """
         # The usual key, an int in range, skips the call: a RAM hit takes a few microseconds.
         k = key if type(key) is int and 0 <= key <= _MAX_KEY else check_key(key)
-        with self._lock:
-            value = self._ram.get(k)
+        # Only a process that admits what it reads needs to know whether a put overtook the
+        # read; the others (RAM off, DataLoader workers) skip that bookkeeping.
+        admits = self._may_admit()
+        if self._ram_budget:
+            with self._lock:
+                value = self._ram.get(k)
+                if value is not None:
+                    self._ram_hits += 1
+                elif admits:
+                    self._start_reading(k)
             if value is not None:
-                self._ram_hits += 1
-            else:
-                self._start_reading(k)
-        if value is not None:
-            return replicate(value) if self._copy else value
+                return replicate(value) if self._copy else value
         try:
             value = self._disk.read(k, decode)
         except CodecError as exc:
@@ -255,20 +259,25 @@ class SpillCache(Closing):
             )
             value = None
         except BaseException:
-            with self._lock:
-                self._done_reading(k)
+            if admits:
+                with self._lock:
+                    self._done_reading(k)
             raise
         if value is None:
             with self._lock:
-                self._done_reading(k)
+                if admits:
+                    self._done_reading(k)
                 self._misses += 1
             return None
-        admits = self._may_admit()
-        nbytes = sample_nbytes(value) + ENTRY_OVERHEAD if admits else 0
+        if not admits:
+            with self._lock:
+                self._disk_hits += 1
+            return value
+        nbytes = sample_nbytes(value) + ENTRY_OVERHEAD
         with self._lock:
             overtaken = self._done_reading(k)
             self._disk_hits += 1
-            admitted = admits and not overtaken and self._ram.admit(k, value, nbytes)
+            admitted = not overtaken and self._ram.admit(k, value, nbytes)
         # The RAM tier now owns ``value``; the caller gets its own copy.
         return replicate(value) if admitted and self._copy else value
 
