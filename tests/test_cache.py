@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import lmdb
@@ -99,10 +100,15 @@ def test_put_declined_by_ram_copies_nothing_and_drops_the_old_value(
         np.testing.assert_array_equal(cache.get(10)["v"], np.full(100, 10.0))
 
 
-def test_large_values_are_encoded_into_recycled_buffers(tmp_path: Path) -> None:
-    def big(i: int) -> dict[str, object]:
-        return {"x": np.full(65536, float(i), dtype=np.float32), "i": i}  # 256 KiB
+def _big(i: int) -> dict[str, object]:
+    return {"x": np.full(65536, float(i), dtype=np.float32), "i": i}  # 256 KiB
 
+
+def test_large_values_are_encoded_into_recycled_buffers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    big = _big
+    monkeypatch.setattr(disk_module, "_WRITER_IDLE_EXIT", 600.0)  # keep the spare buffers
     with SpillCache(tmp_path / "s", ram_budget=0) as cache:
         cache.put(0, big(0))
         early = cache.get(0)  # most likely still queued: decoded from a copy of its buffer
@@ -120,6 +126,24 @@ def test_large_values_are_encoded_into_recycled_buffers(tmp_path: Path) -> None:
             np.testing.assert_array_equal(got["x"], big(i)["x"])
         np.testing.assert_array_equal(early["x"], big(0)["x"])
         assert cache.stats().disk_items == 60
+        assert disk._spare_bytes <= disk_module._MAX_QUEUED_BYTES
+
+
+def test_an_idle_store_keeps_no_spare_buffers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(disk_module, "_WRITER_IDLE_EXIT", 0.05)
+    with SpillCache(tmp_path / "s", ram_budget=0) as cache:
+        for i in range(8):
+            cache.put(i, _big(i))
+        cache.flush()
+        disk = cache._disk
+        deadline = time.monotonic() + 60
+        while disk._writer is not None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert disk._writer is None  # the writer went idle and exited...
+        assert (disk._spare, disk._spare_bytes) == ([], 0)  # ...dropping the spare buffers
+        np.testing.assert_array_equal(cache.get(7)["x"], _big(7)["x"])
 
 
 def test_disk_tier_serves_when_ram_is_off(tmp_path: Path) -> None:

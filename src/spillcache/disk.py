@@ -724,9 +724,12 @@ class DiskTier:
                 value.release()
             except BufferError:  # still exported somewhere: leave it to the garbage collector
                 continue
-            if type(buffer) is bytearray and self._spare_bytes < _MAX_QUEUED_BYTES:
-                self._spare.append(buffer)
+            if type(buffer) is bytearray:
+                spare = self._spare
+                spare.append(buffer)
                 self._spare_bytes += len(buffer)
+                while self._spare_bytes > _MAX_QUEUED_BYTES:  # the oldest sizes go first
+                    self._spare_bytes -= len(spare.pop(0))
 
     def write(self, key: int, value: Value) -> bool:
         """Queue ``value`` for ``key``; False when the store refuses new entries (full)."""
@@ -796,6 +799,9 @@ class DiskTier:
                     ) and not self._queue:
                         self._writer = None
                         self._stopping = False
+                        # Idle: no puts are coming, so the spare buffers are memory for nothing.
+                        self._spare.clear()
+                        self._spare_bytes = 0
                         self._state.notify_all()
                         return
                 self._inflight = batch = self._queue
