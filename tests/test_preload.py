@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import logging
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -453,6 +455,24 @@ def test_restart_only_promotes_from_disk_into_free_ram(tmp_path: Path) -> None:
         assert stats.disk_hits == 0  # promotions are not requests
 
 
+def test_one_sample_too_big_for_ram_does_not_end_the_promotions(tmp_path: Path) -> None:
+    class FirstTooBig(Uniform):
+        def __getitem__(self, i: int) -> dict[str, Any]:
+            value = super().__getitem__(i)
+            return {"x": np.zeros(20 * 256, dtype=np.float32)} if i == 0 else value
+
+    with open_ds(FirstTooBig(20), tmp_path / "s", ram_budget=0) as ds:
+        ds.start_preload()
+        assert ds.wait_preload(TIMEOUT)
+    with open_ds(FirstTooBig(20), tmp_path / "s", ram_budget=10 * ONE + ONE // 2) as ds:
+        ds.start_preload()  # index 0 first: it never fits
+        assert ds.wait_preload(TIMEOUT)
+        stats = ds.stats()
+        assert (stats.preload_promotions, stats.ram_items) == (10, 10)
+        assert ds.cache._tier_of(0) == "disk"
+        assert [ds.cache._tier_of(i) for i in range(1, 11)] == ["ram"] * 10
+
+
 def test_at_most_threads_samples_exist_outside_the_cache(tmp_path: Path) -> None:
     live = 0
     peak = 0
@@ -593,6 +613,33 @@ def test_a_failing_order_surfaces_in_wait_preload(tmp_path: Path) -> None:
             ds.wait_preload(TIMEOUT)
         assert ds.preloader is not None and ds.preloader.in_flight == 0  # its slot was freed
         assert_sample_equal(ds[1], sample(1))
+
+
+def test_each_preload_logs_its_own_counts_and_whether_it_failed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def failing() -> Iterator[int]:
+        yield from range(4)
+        raise RuntimeError("sampler broke")
+
+    with (
+        open_ds(Source(10), tmp_path / "s", preload_threads=1) as ds,
+        caplog.at_level(logging.INFO, logger="spillcache.preload"),
+    ):
+        for order in (None, None, failing()):
+            ds.start_preload(order)
+            with contextlib.suppress(RuntimeError):
+                assert ds.wait_preload(TIMEOUT)
+    summaries = [
+        (r.levelname, re.sub(r"[\d.]+ s:", "T s:", r.getMessage()))
+        for r in caplog.records
+        if r.getMessage().startswith("preload ")
+    ]
+    assert summaries == [
+        ("INFO", "preload done in T s: 10 loaded, 0 skipped, 0 promoted, 0 failed"),
+        ("INFO", "preload done in T s: 0 loaded, 10 skipped, 0 promoted, 0 failed"),
+        ("WARNING", "preload failed after T s: 0 loaded, 4 skipped, 0 promoted, 0 failed"),
+    ]
 
 
 def test_a_failed_preload_never_looks_successful(
@@ -780,6 +827,25 @@ def test_stop_and_close_return_at_once_with_slow_loads_in_flight(tmp_path: Path)
     assert slow.loads.count(0) == 1
     with SpillCache(tmp_path / "s", ram_budget=0) as reopened:
         assert len(reopened) == 0  # what finished after stop was discarded
+
+
+def test_a_load_joined_after_stop_is_cached_by_its_waiter(tmp_path: Path) -> None:
+    source = Source(10)
+    entered, gate = source.block(3)
+    with open_ds(source, tmp_path / "s", preload_threads=1) as ds:
+        ds.start_preload([3])
+        assert entered.wait(TIMEOUT)
+        ds.stop_preload()  # the load of 3 goes on, but the preload may no longer store it
+        got: list[Any] = []
+        training = threading.Thread(target=lambda: got.append(ds[3]))
+        training.start()  # joins the stopped preload's load
+        wait_until(lambda: ds._flights._flights[3].waiters == 1)
+        gate.set()
+        training.join(TIMEOUT)
+        assert_sample_equal(got[0], sample(3))
+        assert 3 in ds.cache
+        assert_sample_equal(ds[3], sample(3))
+        assert source.loads == [3]  # loaded once
 
 
 def test_keyboard_interrupt_mid_preload_leaves_a_consistent_store(tmp_path: Path) -> None:
@@ -1107,6 +1173,24 @@ def test_tensorboard_scalars(tmp_path: Path) -> None:
     assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tb").iterdir())
 
 
+def test_tensorboard_steps_of_every_tag_never_decrease(tmp_path: Path) -> None:
+    writer = FakeWriter()
+    with open_ds(
+        Source(30), tmp_path / "s", summary_writer=writer, log_every=10, preload_threads=1
+    ) as ds:
+        for _ in range(2):  # one preload per epoch, each followed by training
+            ds.start_preload()
+            assert ds.wait_preload(TIMEOUT)
+            for i in range(25):
+                ds[i]
+    last: dict[str, int] = {}
+    for tag, _, step in writer.scalars:
+        assert step is not None and step >= last.get(tag, step), (tag, step, last[tag])
+        last[tag] = step
+    # Cache statistics count requests; the preload's own scalars count preloaded indices.
+    assert (last["spillcache/hit_rate"], last["spillcache/preload_processed"]) == (50, 60)
+
+
 # -- the tuner -------------------------------------------------------------------------------
 
 
@@ -1236,6 +1320,25 @@ def test_hyrax_single_flight(tmp_path: Path) -> None:
         assert sorted(provider.source.loads) == [4, 6, 7]
         stats = cache.stats()
         assert (stats.preload_waits, stats.preload_skips, stats.preload_loads) == (1, 1, 2)
+
+
+def test_hyrax_fetch_joined_after_stop_caches_the_sample(tmp_path: Path) -> None:
+    provider = Provider(10)
+    entered, gate = provider.source.block(3)
+    config = hyrax_config(tmp_path, preload_cache=True, preload_threads=1)
+    with DataCache(config, provider) as cache:
+        cache.start_preload_thread([3])
+        assert entered.wait(TIMEOUT)
+        got: list[Any] = []
+        training = threading.Thread(target=lambda: got.append(hyrax_loop(cache, provider, 3)))
+        training.start()  # try_fetch joins the preload's load...
+        wait_until(lambda: cache._flights._flights[3].waiters == 1)
+        cache.stop_preload()  # ...which goes on, but the preload may no longer store it
+        gate.set()
+        training.join(TIMEOUT)
+        assert_sample_equal(got[0], sample(3))
+        assert_sample_equal(hyrax_loop(cache, provider, 3), sample(3))
+        assert provider.source.loads == [3]  # loaded once: the fetch that joined it stored it
 
 
 def test_hyrax_logs_statistics_every_1000_fetches(tmp_path: Path) -> None:

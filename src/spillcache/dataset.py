@@ -199,9 +199,13 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
                 return self._load(i)
             if not owned:
                 done, sample = self._flights.wait(flight)
-                if done:
-                    return sample
-                continue  # that load failed or stopped: look again
+                if not done:
+                    continue  # that load failed or stopped: look again
+                # A preload stopped during the load left it uncached: store it, or it would be
+                # loaded again (unless the cache was closed meanwhile, like the preload).
+                if self._flights.adopt(flight) and not self.cache.closed:
+                    self.cache.put(i, sample)
+                return sample
             try:
                 # Whoever held the claim before us may have stored it since our miss.
                 sample = self.cache._reread(i)
@@ -210,7 +214,7 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
             except BaseException:
                 self._flights.cancel(flight)
                 raise
-            self._flights.land(flight, sample)
+            self._flights.land(flight, sample, stored=True)
             return sample
 
     def _load(self, i: int) -> Any:
@@ -279,11 +283,11 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
         return True if preloader is None else preloader.wait(timeout)
 
     def stop_preload(self) -> None:
-        """Stop the preload; returns at once, even with slow loads in progress.
+        """Stop the preload without waiting for loads in progress, however slow.
 
         Queued loads are cancelled; a load running in user code finishes on its own thread
-        and its sample is handed to a training thread waiting for it, if any, but not cached.
-        What was cached stays cached.
+        and its sample is handed to a training thread waiting for it, if any, which caches
+        it; with nobody waiting, it is dropped. What was cached stays cached.
         """
         if self._preloader is not None:
             self._preloader.stop()

@@ -178,6 +178,10 @@ class DataCache(Closing):
                 return sample
             done, sample = self._flights.wait(flight)
             if done:
+                # A preload stopped during the load left it uncached, and Hyrax inserts only
+                # after a miss: store it here, or it would be loaded again.
+                if self._flights.adopt(flight) and not cache.closed:
+                    cache.put(i, sample)
                 return sample
 
     def insert_into_cache(self, idx: int, data: Any) -> None:
@@ -235,7 +239,7 @@ class DataCache(Closing):
         return True if preloader is None else preloader.wait(timeout)
 
     def stop_preload(self) -> None:
-        """Stop the preload; returns at once, even with slow loads in progress."""
+        """Stop the preload without waiting for loads in progress (see ``CachedDataset``)."""
         if self._preloader is not None:
             self._preloader.stop()
 

@@ -19,9 +19,9 @@ pieces:
   what is queued.
 * :meth:`Preloader.stop` returns at once: the rest of the order is dropped, and a load stuck
   in user code is left to finish on its own daemon thread, whose result then reaches any
-  training thread waiting for it but never the store (a guard keeps every thread of the
-  preload away from the store once it is stopped, which ``close()`` and interpreter exit
-  always do first).
+  training thread waiting for it, which caches it, but never the store from that thread (a
+  guard keeps every thread of the preload away from the store once it is stopped, which
+  ``close()`` and interpreter exit always do first).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import atexit
 import contextlib
 import copy
 import dataclasses
-import itertools
 import logging
 import operator
 import os
@@ -108,6 +107,8 @@ _LOG_SECONDS = 10.0
 _STOP_JOIN_SECONDS = 0.5
 # Tuner measurements kept in ``Preloader.tuning``.
 _TUNING_KEPT = 64
+# Share of the RAM budget in use from which the preload no longer promotes disk entries.
+_RAM_FULL = 0.95
 
 
 def check_threads(value: object, name: str = "preload_threads") -> Threads:
@@ -265,6 +266,9 @@ class Flight:
     waitable : bool
         Whether others may wait for it (``False`` for claims whose owner may never report
         back, like Hyrax's ``try_fetch`` that is followed by an ``insert_into_cache``).
+    stored : bool
+        Whether the value is taken care of in the cache: its owner stored it, or a waiter
+        adopted it (:meth:`SingleFlight.adopt`).
     """
 
     def __init__(self, key: int, *, by_preload: bool, waitable: bool) -> None:
@@ -276,6 +280,7 @@ class Flight:
         self.value: object = None
         # Whether ``value`` was already handed out (the next taker then gets a copy).
         self.taken = False
+        self.stored = False
         self.done = threading.Event()
 
 
@@ -342,11 +347,16 @@ class SingleFlight:
             flight.taken = True
         return True, clone(value) if shared and self._copy else value
 
-    def land(self, flight: Flight, value: object) -> None:
-        """End ``flight`` with ``value``, handing it to the waiters."""
+    def land(self, flight: Flight, value: object, *, stored: bool) -> None:
+        """End ``flight`` with ``value``, handing it to the waiters.
+
+        ``stored`` tells whether the owner cached ``value``; if not (a preload stopped during
+        the load), one waiter should :meth:`adopt` it.
+        """
         with self._lock:
             self._remove_locked(flight)
             private = flight.taken and flight.waiters and self._copy
+            flight.stored = stored
         try:
             # An owner that returns ``value`` to its caller (who may modify it) leaves the
             # waiters a snapshot; copies of it are made by each waiter but the first.
@@ -356,6 +366,16 @@ class SingleFlight:
         finally:
             # Waiters of a failed copy find the flight not ok and look again.
             flight.done.set()
+
+    def adopt(self, flight: Flight) -> bool:
+        """Whether the caller, a waiter that got the value of ``flight``, must cache it.
+
+        True for one waiter of a flight landed uncached, so that its load is not repeated.
+        """
+        with self._lock:
+            adopted = flight.ok and not flight.stored
+            flight.stored = True
+        return adopted
 
     def cancel(self, flight: Flight) -> None:
         """End ``flight`` without a result: waiters then look in the cache or load it."""
@@ -540,6 +560,10 @@ class SummaryWriterLike(Protocol):
 class StatsLogger:
     """Writes cache statistics to TensorBoard, from the process that created it only.
 
+    Each tag's steps only grow: the cache's statistics are logged at the number of requests
+    (:meth:`tick` calls) so far, also when a preload logs them, and a preload's own scalars
+    at the number of indices processed by all the preloads that logged here.
+
     Parameters
     ----------
     writer : SummaryWriter, str or os.PathLike
@@ -567,34 +591,52 @@ class StatsLogger:
                 f"not {type(writer).__name__}"
             )
         self._pid = os.getpid()
-        self._calls = itertools.count(1)
+        # Serializes the steps with the writes, so that no thread writes an older step last.
+        self._lock = threading.Lock()
+        self._requests = self._preloaded = 0
 
     def tick(self, stats: Callable[[], CacheStats]) -> None:
-        """Count one operation; every ``every``-th logs ``stats()`` (call outside any lock)."""
-        n = next(self._calls)
-        if n % self.every == 0:
-            self.log_stats(stats(), n)
-
-    def log_stats(self, stats: CacheStats, step: int) -> None:
-        """Log the counters of ``stats`` at ``step``."""
-        self.log(
-            {
-                "spillcache/hit_rate": stats.hit_rate,
-                "spillcache/ram_hit_rate": stats.ram_hit_rate,
-                "spillcache/ram_bytes": stats.ram_bytes,
-                "spillcache/ram_items": stats.ram_items,
-                "spillcache/disk_bytes": stats.disk_bytes,
-                "spillcache/disk_items": stats.disk_items,
-                "spillcache/rejected": stats.rejected,
-                "spillcache/preload_errors": stats.preload_errors,
-            },
-            step,
-        )
-
-    def log(self, scalars: dict[str, float], step: int) -> None:
-        """Log ``scalars`` at ``step`` (nothing in a forked or spawned process)."""
+        """Count one request; every ``every``-th logs ``stats()`` (call outside any lock)."""
+        # Checked before taking the lock, which a thread of the parent may have held at a fork.
         if os.getpid() != self._pid:
             return
+        with self._lock:
+            self._requests += 1
+            due = self._requests % self.every == 0
+        if due:
+            self.log_stats(stats())
+
+    def log_stats(self, stats: CacheStats) -> None:
+        """Log the counters of ``stats`` at the number of requests so far."""
+        if os.getpid() != self._pid:
+            return
+        scalars = {
+            "spillcache/hit_rate": stats.hit_rate,
+            "spillcache/ram_hit_rate": stats.ram_hit_rate,
+            "spillcache/ram_bytes": stats.ram_bytes,
+            "spillcache/ram_items": stats.ram_items,
+            "spillcache/disk_bytes": stats.disk_bytes,
+            "spillcache/disk_items": stats.disk_items,
+            "spillcache/rejected": stats.rejected,
+            "spillcache/preload_errors": stats.preload_errors,
+        }
+        with self._lock:
+            self._write(scalars, self._requests)
+
+    def log_preload(self, scalars: dict[str, float], processed: int) -> None:
+        """Log a preload's ``scalars`` after it processed ``processed`` more indices.
+
+        The step is the total of ``processed`` over all calls: it goes on growing from one
+        preload to the next.
+        """
+        if os.getpid() != self._pid:
+            return
+        with self._lock:
+            self._preloaded += processed
+            self._write(scalars, self._preloaded)
+
+    def _write(self, scalars: dict[str, float], step: int) -> None:
+        """Log ``scalars`` at ``step`` (caller holds the lock)."""
         for tag, value in scalars.items():
             self._writer.add_scalar(tag, value, step)
 
@@ -701,8 +743,10 @@ class Preloader:
         # The progress bar, if any (coordinator thread only).
         self._bar: Any = None
         self.error: BaseException | None = None
-        # Promote disk entries into RAM until the first one that does not fit.
+        # Promote disk entries into RAM until it is (nearly) full.
         self._promoting = cache.ram_budget > 0
+        # The shared counters when this preload started: its summary reports the difference.
+        self._counted = dict.fromkeys(_COUNTERS, 0)
         self._reported: set[type[BaseException]] = set()
         self.limit = self.peak_limit = 1 if threads == "auto" else threads
         self.peak_threads = self._pool = 0
@@ -731,6 +775,7 @@ class Preloader:
             self._started = True
             now = time.monotonic()
             self._started_at = self._refreshed_at = self._logged_at = now
+            self._counted = self._flights.counters()
         _live.add(self)
         self._coordinator = threading.Thread(
             target=self._run, name="spillcache-preload", daemon=True
@@ -772,8 +817,8 @@ class Preloader:
         """Stop; return once no thread of the preload will touch the store.
 
         Loads in progress in user code are not waited for: their threads finish on their own
-        and hand their samples to training threads waiting for them, never to the store.
-        Idempotent.
+        and hand their samples to training threads waiting for them (which cache them), never
+        to the store. Idempotent.
         """
         with self._cond:
             first = not self._stopped
@@ -923,8 +968,9 @@ class Preloader:
                         # without a cache.
                         self._report_error(index, exc)
                         return True, "preload_errors"
-            # Also after stop: a training thread may be waiting for exactly this sample.
-            self._flights.land(flight, sample)
+            # Also after stop: a training thread may be waiting for exactly this sample, and
+            # then caches it in our place.
+            self._flights.land(flight, sample, stored=stored is True)
             landed = True
         finally:
             if not landed:
@@ -974,6 +1020,8 @@ class Preloader:
                     promoted = self._cache._promote(i)
                     if promoted is None:  # unreadable: load it again
                         where = None
+                    elif not promoted and self._ram_full():
+                        self._promoting = False
         except BaseException:
             self._flights.cancel(flight)  # nobody may wait for it forever
             raise
@@ -981,9 +1029,20 @@ class Preloader:
             return i, flight
         self._flights.cancel(flight)  # waiters find it in the cache
         if usable:
-            self._promoting = self._promoting and promoted is not False
             self._done("preload_promotions" if promoted else "preload_skips")
         return None
+
+    def _ram_full(self) -> bool:
+        """Whether the RAM tier is too full for more promotions to be worth their reads.
+
+        A promotion that failed says little alone (the sample was too big, or a put overtook
+        it): promotions stop once less than one mean entry, or ``1 - _RAM_FULL`` of the
+        budget, is free.
+        """
+        stats = self._cache.stats()
+        free = self._cache.ram_budget - stats.ram_bytes
+        mean = stats.ram_bytes // stats.ram_items if stats.ram_items else 0
+        return free < max(mean, (1 - _RAM_FULL) * self._cache.ram_budget)
 
     def _cache_full(self) -> None:
         with self._cond:
@@ -1103,25 +1162,30 @@ class Preloader:
                 self._show(self._bar, stats, processed)
         if due_log and summary is not None:
             rate = (processed - self._logged) / max(now - self._logged_at, 1e-9)
-            summary.log(
+            summary.log_preload(
                 {
                     "spillcache/preload_items_per_s": rate,
                     "spillcache/preload_in_flight": self._active,
                     "spillcache/preload_concurrency": self.limit,
                     "spillcache/preload_processed": processed,
                 },
-                processed,
+                processed - self._logged,
             )
-            summary.log_stats(stats, processed)
+            summary.log_stats(stats)
             self._logged_at, self._logged = now, processed
         if final:
-            logger.info(
-                "preload done in %.1f s: %d loaded, %d skipped, %d promoted, %d failed%s",
+            counters = self._flights.counters()
+            ours = {name: counters[name] - self._counted[name] for name in counters}
+            failed = self.error is not None
+            logger.log(
+                logging.WARNING if failed else logging.INFO,
+                "preload %s %.1f s: %d loaded, %d skipped, %d promoted, %d failed%s",
+                "failed after" if failed else "done in",
                 now - self._started_at,
-                stats.preload_loads,
-                stats.preload_skips,
-                stats.preload_promotions,
-                stats.preload_errors,
+                ours["preload_loads"],
+                ours["preload_skips"],
+                ours["preload_promotions"],
+                ours["preload_errors"],
                 self._describe_tuning(),
             )
 
