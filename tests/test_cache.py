@@ -100,6 +100,23 @@ def test_put_declined_by_ram_copies_nothing_and_drops_the_old_value(
         np.testing.assert_array_equal(cache.get(10)["v"], np.full(100, 10.0))
 
 
+def test_views_into_a_big_array_are_kept_at_the_size_of_their_copy(tmp_path: Path) -> None:
+    rows = np.arange(100 * 25_000, dtype=np.float32).reshape(100, 25_000)  # 10 MB, 100 KB a row
+    with SpillCache(tmp_path / "s", ram_budget="5MiB") as cache:
+        for i in range(10):
+            assert cache.put(i, {"x": rows[i]}) is True  # a view keeping all 10 MB alive
+        stats = cache.stats()
+        # The RAM tier holds compact copies: 10 of ~100 KB fit, not one of 10 MB.
+        assert stats.ram_items == 10
+        assert 10 * 100_000 < stats.ram_bytes < 10 * 110_000
+        for i in range(10):
+            np.testing.assert_array_equal(cache.get(i)["x"], rows[i])
+        assert cache.stats().ram_hits == 10
+    with SpillCache(tmp_path / "t", ram_budget="5MiB", copy=False) as cache:
+        cache.put(0, {"x": rows[0]})  # kept as is, the view would keep 10 MB alive: refused
+        assert cache.stats().ram_items == 0
+
+
 def _big(i: int) -> dict[str, object]:
     return {"x": np.full(65536, float(i), dtype=np.float32), "i": i}  # 256 KiB
 

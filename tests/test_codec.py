@@ -25,6 +25,7 @@ from helpers import assert_sample_equal
 from spillcache import codec
 from spillcache.codec import FORMAT_VERSION, clone, decode, digest, encode, encode_into
 from spillcache.errors import CodecError
+from spillcache.sizing import sample_nbytes
 
 pytestmark = pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental:UserWarning")
 
@@ -54,8 +55,9 @@ SHAPES = [(), (0,), (5,), (2, 3), (3, 0, 2), (2, 1, 3, 2)]
 
 def roundtrip(sample: object) -> Any:
     value = encode(sample)
-    assert bytes(encode_into(sample, lambda size: bytearray(size + 7))) == value
-    assert encode_into(sample, lambda size: None) == value
+    pooled, array_bytes = encode_into(sample, lambda size: bytearray(size + 7))
+    assert bytes(pooled) == value
+    assert encode_into(sample, lambda size: None) == (value, array_bytes)
     return decode(value)
 
 
@@ -647,7 +649,10 @@ def native(sample: Any) -> Any:
 @given(SAMPLES)
 def test_random_samples_round_trip_exactly(sample: object) -> None:
     value = encode(sample)
-    assert bytes(encode_into(sample, bytearray)) == value
+    pooled, array_bytes = encode_into(sample, bytearray)
+    assert bytes(pooled) == value
+    # What a copy holds at least: the bytes of every tensor and array in it.
+    assert array_bytes <= sample_nbytes(clone(sample))
     assert_sample_equal(decode(value), native(sample))
     assert_sample_equal(clone(sample), native(sample))
     assert encode(clone(sample)) == value

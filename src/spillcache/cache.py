@@ -345,20 +345,26 @@ class SpillCache(Closing):
         k = check_key(key)
         if sample is None:
             raise TypeError("a sample cannot be None: get() returns None for a miss")
-        on_disk = self._disk.write(k, encode_into(sample, self._disk.buffer))
+        value, array_bytes = encode_into(sample, self._disk.buffer)
+        on_disk = self._disk.write(k, value)
         with self._lock:
             self._puts += 1
             if k in self._reading:
                 self._overtaken.add(k)
         if not self._may_admit():
             return on_disk
-        nbytes = sample_nbytes(sample) + ENTRY_OVERHEAD
+        # The tier holds a compact copy, measured once made (a view into a data-set-wide
+        # array would count that whole array), of at least the tensors' bytes: enough for
+        # would_admit to turn most candidates down before they are copied and measured.
+        # With copy=False it holds the sample itself, views and what they keep alive.
+        least = (array_bytes if self._copy else sample_nbytes(sample)) + ENTRY_OVERHEAD
         with self._lock:
-            if not self._ram.would_admit(k, nbytes, evict=evict):
+            if not self._ram.would_admit(k, least, evict=evict):
                 # The private copy would be thrown away; an older value must go all the same.
                 self._ram.discard(k)
                 return on_disk
         kept = clone(sample) if self._copy else sample
+        nbytes = sample_nbytes(kept) + ENTRY_OVERHEAD if self._copy else least
         with self._lock:
             in_ram = self._ram.admit(k, kept, nbytes, evict=evict)
         return on_disk or in_ram

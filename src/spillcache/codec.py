@@ -311,7 +311,7 @@ def encode(sample: object) -> bytes:
     ValueError
         Containers nest more than 100 deep (for instance a self-referencing list).
     """
-    parts, _ = _layout(sample)
+    parts, _, _ = _layout(sample)
     hasher = xxhash.xxh3_64()
     for part in parts:
         hasher.update(part)
@@ -319,7 +319,9 @@ def encode(sample: object) -> bytes:
     return b"".join(parts)
 
 
-def encode_into(sample: object, allocate: Callable[[int], bytearray | None]) -> bytes | memoryview:
+def encode_into(
+    sample: object, allocate: Callable[[int], bytearray | None]
+) -> tuple[bytes | memoryview, int]:
     """:func:`encode` into a buffer that ``allocate`` provides, typically a recycled one.
 
     A fresh buffer per value costs page faults: glibc hands freed blocks of a MiB back to the
@@ -335,16 +337,19 @@ def encode_into(sample: object, allocate: Callable[[int], bytearray | None]) -> 
 
     Returns
     -------
-    bytes or memoryview
+    value : bytes or memoryview
         The bytes :func:`encode` returns: a view of the first ``size`` bytes of the buffer, or
         the bytes themselves when ``allocate`` returned None.
+    array_bytes : int
+        The data bytes of the sample's tensors and arrays, counted at every occurrence: what
+        a copy made by :func:`clone` holds at least (it copies each one compactly).
 
     Raises
     ------
     TypeError, ValueError
         As for :func:`encode`.
     """
-    parts, size = _layout(sample)
+    parts, size, array_bytes = _layout(sample)
     total = size + _CHECKSUM.size
     buffer = allocate(total)
     if buffer is None:
@@ -352,7 +357,7 @@ def encode_into(sample: object, allocate: Callable[[int], bytearray | None]) -> 
         for part in parts:
             hasher.update(part)
         parts.append(_CHECKSUM.pack(hasher.intdigest()))
-        return b"".join(parts)
+        return b"".join(parts), array_bytes
     target = np.frombuffer(buffer, np.uint8, total)
     pos = 0
     for part in parts:
@@ -367,11 +372,11 @@ def encode_into(sample: object, allocate: Callable[[int], bytearray | None]) -> 
     value = memoryview(buffer)[:total]
     # Hashed from the copy, still in the CPU cache, instead of reading the sample again.
     _CHECKSUM.pack_into(buffer, size, xxhash.xxh3_64_intdigest(value[:size]))
-    return value
+    return value, array_bytes
 
 
-def _layout(sample: object) -> tuple[list[_Data], int]:
-    """The parts of ``sample``'s value up to its checksum, and their total size."""
+def _layout(sample: object) -> tuple[list[_Data], int, int]:
+    """The parts of ``sample``'s value up to its checksum, their size, and the arrays' share."""
     spec: list[bytes] = []
     nums: list[Any] = []
     payloads: list[_Payload] = []
@@ -387,13 +392,16 @@ def _layout(sample: object) -> tuple[list[_Data], int]:
         plan.table.pack(*nums),
     ]
     pos = plan.data_start
+    array_bytes = 0
     for aligned, data, size in payloads:
         pad = -pos % _ALIGN if aligned else 0
         if pad:
             parts.append(_PADDING[:pad])
         parts.append(data)
         pos += pad + size
-    return parts, pos
+        if aligned:  # tensors and arrays: the other payloads are scalars, text and bytes
+            array_bytes += size
+    return parts, pos, array_bytes
 
 
 _Emitter = Callable[[Any, list[bytes], list[Any], list[_Payload]], None]
