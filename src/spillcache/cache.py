@@ -237,14 +237,16 @@ class SpillCache(Closing):
         k = key if type(key) is int and 0 <= key <= _MAX_KEY else check_key(key)
         # Only a process that admits what it reads needs to know whether a put overtook the
         # read; the others (RAM off, DataLoader workers) skip that bookkeeping.
-        admits = self._may_admit()
+        admits = False
         if self._ram_budget:
             with self._lock:
                 value = self._ram.get(k)
                 if value is not None:
                     self._ram_hits += 1
-                elif admits:
-                    self._start_reading(k)
+                else:
+                    admits = self._may_admit()
+                    if admits:
+                        self._start_reading(k)
             if value is not None:
                 return replicate(value) if self._copy else value
         try:
