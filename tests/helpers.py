@@ -54,3 +54,12 @@ def _tensor_bits(t: torch.Tensor) -> torch.Tensor:
 
 def _array_bits(a: np.ndarray | np.generic) -> bytes:
     return np.ascontiguousarray(a).tobytes()
+
+
+def hyrax_loop(cache: Any, provider: Any, idx: int) -> Any:
+    """What Hyrax's DataProvider does around its ``DataCache``: fetch, else resolve and insert."""
+    data = cache.try_fetch(idx)
+    if data is None:
+        data = provider.resolve_data(idx)
+        cache.insert_into_cache(idx, data)
+    return data

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from helpers import hyrax_loop
 from spillcache import DataCache, cache_info
 from spillcache.disk import live_tier
 
@@ -31,15 +32,6 @@ class Provider:
 
 def config(**data_set: Any) -> dict[str, Any]:
     return {"data_set": data_set, "data_request": {"train": {"dataset_class": "HSCDataSet"}}}
-
-
-def hyrax_loop(cache: DataCache, provider: Provider, idx: int) -> dict[str, Any]:
-    """What Hyrax's DataProvider does around the cache."""
-    data = cache.try_fetch(idx)
-    if data is None:
-        data = provider.resolve_data(idx)
-        cache.insert_into_cache(idx, data)
-    return data
 
 
 def test_round_trip_in_a_cache_dir(tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ from torch.utils.data import (
 )
 
 import spillcache.preload
-from helpers import assert_sample_equal
+from helpers import assert_sample_equal, hyrax_loop
 from spillcache import CachedDataset, DataCache, SpillCache
 from spillcache.admin import verify
 from spillcache.errors import StoreError
@@ -1262,14 +1262,6 @@ class Provider:
 
 def hyrax_config(tmp_path: Path, **data_set: Any) -> dict[str, Any]:
     return {"data_set": {"cache_dir": str(tmp_path), **data_set}, "data_request": {"x": 1}}
-
-
-def hyrax_loop(cache: DataCache, provider: Provider, idx: int) -> dict[str, Any]:
-    data = cache.try_fetch(idx)
-    if data is None:
-        data = provider.resolve_data(idx)
-        cache.insert_into_cache(idx, data)
-    return data
 
 
 @pytest.mark.parametrize("threads", [3, "auto"])

@@ -312,11 +312,7 @@ def encode(sample: object) -> bytes:
         Containers nest more than 100 deep (for instance a self-referencing list).
     """
     parts, _, _ = _layout(sample)
-    hasher = xxhash.xxh3_64()
-    for part in parts:
-        hasher.update(part)
-    parts.append(_CHECKSUM.pack(hasher.intdigest()))
-    return b"".join(parts)
+    return _joined(parts)
 
 
 def encode_into(
@@ -353,11 +349,7 @@ def encode_into(
     total = size + _CHECKSUM.size
     buffer = allocate(total)
     if buffer is None:
-        hasher = xxhash.xxh3_64()
-        for part in parts:
-            hasher.update(part)
-        parts.append(_CHECKSUM.pack(hasher.intdigest()))
-        return b"".join(parts), array_bytes
+        return _joined(parts), array_bytes
     target = np.frombuffer(buffer, np.uint8, total)
     pos = 0
     for part in parts:
@@ -373,6 +365,15 @@ def encode_into(
     # Hashed from the copy, still in the CPU cache, instead of reading the sample again.
     _CHECKSUM.pack_into(buffer, size, xxhash.xxh3_64_intdigest(value[:size]))
     return value, array_bytes
+
+
+def _joined(parts: list[_Data]) -> bytes:
+    """The value made of ``parts``, sealed with their checksum."""
+    hasher = xxhash.xxh3_64()
+    for part in parts:
+        hasher.update(part)
+    parts.append(_CHECKSUM.pack(hasher.intdigest()))
+    return b"".join(parts)
 
 
 def _layout(sample: object) -> tuple[list[_Data], int, int]:
