@@ -30,6 +30,7 @@ import atexit
 import contextlib
 import copy
 import dataclasses
+import itertools
 import logging
 import operator
 import os
@@ -591,23 +592,24 @@ class StatsLogger:
                 f"not {type(writer).__name__}"
             )
         self._pid = os.getpid()
-        # Serializes the steps with the writes, so that no thread writes an older step last.
+        # A request costs no lock and no system call: next() on a count is atomic under the
+        # GIL, and _requests (the latest count) is a plain store.
+        self._calls = itertools.count(1)
+        self._requests = 0
+        # Serializes the writes; _stats_step keeps the cache's steps from going back when two
+        # threads log out of order.
         self._lock = threading.Lock()
-        self._requests = self._preloaded = 0
+        self._stats_step = self._preloaded = 0
 
     def tick(self, stats: Callable[[], CacheStats]) -> None:
         """Count one request; every ``every``-th logs ``stats()`` (call outside any lock)."""
-        # Checked before taking the lock, which a thread of the parent may have held at a fork.
-        if os.getpid() != self._pid:
-            return
-        with self._lock:
-            self._requests += 1
-            due = self._requests % self.every == 0
-        if due:
+        n = self._requests = next(self._calls)
+        if n % self.every == 0:
             self.log_stats(stats())
 
     def log_stats(self, stats: CacheStats) -> None:
         """Log the counters of ``stats`` at the number of requests so far."""
+        # Checked before taking the lock, which a thread of the parent may have held at a fork.
         if os.getpid() != self._pid:
             return
         scalars = {
@@ -621,7 +623,8 @@ class StatsLogger:
             "spillcache/preload_errors": stats.preload_errors,
         }
         with self._lock:
-            self._write(scalars, self._requests)
+            self._stats_step = max(self._stats_step, self._requests)
+            self._write(scalars, self._stats_step)
 
     def log_preload(self, scalars: dict[str, float], processed: int) -> None:
         """Log a preload's ``scalars`` after it processed ``processed`` more indices.
