@@ -164,6 +164,33 @@ def test_nondeterministic_data_set_is_reported(tmp_path: Path) -> None:
         CachedDataset(Flaky(), tmp_path / "s")
 
 
+def test_a_miss_reads_the_store_once_unless_a_put_landed_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = Source()
+    with CachedDataset(source, tmp_path / "s", ram_budget=0, probes=0) as ds:
+        disk = ds.cache._disk
+        reads: list[int] = []
+        read = disk.read
+
+        def counted(key: int, decode: Any) -> Any:
+            reads.append(key)
+            return read(key, decode)
+
+        monkeypatch.setattr(disk, "read", counted)
+        assert [ds[i]["label"] for i in range(20)] == list(range(20))
+        assert reads == list(range(20))  # the miss, and no second look: nothing was put since
+        # A put landing between the miss and the claim (another thread's load) is found by
+        # the second look instead of being loaded again.
+        stamp = ds.cache._stamp()
+        assert ds.cache.get(20 - 1) is not None
+        ds.cache.put(5, {"x": torch.zeros(4), "id": "other", "label": -5})
+        reads.clear()
+        assert ds._fetch(5, stamp)["label"] == -5
+        assert reads == [5]
+        assert sorted(source.loads) == list(range(20))
+
+
 def test_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="map-style"):
         CachedDataset(object(), tmp_path / "a")  # type: ignore[arg-type]

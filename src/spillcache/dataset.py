@@ -184,15 +184,19 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
 
     def __getitem__(self, index: int) -> Any:
         i = self._normalize(index)
+        stamp = self.cache._stamp()
         sample = self.cache.get(i)
         if sample is None:
-            sample = self._fetch(i)
+            sample = self._fetch(i, stamp)
         if self._summary is not None:
             self._summary.tick(self.stats)
         return sample if self.transform is None else self.transform(sample)
 
-    def _fetch(self, i: int) -> Any:
-        """Load a missed index once per process: join a load of it in progress, or claim it."""
+    def _fetch(self, i: int, stamp: int) -> Any:
+        """Load a missed index once per process: join a load of it in progress, or claim it.
+
+        ``stamp``: the cache's :meth:`~SpillCache._stamp` taken before the miss.
+        """
         while True:
             flight, owned = self._flights.claim_or_join(i)
             if flight is None:
@@ -208,7 +212,7 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
                 return sample
             try:
                 # Whoever held the claim before us may have stored it since our miss.
-                sample = self.cache._reread(i)
+                sample = self.cache._reread(i, stamp)
                 if sample is None:
                     sample = self._load(i)
             except BaseException:

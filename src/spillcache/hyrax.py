@@ -156,15 +156,19 @@ class DataCache(Closing):
         if cache is None:
             return None
         i = self._check_index(idx)
+        stamp = cache._stamp()
         sample = cache.get(i)
         if sample is None and self.preloading:
-            sample = self._join_preload(cache, i)
+            sample = self._join_preload(cache, i, stamp)
         if self._summary is not None:
             self._summary.tick(self.stats)
         return sample
 
-    def _join_preload(self, cache: SpillCache, i: int) -> Any | None:
-        """Wait for the preload's load of ``i``, or reserve ``i`` for the caller's insert."""
+    def _join_preload(self, cache: SpillCache, i: int, stamp: int) -> Any | None:
+        """Wait for the preload's load of ``i``, or reserve ``i`` for the caller's insert.
+
+        ``stamp``: the cache's :meth:`~SpillCache._stamp` taken before the miss.
+        """
         while True:
             # Not waitable: nothing guarantees the caller ever inserts what it reserved.
             flight, owned = self._flights.claim_or_join(i, waitable=False)
@@ -172,7 +176,7 @@ class DataCache(Closing):
                 return None
             if owned:
                 # The preload may have stored it between our miss and our claim.
-                sample = cache._reread(i)
+                sample = cache._reread(i, stamp)
                 if sample is not None:
                     self._flights.cancel(flight)
                 return sample
