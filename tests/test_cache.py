@@ -146,6 +146,28 @@ def test_large_values_are_encoded_into_recycled_buffers(
         assert disk._spare_bytes <= disk_module._MAX_QUEUED_BYTES
 
 
+def test_large_values_are_sealed_by_the_writer_and_readable_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = threading.Event()
+    commit = disk_module.DiskTier._commit
+
+    def held(self: disk_module.DiskTier, batch: dict[int, disk_module.Value]) -> None:
+        release.wait(60)
+        commit(self, batch)
+
+    monkeypatch.setattr(disk_module.DiskTier, "_commit", held)
+    with SpillCache(tmp_path / "s", ram_budget=0) as cache:
+        cache.put(0, _big(0))
+        got = cache.get(0)  # queued or in flight: the writer has not sealed it yet
+        release.set()
+        assert cache.stats().corrupt == 0
+        np.testing.assert_array_equal(got["x"], _big(0)["x"])
+    with SpillCache(tmp_path / "s", ram_budget=0) as cache:
+        np.testing.assert_array_equal(cache.get(0)["x"], _big(0)["x"])  # stored sealed
+        assert cache.stats().corrupt == 0
+
+
 def test_an_idle_store_keeps_no_spare_buffers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

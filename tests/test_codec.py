@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from helpers import assert_sample_equal
 from spillcache import codec
-from spillcache.codec import FORMAT_VERSION, clone, decode, digest, encode, encode_into
+from spillcache.codec import FORMAT_VERSION, clone, decode, digest, encode, encode_into, seal
 from spillcache.errors import CodecError
 from spillcache.sizing import sample_nbytes
 
@@ -56,19 +56,21 @@ SHAPES = [(), (0,), (5,), (2, 3), (3, 0, 2), (2, 1, 3, 2)]
 def roundtrip(sample: object) -> Any:
     value = encode(sample)
     pooled, array_bytes = encode_into(sample, lambda size: bytearray(size + 7))
+    assert isinstance(pooled, memoryview)
+    seal(pooled)
     assert bytes(pooled) == value
     assert encode_into(sample, lambda size: None) == (value, array_bytes)
     return decode(value)
 
 
-def seal(body: bytes) -> bytes:
+def sealed(body: bytes) -> bytes:
     """Append the checksum the format expects, making a (possibly hostile) body acceptable."""
     return body + struct.pack("<Q", xxhash.xxh3_64_intdigest(body))
 
 
 def craft(spec: bytes, table: bytes = b"", data: bytes = b"", version: int = 1) -> bytes:
     """A value built by hand from the documented layout, with a valid checksum."""
-    return seal(struct.pack("<4sHHI", b"SPLC", version, 0, len(spec)) + spec + table + data)
+    return sealed(struct.pack("<4sHHI", b"SPLC", version, 0, len(spec)) + spec + table + data)
 
 
 def spec_of(value: bytes) -> bytes:
@@ -281,7 +283,7 @@ def test_golden_bytes_follow_the_documented_format() -> None:
     table = struct.pack("<QQq", 2, 3, 7)
     head = struct.pack("<4sHHI", b"SPLC", 1, 0, len(spec)) + spec + table
     pad = bytes(-len(head) % 64)
-    expected = seal(head + pad + struct.pack("<2i", 1, 2) + "hé".encode())
+    expected = sealed(head + pad + struct.pack("<2i", 1, 2) + "hé".encode())
     assert FORMAT_VERSION == 1
     assert encode(sample) == expected
     assert_sample_equal(decode(expected), sample)
@@ -426,6 +428,18 @@ def test_any_flipped_bit_is_detected(position: int) -> None:
             decode(bytes(damaged))
 
 
+def test_a_value_encoded_into_a_buffer_decodes_only_once_sealed() -> None:
+    buffer = bytearray(b"\xaa" * (len(VALUE) + 100))
+    value, _ = encode_into(HYRAX, lambda size: buffer)
+    assert len(value) == len(VALUE)
+    with pytest.raises(CodecError, match="checksum"):
+        decode(value)
+    seal(value)
+    assert bytes(value) == VALUE
+    seal(value)  # sealing twice changes nothing
+    assert_sample_equal(decode(value), decode(VALUE))
+
+
 def test_truncation_and_extra_bytes_are_detected() -> None:
     for length in [*range(25), 60, len(VALUE) // 2, len(VALUE) - 8, len(VALUE) - 1]:
         with pytest.raises(CodecError):
@@ -459,10 +473,10 @@ def test_other_format_versions_and_flags_are_refused() -> None:
     for version in (0, 2, 65535):
         struct.pack_into("<H", body, 4, version)
         with pytest.raises(CodecError, match="version"):
-            decode(seal(bytes(body)))
+            decode(sealed(bytes(body)))
     struct.pack_into("<HH", body, 4, 1, 1)
     with pytest.raises(CodecError, match="flags"):
-        decode(seal(bytes(body)))
+        decode(sealed(bytes(body)))
 
 
 def _array_spec(dtype: bytes, ndim: int) -> bytes:
@@ -529,7 +543,7 @@ def test_spec_length_past_the_end_is_refused() -> None:
     body = bytearray(VALUE[:-8])
     struct.pack_into("<I", body, 8, 2**32 - 1)
     with pytest.raises(CodecError):
-        decode(seal(bytes(body)))
+        decode(sealed(bytes(body)))
 
 
 def test_crafted_values_of_the_documented_layout_decode() -> None:
@@ -650,6 +664,8 @@ def native(sample: Any) -> Any:
 def test_random_samples_round_trip_exactly(sample: object) -> None:
     value = encode(sample)
     pooled, array_bytes = encode_into(sample, bytearray)
+    assert isinstance(pooled, memoryview)
+    seal(pooled)
     assert bytes(pooled) == value
     # What a copy holds at least: the bytes of every tensor and array in it.
     assert array_bytes <= sample_nbytes(clone(sample))
@@ -676,7 +692,7 @@ def damaged_values(draw: st.DrawFn) -> bytes:
             del value[position : position + draw(st.integers(1, 9))]
     # Resealing lets the damage past the checksum, into the header and payload parsers.
     if len(value) > 8 and draw(st.booleans()):
-        return seal(bytes(value[:-8]))
+        return sealed(bytes(value[:-8]))
     return bytes(value)
 
 

@@ -36,7 +36,7 @@ from typing import Any, Literal, TypeVar
 import lmdb
 
 from . import forksafe
-from .codec import FORMAT_VERSION
+from .codec import FORMAT_VERSION, seal
 from .errors import FingerprintMismatch, StoreError
 
 __all__ = [
@@ -57,7 +57,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 _Txn = TypeVar("_Txn", bound="lmdb.Transaction[Any]")
 OnMismatch = Literal["rebuild", "error"]
-# An encoded value: bytes, or a view of a recycled buffer (see DiskTier.buffer).
+# An encoded value: bytes, or a view of a recycled buffer (see DiskTier.buffer) that the
+# writer seals (codec.seal) before storing it, off the thread of the put.
 Value = bytes | memoryview
 
 MARKER = "spillcache.json"
@@ -603,8 +604,11 @@ class DiskTier:
                 if pending is None:
                     pending = self._inflight.get(key)
                 if type(pending) is memoryview:
-                    # Its buffer is reused once the commit is done: decode a copy.
-                    pending = bytes(pending)
+                    # Its buffer is reused once the commit is done: decode a copy, sealed
+                    # here as the writer may not have sealed the original yet.
+                    copy = bytearray(pending)
+                    seal(copy)
+                    pending = memoryview(copy)
             if pending is not None:
                 return decode(pending)
         # Every disk hit comes through here: _read_txn's two context managers would cost about
@@ -732,7 +736,11 @@ class DiskTier:
                     self._spare_bytes -= len(spare.pop(0))
 
     def write(self, key: int, value: Value) -> bool:
-        """Queue ``value`` for ``key``; False when the store refuses new entries (full)."""
+        """Queue ``value`` for ``key``; False when the store refuses new entries (full).
+
+        ``value``: bytes from :func:`~spillcache.codec.encode`, or the view of a :meth:`buffer`
+        that :func:`~spillcache.codec.encode_into` returns, which the writer seals.
+        """
         with self._state:
             if self._closed:
                 raise ValueError(f"the cache at {str(self.path)!r} is closed")
@@ -821,6 +829,10 @@ class DiskTier:
 
     def _commit(self, batch: dict[int, Value]) -> None:
         items = sorted(batch.items())
+        # Before the transaction: it holds the store's write lock, which every process shares.
+        for _, value in items:
+            if type(value) is memoryview:
+                seal(value)
         need = sum(len(v) for _, v in items)
         for _ in range(8):
             try:
