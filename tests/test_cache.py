@@ -168,6 +168,55 @@ def test_large_values_are_sealed_by_the_writer_and_readable_before(
         assert cache.stats().corrupt == 0
 
 
+def test_large_samples_in_ram_share_the_written_value_and_survive_recycling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(disk_module, "_WRITER_IDLE_EXIT", 600.0)  # keep the spare buffers
+    budget = 4 * 280_000  # four 256 KiB samples, not five
+    with SpillCache(tmp_path / "s", ram_budget=budget) as cache:
+        for i in range(4):
+            assert cache.put(i, _big(i))
+        assert cache.stats().ram_items == 4
+        kept = cache._ram.get(0)
+        assert not kept["x"].flags.owndata  # a view of the value written to disk
+        for i in range(100, 160):  # 15 MiB through recycled buffers; RAM is full
+            cache.put(i, _big(i), evict=False)
+        cache.flush()
+        assert cache.stats().ram_items == 4
+        assert disk_module._Kept not in {type(b) for b in cache._disk._spare}
+        for i in range(4):  # no later value was encoded over a kept one
+            got = cache.get(i)
+            np.testing.assert_array_equal(got["x"], _big(i)["x"])
+            assert got["x"].flags.owndata  # the caller's own copy
+        assert cache.stats().ram_hits == 4
+
+
+def test_the_writer_prepares_buffers_for_samples_the_ram_tier_keeps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(disk_module, "_WRITER_IDLE_EXIT", 600.0)
+    with SpillCache(tmp_path / "s", ram_budget=10 * 280_000) as cache:
+        cache.put(0, _big(0))
+        cache.flush()
+        disk = cache._disk
+        size = disk._keep_size
+        assert size == len(cache._ram.get(0)["x"].base)  # the size of the value kept
+
+        def ready() -> int:
+            with disk._state:
+                return sum(len(b) for b in disk._spare if disk_module._fits(b, size, keep=True))
+
+        deadline = time.monotonic() + 60
+        while ready() < disk_module._STOCK_BYTES and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ready() >= disk_module._STOCK_BYTES
+        stock = {id(b) for b in disk._spare}
+        cache.put(1, _big(1))  # encoded into one of them
+        assert id(cache._ram.get(1)["x"].base) in stock
+        assert disk._spare_bytes <= disk_module._MAX_QUEUED_BYTES
+        np.testing.assert_array_equal(cache.get(1)["x"], _big(1)["x"])
+
+
 def test_an_idle_store_keeps_no_spare_buffers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import gc
 import math
 import os
 import pickle
@@ -23,7 +24,16 @@ from hypothesis import strategies as st
 
 from helpers import assert_sample_equal
 from spillcache import codec
-from spillcache.codec import FORMAT_VERSION, clone, decode, digest, encode, encode_into, seal
+from spillcache.codec import (
+    FORMAT_VERSION,
+    Encoding,
+    clone,
+    decode,
+    digest,
+    encode,
+    seal,
+    view,
+)
 from spillcache.errors import CodecError
 from spillcache.sizing import sample_nbytes
 
@@ -55,11 +65,13 @@ SHAPES = [(), (0,), (5,), (2, 3), (3, 0, 2), (2, 1, 3, 2)]
 
 def roundtrip(sample: object) -> Any:
     value = encode(sample)
-    pooled, array_bytes = encode_into(sample, lambda size: bytearray(size + 7))
-    assert isinstance(pooled, memoryview)
+    encoding = Encoding(sample)
+    assert encoding.size == len(value)
+    assert encoding.to_bytes() == value
+    pooled = encoding.into(bytearray(encoding.size + 7))
     seal(pooled)
     assert bytes(pooled) == value
-    assert encode_into(sample, lambda size: None) == (value, array_bytes)
+    assert_sample_equal(view(pooled), decode(value))
     return decode(value)
 
 
@@ -265,8 +277,8 @@ def test_decode_from_lmdb_buffer_survives_the_transaction(tmp_path: Any) -> None
 def test_decode_accepts_bytes_like_views() -> None:
     value = encode({"a": np.arange(3)})
     padded = b"xx" + value + b"yy"
-    for view in (value, bytearray(value), memoryview(value), memoryview(padded)[2:-2]):
-        assert_sample_equal(decode(view), {"a": np.arange(3)})
+    for buffer in (value, bytearray(value), memoryview(value), memoryview(padded)[2:-2]):
+        assert_sample_equal(decode(buffer), {"a": np.arange(3)})
 
 
 # --------------------------------------------------------------------------- format
@@ -430,7 +442,7 @@ def test_any_flipped_bit_is_detected(position: int) -> None:
 
 def test_a_value_encoded_into_a_buffer_decodes_only_once_sealed() -> None:
     buffer = bytearray(b"\xaa" * (len(VALUE) + 100))
-    value, _ = encode_into(HYRAX, lambda size: buffer)
+    value = Encoding(HYRAX).into(buffer)
     assert len(value) == len(VALUE)
     with pytest.raises(CodecError, match="checksum"):
         decode(value)
@@ -438,6 +450,26 @@ def test_a_value_encoded_into_a_buffer_decodes_only_once_sealed() -> None:
     assert bytes(value) == VALUE
     seal(value)  # sealing twice changes nothing
     assert_sample_equal(decode(value), decode(VALUE))
+
+
+def test_view_shares_the_value_and_pins_it() -> None:
+    sample = {"t": torch.arange(6.0).reshape(2, 3), "a": np.arange(4, dtype=np.int16), "s": "x"}
+    for _ in range(3):  # interpreted, then from generated code
+        buffer = np.empty(Encoding(sample).size, np.uint8)
+        value = Encoding(sample).into(buffer)
+        kept = view(value)
+        assert_sample_equal(kept, sample)
+        buffer[:] = 0  # the views see the buffer itself
+        assert not kept["t"].any() and not kept["a"].any()
+        buffer[:] = 7
+        value.release()  # what the disk tier does once the value is written
+        del buffer, value
+        gc.collect()
+        # The views alone keep the buffer alive: its memory was not freed and reused.
+        filler = [np.zeros(1 << 16, np.uint8) for _ in range(64)]
+        assert (kept["a"].view(np.uint8) == 7).all()
+        assert (kept["t"].numpy().view(np.uint8) == 7).all()
+        del filler
 
 
 def test_truncation_and_extra_bytes_are_detected() -> None:
@@ -663,12 +695,13 @@ def native(sample: Any) -> Any:
 @given(SAMPLES)
 def test_random_samples_round_trip_exactly(sample: object) -> None:
     value = encode(sample)
-    pooled, array_bytes = encode_into(sample, bytearray)
-    assert isinstance(pooled, memoryview)
+    encoding = Encoding(sample)
+    pooled = encoding.into(np.empty(encoding.size, np.uint8))
     seal(pooled)
     assert bytes(pooled) == value
+    assert_sample_equal(view(pooled), native(sample))
     # What a copy holds at least: the bytes of every tensor and array in it.
-    assert array_bytes <= sample_nbytes(clone(sample))
+    assert encoding.array_bytes <= sample_nbytes(clone(sample))
     assert_sample_equal(decode(value), native(sample))
     assert_sample_equal(clone(sample), native(sample))
     assert encode(clone(sample)) == value

@@ -16,7 +16,7 @@ import torch
 
 from . import forksafe
 from .closing import Closing
-from .codec import clone, decode, encode_into, replicate
+from .codec import Encoding, clone, decode, replicate, view
 from .disk import DiskTier, SpillCacheWarning
 from .errors import CodecError
 from .ram import RamTier
@@ -356,25 +356,42 @@ class SpillCache(Closing):
         k = check_key(key)
         if sample is None:
             raise TypeError("a sample cannot be None: get() returns None for a miss")
-        value, array_bytes = encode_into(sample, self._disk.buffer)
+        encoding = Encoding(sample)
+        admits = self._may_admit()
+        fits = False
+        if admits:
+            # The tier holds a compact copy, measured once made (a view into a data-set-wide
+            # array would count that whole array), of at least the tensors' bytes: enough for
+            # would_admit to turn most candidates down before they are copied and measured.
+            # With copy=False it holds the sample itself, views and what they keep alive.
+            least = (encoding.array_bytes if self._copy else sample_nbytes(sample)) + ENTRY_OVERHEAD
+            with self._lock:
+                fits = self._ram.would_admit(k, least, evict=evict)
+        # A large sample for the tier is kept as views of the value written to disk: one copy,
+        # not two, into a buffer the writer prepared (its pages faulted in already).
+        copied = fits and self._copy
+        buffer = self._disk.buffer(encoding.size, keep=copied)
+        kept = sample
+        value: bytes | memoryview
+        if buffer is None:
+            value = encoding.to_bytes()
+            if copied:
+                kept = clone(sample)
+        else:
+            value = encoding.into(buffer)
+            if copied:
+                # Before the write: from then on the writer may recycle a buffer nothing views.
+                kept = view(value)
         on_disk = self._disk.write(k, value)
         with self._lock:
             self._puts += 1
             if k in self._reading:
                 self._overtaken.add(k)
-        if not self._may_admit():
-            return on_disk
-        # The tier holds a compact copy, measured once made (a view into a data-set-wide
-        # array would count that whole array), of at least the tensors' bytes: enough for
-        # would_admit to turn most candidates down before they are copied and measured.
-        # With copy=False it holds the sample itself, views and what they keep alive.
-        least = (array_bytes if self._copy else sample_nbytes(sample)) + ENTRY_OVERHEAD
-        with self._lock:
-            if not self._ram.would_admit(k, least, evict=evict):
+            if admits and not fits:
                 # The private copy would be thrown away; an older value must go all the same.
                 self._ram.discard(k)
-                return on_disk
-        kept = clone(sample) if self._copy else sample
+        if not fits:
+            return on_disk
         nbytes = sample_nbytes(kept) + ENTRY_OVERHEAD if self._copy else least
         with self._lock:
             in_ram = self._ram.admit(k, kept, nbytes, evict=evict)

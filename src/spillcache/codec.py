@@ -78,6 +78,7 @@ import math
 import re
 import struct
 from collections.abc import Callable, Sequence
+from functools import partial
 from operator import itemgetter
 from typing import Any, Final, NamedTuple, TypeVar, cast
 
@@ -110,6 +111,8 @@ _Array = NDArray[Any]
 # buffer protocol from Python 3.12 on.
 _Data = Any
 _Payload = tuple[bool, _Data, int]  # (64-aligned?, data, byte length)
+# A writable, C-contiguous buffer a value is copied into (Encoding.into).
+Buffer = bytearray | NDArray[np.uint8]
 
 # numpy dtype kinds stored as arrays and scalars: bool, ints, floats, complex, datetimes, and
 # (arrays only) fixed-width bytes and unicode. long double is excluded: its size and layout
@@ -311,64 +314,74 @@ def encode(sample: object) -> bytes:
     ValueError
         Containers nest more than 100 deep (for instance a self-referencing list).
     """
-    parts, _, _ = _layout(sample)
-    return _joined(parts)
+    return Encoding(sample).to_bytes()
 
 
-def encode_into(
-    sample: object, allocate: Callable[[int], bytearray | None]
-) -> tuple[bytes | memoryview, int]:
-    """:func:`encode` into a buffer that ``allocate`` provides, without the checksum (:func:`seal`).
+class Encoding:
+    """A sample laid out as a value, its size known before a byte of data is copied.
 
-    A fresh buffer per value costs page faults: glibc hands freed blocks of a MiB back to the
-    kernel, and on virtual machines a page touched again can cost several microseconds. The
-    checksum is left out because it can be computed later by another thread: hashing a MiB
-    (~40 us) is a fifth of the work of a put that a writer thread can do instead.
+    What :func:`encode` does in two steps, so that the caller can choose where the value goes
+    from its size: into a recycled buffer (a fresh one costs page faults: glibc hands freed
+    blocks of a MiB back to the kernel, and on virtual machines a page touched again costs
+    several microseconds), or into one the RAM tier keeps (:func:`view`).
 
     Parameters
     ----------
     sample : object
-        As for :func:`encode`.
-    allocate : callable
-        ``allocate(size)`` returns a bytearray of at least ``size`` bytes to write the value
-        into, or None to have :func:`encode` make it (small values gain nothing).
+        As for :func:`encode`, which raises the same errors here.
 
-    Returns
-    -------
-    value : bytes or memoryview
-        A view of the first ``size`` bytes of the buffer: the bytes :func:`encode` returns once
-        :func:`seal` has filled in the checksum, which must happen before it is stored or
-        decoded. Or, when ``allocate`` returned None, the bytes :func:`encode` returns.
+    Attributes
+    ----------
+    size : int
+        Bytes of the value.
     array_bytes : int
         The data bytes of the sample's tensors and arrays, counted at every occurrence: what
         a copy made by :func:`clone` holds at least (it copies each one compactly).
-
-    Raises
-    ------
-    TypeError, ValueError
-        As for :func:`encode`.
     """
-    parts, size, array_bytes = _layout(sample)
-    total = size + _CHECKSUM.size
-    buffer = allocate(total)
-    if buffer is None:
-        return _joined(parts), array_bytes
-    target = np.frombuffer(buffer, np.uint8, total)
-    pos = 0
-    for part in parts:
-        # Arrays are C-contiguous here; a byte view copies any dtype, datetimes included.
-        flat = (
-            np.frombuffer(part, np.uint8)
-            if type(part) is bytes
-            else part.reshape(-1).view(np.uint8)
-        )
-        target[pos : pos + flat.size] = flat
-        pos += flat.size
-    return memoryview(buffer)[:total], array_bytes
+
+    __slots__ = ("_parts", "array_bytes", "size")
+
+    def __init__(self, sample: object) -> None:
+        self._parts, data_size, self.array_bytes = _layout(sample)
+        self.size = data_size + _CHECKSUM.size
+
+    def to_bytes(self) -> bytes:
+        """The value, sealed: what :func:`encode` returns."""
+        return _joined(self._parts)
+
+    def into(self, buffer: Buffer) -> memoryview:
+        """Copy the value into the first :attr:`size` bytes of ``buffer``, all but its checksum.
+
+        The checksum is left to :func:`seal`, which must run before the value is stored or
+        decoded: hashing a MiB (~40 us) is work another thread can do.
+
+        Parameters
+        ----------
+        buffer : bytearray or numpy.ndarray of uint8
+            Writable, C-contiguous, at least :attr:`size` bytes.
+
+        Returns
+        -------
+        memoryview
+            The value's bytes in ``buffer``.
+        """
+        target = np.frombuffer(buffer, np.uint8, self.size)
+        pos = 0
+        for part in self._parts:
+            # Arrays are C-contiguous here; a byte view copies any dtype, datetimes included.
+            flat = (
+                np.frombuffer(part, np.uint8)
+                if type(part) is bytes
+                else part.reshape(-1).view(np.uint8)
+            )
+            target[pos : pos + flat.size] = flat
+            pos += flat.size
+        # cast: numpy's stubs declare no buffer protocol before Python 3.12.
+        return memoryview(cast(bytearray, buffer)).cast("B")[: self.size]
 
 
 def seal(value: memoryview | bytearray) -> None:
-    """Write the checksum into a value made by :func:`encode_into` (its last eight bytes).
+    """Write the checksum into a value made by :meth:`Encoding.into` (its last eight bytes).
 
     Parameters
     ----------
@@ -595,6 +608,7 @@ class _Plan:
         "table_start",
         "tree",
         "uses",
+        "view_build",
     )
 
     def __init__(
@@ -613,13 +627,20 @@ class _Plan:
         self.nodes = nodes
         self.makers, self.root = _assemble(tree, len(table.format) - 1, len(ops))
         self.uses = 0
-        self.build: _Builder = self._count_and_interpret
+        # What decode() and view() call: interpreted until the spec has been used twice.
+        self.build: _Builder = partial(self._count_and_interpret, True)
+        self.view_build: _Builder = partial(self._count_and_interpret, False)
 
-    def _count_and_interpret(self, value: Any, limit: int, hasher: xxhash.xxh3_64 | None) -> object:
+    def _count_and_interpret(
+        self, copy: bool, value: Any, limit: int, hasher: xxhash.xxh3_64 | None
+    ) -> object:
         self.uses += 1
-        if self.uses == _GENERATE_AT_USE and self.nodes <= _GENERATE_MAX_NODES:
-            self.build = _generate(self)
-        return _interpret(self, value, limit, hasher)
+        if self.uses >= _GENERATE_AT_USE and self.nodes <= _GENERATE_MAX_NODES:
+            if copy:
+                self.build = _generate(self, copy=True)
+            else:
+                self.view_build = _generate(self, copy=False)
+        return _interpret(self, value, limit, hasher, copy)
 
 
 _PLANS: dict[bytes, _Plan] = {}
@@ -696,6 +717,29 @@ def decode(value: bytes | bytearray | memoryview) -> object:
 _CHECKSUM_MISMATCH: Final = "checksum mismatch (corrupt or truncated value)"
 
 
+def view(value: memoryview) -> object:
+    """The sample of a value made by :meth:`Encoding.into`, its tensors and arrays views of it.
+
+    No copy and no check of the checksum: for the process that made ``value``, to keep the
+    sample without a second copy (the RAM tier, in the buffer the disk tier writes from). The
+    views keep the buffer alive, even once ``value`` is released (numpy refers to the buffer,
+    not to the memoryview); whoever hands out the buffer must not reuse it while they live.
+
+    Parameters
+    ----------
+    value : memoryview
+        A writable view of the value, sealed or not.
+
+    Returns
+    -------
+    object
+        The sample, as :func:`decode` would return it but sharing memory with ``value``.
+    """
+    (_, _, _, spec_len) = _PREFIX.unpack_from(value)
+    plan = _plan(bytes(value[_PREFIX.size : _PREFIX.size + spec_len]))
+    return plan.view_build(value, len(value) - _CHECKSUM.size, None)
+
+
 def _overrun() -> CodecError:
     return CodecError("data runs past the end of the value")
 
@@ -709,8 +753,13 @@ def _flat_bytes(array: _Array) -> _Data:
     return array.reshape(-1).view(np.uint8)
 
 
-def _interpret(plan: _Plan, value: Any, limit: int, hasher: xxhash.xxh3_64 | None) -> object:
-    """Decode by walking the plan's ops and makers (see :func:`_generate` for the fast path)."""
+def _interpret(
+    plan: _Plan, value: Any, limit: int, hasher: xxhash.xxh3_64 | None, copy: bool
+) -> object:
+    """Decode by walking the plan's ops and makers (see :func:`_generate` for the fast path).
+
+    ``copy``: arrays are copies (:func:`decode`) or views of ``value`` (:func:`view`).
+    """
     nums = plan.table.unpack_from(value, plan.table_start)
     vals: list[object] = [*nums, None]
     pos = plan.data_start
@@ -722,7 +771,9 @@ def _interpret(plan: _Plan, value: Any, limit: int, hasher: xxhash.xxh3_64 | Non
             end = pos + math.prod(shape) * itemsize
             if end > limit:
                 raise _overrun()
-            array = np.ndarray(shape, dtype, value, pos).copy()
+            array = np.ndarray(shape, dtype, value, pos)
+            if copy:
+                array = array.copy()
             if hasher is not None:
                 hasher.update(value[hashed:pos])
                 hasher.update(_flat_bytes(array))
@@ -749,7 +800,7 @@ def _interpret(plan: _Plan, value: Any, limit: int, hasher: xxhash.xxh3_64 | Non
     return vals[plan.root]
 
 
-def _generate(plan: _Plan) -> _Builder:
+def _generate(plan: _Plan, copy: bool) -> _Builder:
     """Generate the decoder of one spec: :func:`_interpret` unrolled into straight-line code.
 
     Only names chosen here and integers computed here enter the source. Dict keys, dtypes and
@@ -782,7 +833,7 @@ def _generate(plan: _Plan) -> _Builder:
                 "    if end > limit:",
                 "        raise overrun()",
                 f"    {leaf} = ndarray(({''.join(d + ', ' for d in dims)}), d{index}, value, pos)"
-                ".copy()",
+                + (".copy()" if copy else ""),
                 "    if hasher is not None:",
                 "        hasher.update(value[hashed:pos])",
                 f"        hasher.update(flat_bytes({leaf}))",
