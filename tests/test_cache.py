@@ -217,6 +217,20 @@ def test_the_writer_prepares_buffers_for_samples_the_ram_tier_keeps(
         np.testing.assert_array_equal(cache.get(1)["x"], _big(1)["x"])
 
 
+def test_a_kept_buffer_fits_its_value_exactly(tmp_path: Path) -> None:
+    # The RAM tier charges a kept sample its tensors' bytes: slack would go unaccounted.
+    with SpillCache(tmp_path / "s", ram_budget=0) as cache:
+        disk = cache._disk
+        size = 1 << 17
+        larger = np.empty(size + 64, np.uint8)
+        with disk._state:
+            disk._spare.append(larger)
+            disk._spare_bytes += len(larger)
+        kept = disk.buffer(size, keep=True)
+        assert kept is not None and len(kept) == size and kept.base is not larger
+        assert disk.buffer(size) is larger  # good enough for a value written and recycled
+
+
 def test_an_idle_store_keeps_no_spare_buffers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

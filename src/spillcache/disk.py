@@ -85,9 +85,6 @@ _COMMIT_INTERVAL = 0.25
 # 185-300 instead of ~75 us, 37-44 page faults per value, because glibc returns freed blocks
 # this size to the kernel. At most a full queue's worth of buffers is kept.
 _RECYCLE_MIN = 64 << 10
-# A buffer the caller keeps (buffer(keep=True)) fits the value this tightly: it is charged to
-# the RAM tier whole.
-_KEEP_SLACK = 16
 # The writer keeps this many bytes of buffers of the size last kept ready, pages touched.
 _STOCK_BYTES = 2 * _BATCH_BYTES
 # A writer with nothing to do exits: hundreds of idle caches must not mean hundreds of threads.
@@ -108,8 +105,12 @@ class _Kept(np.ndarray):
 
 
 def _fits(buffer: Buffer, size: int, keep: bool) -> bool:
-    """Whether ``buffer`` may serve a value of ``size`` bytes (see :meth:`DiskTier.buffer`)."""
-    return size <= len(buffer) <= (size + size // _KEEP_SLACK if keep else 2 * size)
+    """Whether ``buffer`` may serve a value of ``size`` bytes (see :meth:`DiskTier.buffer`).
+
+    A kept buffer must fit exactly: the RAM tier charges a sample its tensors' bytes, so
+    unused bytes at the end of a kept buffer would be memory nobody accounts for.
+    """
+    return len(buffer) == size if keep else size <= len(buffer) <= 2 * size
 
 
 class SpillCacheWarning(RuntimeWarning):
@@ -731,7 +732,7 @@ class DiskTier:
         views of it still live.
 
         ``keep``: the caller keeps views of the value (the RAM tier, by
-        :func:`~spillcache.codec.view`). The buffer then fits tightly, and the writer
+        :func:`~spillcache.codec.view`). The buffer then fits exactly, and the writer
         prepares the next ones of this size in advance, their pages touched: the memory a RAM
         tier grows into is fresh, and its page faults (~0.7 ms per MiB on the 2-core VM of
         the benchmarks, a third of a 2 ms sample's load) would otherwise slow the caller.
