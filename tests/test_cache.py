@@ -25,6 +25,7 @@ from spillcache import (
     cache_info,
 )
 from spillcache import disk as disk_module
+from spillcache.codec import Encoding
 from spillcache.sizing import sample_nbytes
 
 
@@ -229,6 +230,33 @@ def test_a_kept_buffer_fits_its_value_exactly(tmp_path: Path) -> None:
         kept = disk.buffer(size, keep=True)
         assert kept is not None and len(kept) == size and kept.base is not larger
         assert disk.buffer(size) is larger  # good enough for a value written and recycled
+
+
+def test_a_writer_that_fell_behind_commits_in_small_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Large commits make glibc return LMDB's page buffers to the kernel, and a writer behind
+    # would only fall further behind: whatever is queued, batches stay near _BATCH_BYTES.
+    release = threading.Event()
+    batches: list[int] = []
+    commit = disk_module.DiskTier._commit
+
+    def held(self: disk_module.DiskTier, batch: dict[int, disk_module.Value]) -> None:
+        release.wait(60)
+        batches.append(sum(len(v) for v in batch.values()))
+        commit(self, batch)
+
+    monkeypatch.setattr(disk_module.DiskTier, "_commit", held)
+    with SpillCache(tmp_path / "s", ram_budget=0) as cache:
+        for i in range(24):  # 6 MiB, queued behind the held commit
+            cache.put(i, _big(i))
+        release.set()
+        cache.flush()
+        assert sum(len(b) for b in [cache._disk._queue, cache._disk._inflight]) == 0
+        assert len(batches) >= 6
+        assert max(batches) <= disk_module._BATCH_BYTES + len(Encoding(_big(0)).to_bytes())
+        for i in range(24):
+            np.testing.assert_array_equal(cache.get(i)["x"], _big(i)["x"])
 
 
 def test_an_idle_store_keeps_no_spare_buffers(
