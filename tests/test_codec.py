@@ -67,7 +67,7 @@ def roundtrip(sample: object) -> Any:
     value = encode(sample)
     encoding = Encoding(sample)
     assert encoding.size == len(value)
-    assert encoding.to_bytes() == value
+    assert encoding.to_bytes() == encoding.to_bytes() == value  # the encoding is not used up
     pooled = encoding.into(bytearray(encoding.size + 7))
     seal(pooled)
     assert bytes(pooled) == value

@@ -397,8 +397,7 @@ def _joined(parts: list[_Data]) -> bytes:
     hasher = xxhash.xxh3_64()
     for part in parts:
         hasher.update(part)
-    parts.append(_CHECKSUM.pack(hasher.intdigest()))
-    return b"".join(parts)
+    return b"".join([*parts, _CHECKSUM.pack(hasher.intdigest())])
 
 
 def _layout(sample: object) -> tuple[list[_Data], int, int]:

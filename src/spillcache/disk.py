@@ -802,7 +802,7 @@ class DiskTier:
         """Queue ``value`` for ``key``; False when the store refuses new entries (full).
 
         ``value``: bytes from :func:`~spillcache.codec.encode`, or the view of a :meth:`buffer`
-        that :func:`~spillcache.codec.encode_into` returns, which the writer seals.
+        that :meth:`~spillcache.codec.Encoding.into` returns, which the writer seals.
         """
         with self._state:
             if self._closed:
