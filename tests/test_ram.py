@@ -116,6 +116,20 @@ def test_get_returns_the_admitted_object_itself() -> None:
     assert tier.nbytes == 100
 
 
+def test_peek_returns_the_value_without_counting_an_access() -> None:
+    tier = RamTier(1000)
+    value = {"image": [1, 2, 3]}
+    assert tier.admit(7, value, 100) is True
+    sketch = tier._sketch
+    assert sketch is not None
+    before = sketch.frequency(7, False)
+    assert tier.peek(7) is value
+    assert tier.peek(8) is None
+    assert sketch.frequency(7, False) == before
+    tier.get(7)
+    assert sketch.frequency(7, False) == before + 1
+
+
 def test_overwrite_replaces_value_and_size() -> None:
     tier = RamTier(1000)
     tier.admit(1, "old", 300)

@@ -299,7 +299,7 @@ class SpillCache(Closing):
         if self._puts == since:
             return None
         with self._lock:
-            value = self._ram.get(key) if key in self._ram else None
+            value = self._ram.peek(key)
         if value is not None:
             return replicate(value) if self._copy else value
         try:

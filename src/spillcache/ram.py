@@ -270,6 +270,18 @@ class RamTier:
         sketch.frequency(key, True)
         return self._values.get(key)
 
+    def peek(self, key: int) -> object | None:
+        """Return the value stored for ``key`` (not a copy), or None, recording no access.
+
+        For a second look that is not a request of its own (the access was recorded once).
+
+        Parameters
+        ----------
+        key : int
+            Sample index.
+        """
+        return self._values.get(key)
+
     def admit(self, key: int, value: object, nbytes: int, *, evict: bool = True) -> bool:
         """Offer ``value`` for ``key``; it replaces any value already stored for ``key``.
 
