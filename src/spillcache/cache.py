@@ -380,20 +380,20 @@ class SpillCache(Closing):
         if copied:
             # Before the write: from then on the writer may recycle a buffer nothing views.
             kept = clone(sample) if shared is None else view(shared)
+        nbytes = 0
+        if fits:
+            nbytes = sample_nbytes(kept) + ENTRY_OVERHEAD if self._copy else least
         on_disk = self._disk.write(k, value)
         with self._lock:
             self._puts += 1
             if k in self._reading:
                 self._overtaken.add(k)
-            if admits and not fits:
+            if fits:
+                return self._ram.admit(k, kept, nbytes, evict=evict) or on_disk
+            if admits:
                 # The private copy would be thrown away; an older value must go all the same.
                 self._ram.discard(k)
-        if not fits:
-            return on_disk
-        nbytes = sample_nbytes(kept) + ENTRY_OVERHEAD if self._copy else least
-        with self._lock:
-            in_ram = self._ram.admit(k, kept, nbytes, evict=evict)
-        return on_disk or in_ram
+        return on_disk
 
     def _may_admit(self) -> bool:
         """Whether this process adds samples to its RAM tier.
