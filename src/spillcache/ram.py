@@ -127,13 +127,15 @@ class _FrequencySketch:
         int
             The estimate, including the access just recorded.
         """
-        x = key * _MUL
+        x = key * _MUL >> 40
         t = self._table
-        block = ((x >> 40) & self._mask) << 6
-        i0 = block | ((x >> 64) & 15)
-        i1 = block | 16 | ((x >> 68) & 15)
-        i2 = block | 32 | ((x >> 72) & 15)
-        i3 = block | 48 | ((x >> 76) & 15)
+        block = (x & self._mask) << 6
+        # Counter bits in a one-digit int: shifts of the wide product cost ~25 ns each.
+        y = (x >> 24) & 0xFFFF
+        i0 = block | (y & 15)
+        i1 = block | 16 | ((y >> 4) & 15)
+        i2 = block | 32 | ((y >> 8) & 15)
+        i3 = block | 48 | (y >> 12)
         c0 = t[i0]
         c1 = t[i1]
         c2 = t[i2]
