@@ -77,6 +77,34 @@ def test_put_overwrites(tmp_path: Path) -> None:
         assert len(cache) == 1
 
 
+def test_a_full_ram_tier_measures_only_disk_hits_it_may_take(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spillcache import cache as cache_module
+
+    measured: list[object] = []
+    real_nbytes = cache_module.sample_nbytes
+    monkeypatch.setattr(
+        cache_module, "sample_nbytes", lambda x: measured.append(x) or real_nbytes(x)
+    )
+    one = real_nbytes({"v": np.full(100, 0.0)}) + cache_module.ENTRY_OVERHEAD
+    with SpillCache(tmp_path / "s", ram_budget=3 * one) as cache:
+        for i in (0, 1, 2, 10):
+            cache.put(i, {"v": np.full(100, float(i))})
+        cache.flush()
+        measured.clear()
+        # Key 10 is on disk only, the tier is full and 10 is cold: served, not measured.
+        for _ in range(2):
+            np.testing.assert_array_equal(cache.get(10)["v"], np.full(100, 10.0))
+        assert measured == []
+        assert cache.stats().ram_items == 3
+        # Asked for often enough to beat the residents (never asked for): measured, taken.
+        cache.get(10)
+        assert len(measured) == 1
+        assert 10 in cache._ram
+        np.testing.assert_array_equal(cache.get(10)["v"], np.full(100, 10.0))
+
+
 def test_put_declined_by_ram_copies_nothing_and_drops_the_old_value(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

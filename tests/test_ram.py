@@ -251,6 +251,25 @@ def test_would_admit_answers_without_changing_anything() -> None:
     assert RamTier(0).would_admit(1, 0) is False
 
 
+def test_may_take_turns_down_cold_keys_of_a_full_tier_before_they_are_measured() -> None:
+    tier = RamTier(1000)
+    assert tier.may_take(1) is True  # empty
+    _fill(tier, range(8), 100)
+    assert tier.may_take(99) is True  # 200 bytes free: at least the mean entry (100)
+    tier.admit(8, "x", 150)
+    assert tier.may_take(99) is False  # 50 free, and 99 was never asked for
+    for _ in range(3):
+        tier.get(99)
+    # Three accesses beat any of the residents, never asked for since they were admitted.
+    assert tier.may_take(99) is True
+    for _ in range(5):
+        for k in range(9):
+            tier.get(k)
+    # Now every resident is as popular: no draw can find one that 99 beats by the margin.
+    assert not any(tier.may_take(99) for _ in range(20))
+    assert RamTier(0).may_take(1) is False
+
+
 def test_large_candidate_evicts_several_cold_residents() -> None:
     tier = RamTier(1000)
     _fill(tier, range(10), 100)

@@ -244,7 +244,7 @@ class SpillCache(Closing):
                 if value is not None:
                     self._ram_hits += 1
                 else:
-                    admits = self._may_admit()
+                    admits = self._may_admit() and self._ram.may_take(k)
                     if admits:
                         self._start_reading(k)
             if value is not None:
