@@ -176,10 +176,6 @@ def _short_token(text: str) -> bytes:
 
 _TORCH_TYPES: Final = _torch_types()
 _TORCH_BY_NAME: Final = {info.head[2:]: info for info in _TORCH_TYPES.values()}
-# The spec head of a tensor by the dtype of its numpy() view (dtypes numpy has).
-_TORCH_HEADS: Final = {
-    info.numpy_dtype: info.head for info in _TORCH_TYPES.values() if info.carrier is None
-}
 _NDIM_BYTES: Final = tuple(bytes((ndim,)) for ndim in range(_MAX_NDIM + 1))
 _NUMPY_SCALAR_TYPES: Final = frozenset(np.dtype(code).type for code in "?bBhHiIlLqQefdFDmM")
 _IMMUTABLE: Final = frozenset(
@@ -528,21 +524,10 @@ def _emit_array(x: _Array, spec: list[bytes], nums: list[Any], payloads: list[_P
 def _emit_tensor(
     x: torch.Tensor, spec: list[bytes], nums: list[Any], payloads: list[_Payload]
 ) -> None:
-    try:
-        # One call for the usual tensor (each torch call costs microseconds on a put path
-        # whose caches a slow source left cold): numpy() refuses what needs the checks below,
-        # autograd, conjugate or negative bits, other devices and layouts, dtypes numpy lacks.
-        data = x.numpy()
-    except (RuntimeError, TypeError):
-        info = _torch_type(x)
-        x = _dense(x).contiguous()
-        data = (x if info.carrier is None else x.view(info.carrier)).numpy()
-        head = info.head
-    else:
-        head = _TORCH_HEADS[data.dtype]
-        if not data.flags.c_contiguous:
-            data = np.ascontiguousarray(data)
-    _emit_buffer(head, data, spec, nums, payloads)
+    info = _torch_type(x)
+    x = _dense(x).contiguous()
+    data = (x if info.carrier is None else x.view(info.carrier)).numpy()
+    _emit_buffer(info.head, data, spec, nums, payloads)
 
 
 def _emit_buffer(
