@@ -63,3 +63,16 @@ def hyrax_loop(cache: Any, provider: Any, idx: int) -> Any:
         data = provider.resolve_data(idx)
         cache.insert_into_cache(idx, data)
     return data
+
+
+def spy(monkeypatch: Any, owner: object, name: str) -> list[Any]:
+    """Record the first argument of every call of ``owner.name``, which still runs."""
+    calls: list[Any] = []
+    real = getattr(owner, name)
+
+    def recording(first: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(first)
+        return real(first, *args, **kwargs)
+
+    monkeypatch.setattr(owner, name, recording)
+    return calls

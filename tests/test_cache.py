@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import assert_sample_equal
+from helpers import assert_sample_equal, spy
 from spillcache import (
     FingerprintMismatch,
     SpillCache,
@@ -82,12 +82,8 @@ def test_a_full_ram_tier_measures_only_disk_hits_it_may_take(
 ) -> None:
     from spillcache import cache as cache_module
 
-    measured: list[object] = []
-    real_nbytes = cache_module.sample_nbytes
-    monkeypatch.setattr(
-        cache_module, "sample_nbytes", lambda x: measured.append(x) or real_nbytes(x)
-    )
-    one = real_nbytes({"v": np.full(100, 0.0)}) + cache_module.ENTRY_OVERHEAD
+    one = sample_nbytes({"v": np.full(100, 0.0)}) + cache_module.ENTRY_OVERHEAD
+    measured = spy(monkeypatch, cache_module, "sample_nbytes")
     with SpillCache(tmp_path / "s", ram_budget=3 * one) as cache:
         for i in (0, 1, 2, 10):
             cache.put(i, {"v": np.full(100, float(i))})
@@ -110,9 +106,7 @@ def test_put_declined_by_ram_copies_nothing_and_drops_the_old_value(
 ) -> None:
     from spillcache import cache as cache_module
 
-    copies: list[object] = []
-    real_clone = cache_module.clone
-    monkeypatch.setattr(cache_module, "clone", lambda x: copies.append(x) or real_clone(x))
+    copies = spy(monkeypatch, cache_module, "clone")
     one = sample_nbytes({"v": np.full(100, 0.0)}) + cache_module.ENTRY_OVERHEAD
     with SpillCache(tmp_path / "s", ram_budget=3 * one) as cache:
         for i in range(3):
