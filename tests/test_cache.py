@@ -77,6 +77,23 @@ def test_put_overwrites(tmp_path: Path) -> None:
         assert len(cache) == 1
 
 
+def test_metadata_is_committed_after_the_writes_queued_before_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another process (a DDP rank checking a data set's probe digests) must never see a
+    # record without the entries put before it: they would be loaded once more.
+    from spillcache import disk as disk_module
+
+    monkeypatch.setattr(disk_module, "_COMMIT_INTERVAL", 600.0)  # no commit by the clock
+    with SpillCache(tmp_path / "s", ram_budget=0) as cache:
+        cache.put(7, {"v": 7})
+        assert 7 in cache._disk._queue  # small: waits for more, up to the commit interval
+        cache._set_meta("probes", b"{}")
+        assert not cache._disk._queue and not cache._disk._inflight
+        assert cache.get(7) == {"v": 7}  # from the store: nothing is queued any more
+        assert cache._get_meta("probes") == b"{}"
+
+
 def test_a_full_ram_tier_measures_only_disk_hits_it_may_take(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

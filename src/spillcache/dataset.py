@@ -348,19 +348,11 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
         self.cache._set_meta(_PROBES_META, json.dumps(digests).encode())
 
     def _probe(self, index: int, recorded: str) -> str | None:
-        """Digest of ``dataset[index]`` (None past the end), loading twice if it differs.
-
-        A matching sample the store lacks is stored.
-        """
+        """Digest of ``dataset[index]`` (None past the end), loading twice if it differs."""
         if index >= self._len:
             return None
-        sample = self.dataset[index]
-        first = digest(encode(sample))
+        first = digest(encode(self.dataset[index]))
         if first == recorded:
-            # The process that recorded the probes commits the probed samples after the record
-            # (its write queue): keep what this load paid for rather than load it again.
-            if index not in self.cache:
-                self.cache.put(index, sample)
             return first
         if digest(encode(self.dataset[index])) != first:
             raise NondeterministicDataError(

@@ -690,7 +690,13 @@ class DiskTier:
             return None if value is None else bytes(value)
 
     def set_meta(self, name: str, value: bytes) -> None:
-        """Record a small metadata value, committed before returning."""
+        """Record a small metadata value, committed before returning.
+
+        Writes queued before it are committed first: another process never sees the record
+        without the entries it describes (a data set's probe digests, then the probed samples
+        loaded once more by a DDP rank that opened the store in between).
+        """
+        self._commit_queued()
         with self._write_txn() as txn:
             txn.put(b"user:" + name.encode(), value, db=self._meta_db)
 
@@ -1004,6 +1010,13 @@ class DiskTier:
 
     def flush(self) -> None:
         """Commit everything queued and sync it to disk; return when done."""
+        self._commit_queued()
+        with self._gate.shared():
+            if self._env is not None:
+                self._sync(self._env)
+
+    def _commit_queued(self) -> None:
+        """Return once the writes queued so far are committed (or the tier is closed)."""
         with self._state:
             target = self._enqueued
             while self._done < target and (self._queue or self._inflight) and not self._closed:
@@ -1011,9 +1024,6 @@ class DiskTier:
                 self._ensure_writer_locked()
                 self._state.notify_all()
                 self._state.wait()
-        with self._gate.shared():
-            if self._env is not None:
-                self._sync(self._env)
 
     def _sync(self, env: lmdb.Environment) -> None:
         try:
