@@ -186,9 +186,8 @@ def test_large_values_are_encoded_into_recycled_buffers(
         assert disk._spare_bytes <= disk_module._MAX_QUEUED_BYTES
 
 
-def test_large_values_are_sealed_by_the_writer_and_readable_before(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _held_commits(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Make the writer wait before each commit until the returned event is set."""
     release = threading.Event()
     commit = disk_module.DiskTier._commit
 
@@ -197,6 +196,13 @@ def test_large_values_are_sealed_by_the_writer_and_readable_before(
         commit(self, batch)
 
     monkeypatch.setattr(disk_module.DiskTier, "_commit", held)
+    return release
+
+
+def test_large_values_are_sealed_by_the_writer_and_readable_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = _held_commits(monkeypatch)
     with SpillCache(tmp_path / "s", ram_budget=0) as cache:
         cache.put(0, _big(0))
         got = cache.get(0)  # queued or in flight: the writer has not sealed it yet
@@ -343,6 +349,54 @@ def test_copy_false_returns_the_cached_objects(tmp_path: Path) -> None:
     with SpillCache(tmp_path / "s", ram_budget="1MiB", copy=False) as cache:
         cache.put(1, sample(1))
         assert cache.get(1) is cache.get(1)
+
+
+@pytest.mark.parametrize("copy", [True, False])
+def test_copy_false_leaves_large_copies_to_the_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, copy: bool
+) -> None:
+    copied_in: list[str] = []
+    into = Encoding.into
+
+    def recording(self: Encoding, buffer: object) -> memoryview:
+        copied_in.append(threading.current_thread().name)
+        return into(self, buffer)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Encoding, "into", recording)
+    release = _held_commits(monkeypatch)
+    with SpillCache(tmp_path / "s", ram_budget=0, copy=copy) as cache:
+        cache.put(0, _big(0))
+        cache.put(1, {"small": np.arange(10)})
+        queued = cache._disk._queue
+        # A small value is encoded by the caller either way.
+        assert type(queued[1]) is bytes
+        assert type(queued[0]) is (memoryview if copy else Encoding)
+        assert copied_in == (["MainThread"] if copy else [])
+        np.testing.assert_array_equal(cache.get(0)["x"], _big(0)["x"])  # from the queue
+        release.set()
+        cache.flush()
+        assert len(copied_in) == 1
+        assert copied_in[0].startswith("MainThread" if copy else "spillcache-writer")
+        assert cache._disk._spare  # the writer's buffer went back for reuse
+    with SpillCache(tmp_path / "s", copy=copy) as cache:
+        np.testing.assert_array_equal(cache.get(0)["x"], _big(0)["x"])  # from LMDB
+        np.testing.assert_array_equal(cache.get(1)["small"], np.arange(10))
+
+
+def test_copy_false_writer_out_of_memory_loses_the_batch_not_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_memory(self: Encoding, buffer: object) -> memoryview:
+        raise MemoryError("no room for the copy")
+
+    monkeypatch.setattr(Encoding, "into", no_memory)
+    with SpillCache(tmp_path / "s", ram_budget=0, copy=False) as cache:
+        with pytest.warns(SpillCacheWarning, match="no room for the copy"):
+            cache.put(0, _big(0))
+            cache.flush()
+        assert cache.stats().write_errors == 1
+        assert cache.get(0) is None
+        assert cache.stats().misses == 1
 
 
 @pytest.mark.parametrize("key", [np.int64(5), np.uint8(5), torch.tensor(5), 5])

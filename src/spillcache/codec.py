@@ -323,7 +323,9 @@ class Encoding:
     What :func:`encode` does in two steps, so that the caller can choose where the value goes
     from its size: into a recycled buffer (a fresh one costs page faults: glibc hands freed
     blocks of a MiB back to the kernel, and on virtual machines a page touched again costs
-    several microseconds), or into one the RAM tier keeps (:func:`view`).
+    several microseconds), or into one the RAM tier keeps (:func:`view`), or later, by another
+    thread: it holds views of the sample's tensors and arrays, not copies, so it reads what they
+    hold when it is copied.
 
     Parameters
     ----------
@@ -344,6 +346,10 @@ class Encoding:
     def __init__(self, sample: object) -> None:
         self._parts, data_size, self.array_bytes = _layout(sample)
         self.size = data_size + _CHECKSUM.size
+
+    def __len__(self) -> int:
+        """Bytes of the value (:attr:`size`), like ``len()`` of the bytes it becomes."""
+        return self.size
 
     def to_bytes(self) -> bytes:
         """The value, sealed: what :func:`encode` returns."""
