@@ -118,6 +118,23 @@ def test_a_full_ram_tier_measures_only_disk_hits_it_may_take(
         np.testing.assert_array_equal(cache.get(10)["v"], np.full(100, 10.0))
 
 
+@pytest.mark.parametrize("copy", [True, False])
+def test_put_declined_by_a_full_ram_tier_measures_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, copy: bool
+) -> None:
+    from spillcache import cache as cache_module
+
+    one = sample_nbytes({"v": np.full(100, 0.0)}) + cache_module.ENTRY_OVERHEAD
+    measured = spy(monkeypatch, cache_module, "sample_nbytes")
+    with SpillCache(tmp_path / "s", ram_budget=3 * one, copy=copy) as cache:
+        for i in range(3):
+            cache.put(i, {"v": np.full(100, float(i))})
+        assert (cache.stats().ram_items, len(measured)) == (3, 3)
+        cache.put(10, {"v": np.full(100, 10.0)})  # full, and key 10 is cold
+        assert len(measured) == 3
+        assert 10 not in cache._ram
+
+
 def test_put_declined_by_ram_copies_nothing_and_drops_the_old_value(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

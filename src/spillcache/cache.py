@@ -362,11 +362,13 @@ class SpillCache(Closing):
         admits = self._may_admit()
         fits = False
         if admits:
-            # The tier holds a compact copy, measured once made (a view into a data-set-wide
-            # array would count that whole array), of at least the tensors' bytes: enough for
-            # would_admit to turn most candidates down before they are copied and measured.
-            # With copy=False it holds the sample itself, views and what they keep alive.
-            least = (encoding.array_bytes if self._copy else sample_nbytes(sample)) + ENTRY_OVERHEAD
+            # The tier holds at least the tensors' bytes: a compact copy, or with copy=False the
+            # sample itself, views and what they keep alive (a view into a data-set-wide array
+            # counts that whole array). Enough for would_admit to turn most candidates down
+            # before they are copied and measured (with copy=False a tensor the sample holds
+            # twice counts twice here, once when measured: such a sample may be turned down
+            # near the margin; it is still stored on disk).
+            least = encoding.array_bytes + ENTRY_OVERHEAD
             with self._lock:
                 fits = self._ram.would_admit(k, least, evict=evict)
         copied = fits and self._copy
@@ -390,9 +392,7 @@ class SpillCache(Closing):
         if copied:
             # Before the write: from then on the writer may recycle a buffer nothing views.
             kept = clone(sample) if shared is None else view(shared)
-        nbytes = 0
-        if fits:
-            nbytes = sample_nbytes(kept) + ENTRY_OVERHEAD if self._copy else least
+        nbytes = sample_nbytes(kept) + ENTRY_OVERHEAD if fits else 0
         on_disk = self._disk.write(k, value)
         with self._lock:
             self._puts += 1
