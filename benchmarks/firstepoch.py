@@ -1,14 +1,17 @@
 """First epochs: what filling the cache adds, what each peer costs, and preload vs threads.
 
 1. Put path: a first epoch over a source costing 2 ms per 1 MiB sample, through
-   ``CachedDataset`` (get, load on a miss, put) and through a bare ``SpillCache`` get/put
-   loop, against the same epoch without a cache; interleaved rounds, fresh store each time.
-   The epoch ends with its last sample: writes are committed in the background meanwhile,
-   and the final flush (which syncs the store to disk) is not part of it. The RAM budget is a
-   third of the data (so puts also spill). The floor is the least a two-tier cache does with
-   that budget: keep one private copy (one ``clone()`` per tensor) of each sample while the
-   copies fit the budget, and hand every sample to a thread that appends its tensor bytes to
-   a fresh file (no encoding, no index), with as much queued as spillcache may queue.
+   ``CachedDataset`` (get, load on a miss, put; with ``copy=True`` and ``copy=False``) and
+   through a bare ``SpillCache`` get/put loop, against the same epoch without a cache;
+   interleaved rounds, fresh store each time. The epoch ends with its last sample: writes are
+   committed in the background meanwhile, and the final flush (which syncs the store to disk)
+   is not part of it. The RAM budget is a third of the data (so puts also spill). The floor is
+   the least a two-tier cache does with that budget: keep one private copy (one ``clone()``
+   per tensor) of each sample while the copies fit the budget, and hand every sample to a
+   thread that appends its tensor bytes to a fresh file (no encoding, no index), with as much
+   queued as spillcache may queue. The snapshot floor also copies each sample the RAM copies
+   do not cover into a recycled buffer before handing it over: the least a ``put`` does
+   after which the caller may change the sample (``copy=True``).
 2. First-epoch seconds of every contender on the same source (one round: a secondary figure).
 3. Preload: first-epoch seconds of a shuffled pass vs preload threads, for a latency-bound
    source (20 ms sleep) and a CPU-bound one (5 ms of CPU), via ``benchmarks.preload``.
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from spillcache import CachedDataset, SpillCache, disk
 
@@ -39,24 +43,24 @@ SOURCE_SECONDS = 0.002
 _QUEUED_BYTES = disk._MAX_QUEUED_BYTES
 
 
+# What the put path times, by key in its results: how each epoch runs.
+PUT_PATH_RUNS: dict[str, str] = {
+    "dataset": "CachedDataset",
+    "dataset_nocopy": "CachedDataset, copy=False",
+    "cache": "bare SpillCache get/put loop",
+    "snapshot_floor": "snapshot floor",
+    "floor": "floor",
+}
+
+
 @dataclass
 class PutPath:
     n: int
-    dataset_ratios: list[float] = field(default_factory=list)  # epoch time / no-cache time
-    cache_ratios: list[float] = field(default_factory=list)
-    floor_ratios: list[float] = field(default_factory=list)
+    # Per run of PUT_PATH_RUNS: epoch time / no-cache time, one per round.
+    ratios: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in PUT_PATH_RUNS})
 
-    @property
-    def dataset_overhead(self) -> float:
-        return statistics.median(self.dataset_ratios) - 1
-
-    @property
-    def cache_overhead(self) -> float:
-        return statistics.median(self.cache_ratios) - 1
-
-    @property
-    def floor_overhead(self) -> float:
-        return statistics.median(self.floor_ratios) - 1
+    def overhead(self, run: str) -> float:
+        return statistics.median(self.ratios[run]) - 1
 
 
 def _timed(run: Callable[[], object]) -> float:
@@ -82,10 +86,21 @@ def _epoch_source(source: TimedSource, order: list[int]) -> None:
 
 
 class _FileFloor:
-    """The put-path floor: copies while they fit ``budget``, and a thread appending to a file."""
+    """The put-path floor: copies while they fit ``budget``, and a thread appending to a file.
 
-    def __init__(self, path: Path, budget: int, queued_bytes: int, sample_bytes: int) -> None:
-        self._queue: queue.Queue[Sample | None] = queue.Queue(max(1, queued_bytes // sample_bytes))
+    ``snapshot``: every sample handed to the thread is a copy (a kept one, or one into a
+    recycled buffer), so the caller may change the sample at once.
+    """
+
+    def __init__(
+        self, path: Path, budget: int, queued_bytes: int, sample_bytes: int, *, snapshot: bool
+    ) -> None:
+        slots = max(1, queued_bytes // sample_bytes)
+        self._queue: queue.Queue[Sample | None] = queue.Queue(slots)
+        # One buffer per queue slot, plus the one being written and the one being filled.
+        self._ring = (
+            [np.empty(sample_bytes, np.uint8) for _ in range(slots + 2)] if snapshot else []
+        )
         self._copies: dict[int, Sample] = {}
         self._room = budget
         self._thread = threading.Thread(target=self._drain, args=(path,))
@@ -98,12 +113,26 @@ class _FileFloor:
                     out.write(t.numpy().data)  # one copy, by the kernel into the page cache
 
     def epoch(self, source: TimedSource, order: list[int]) -> None:
-        for i in order:
+        for n, i in enumerate(order):
             sample = source[i]
             if self._room > 0:
-                self._copies[i] = tree_clone(sample)
+                sample = self._copies[i] = tree_clone(sample)
                 self._room -= accounted_bytes([sample])
+            elif self._ring:
+                sample = self._snapshot(sample, self._ring[n % len(self._ring)])
             self._queue.put(sample)
+
+    @staticmethod
+    def _snapshot(sample: Sample, buffer: np.ndarray) -> Sample:
+        """The tensors of ``sample`` copied into ``buffer``, as a flat dict of tensors."""
+        copies = {}
+        pos = 0
+        for n, t in enumerate(tensors(sample)):
+            flat = t.numpy().reshape(-1).view(np.uint8)
+            buffer[pos : pos + flat.size] = flat
+            copies[str(n)] = torch.from_numpy(buffer[pos : pos + flat.size])
+            pos += flat.size
+        return copies
 
     def close(self) -> None:
         self._queue.put(None)
@@ -121,27 +150,43 @@ def run_put_path(workload: Workload, rounds: int, log: Callable[[str], None]) ->
             ds = CachedDataset(
                 source, Path(tmp) / "ds", ram_budget=budget, fingerprint="bench", probes=0
             )
+            nocopy = CachedDataset(
+                source,
+                Path(tmp) / "nocopy",
+                ram_budget=budget,
+                fingerprint="bench",
+                probes=0,
+                copy=False,
+            )
             cache = SpillCache(Path(tmp) / "cache", ram_budget=budget)
-            floor = _FileFloor(Path(tmp) / "floor", budget, _QUEUED_BYTES, workload.payload_bytes)
+            floors = {
+                name: _FileFloor(
+                    Path(tmp) / name,
+                    budget,
+                    _QUEUED_BYTES,
+                    workload.payload_bytes,
+                    snapshot=name == "snapshot_floor",
+                )
+                for name in ("snapshot_floor", "floor")
+            }
             runs = {
                 "dataset": partial(_epoch_dataset, ds, order),
+                "dataset_nocopy": partial(_epoch_dataset, nocopy, order),
                 "cache": partial(_epoch_cache, cache, source, order),
-                "floor": partial(floor.epoch, source, order),
+                **{name: partial(floor.epoch, source, order) for name, floor in floors.items()},
                 "none": partial(_epoch_source, source, order),
             }
             names = list(runs)
             shift = r % len(names)
             times = {name: _timed(runs[name]) for name in names[shift:] + names[:shift]}
-            ds.close()
-            cache.close()
-            floor.close()
-        result.dataset_ratios.append(times["dataset"] / times["none"])
-        result.cache_ratios.append(times["cache"] / times["none"])
-        result.floor_ratios.append(times["floor"] / times["none"])
+            for closing in (ds, nocopy, cache, *floors.values()):
+                closing.close()
+        for name, ratios in result.ratios.items():
+            ratios.append(times[name] / times["none"])
     log(
-        f"  put path: {result.dataset_overhead:+.1%} (CachedDataset), "
-        f"{result.cache_overhead:+.1%} (SpillCache), {result.floor_overhead:+.1%} (file floor) "
-        f"on a {SOURCE_SECONDS * 1e3:.0f} ms source"
+        "  put path: "
+        + ", ".join(f"{result.overhead(k):+.1%} ({label})" for k, label in PUT_PATH_RUNS.items())
+        + f" on a {SOURCE_SECONDS * 1e3:.0f} ms source"
     )
     return result
 

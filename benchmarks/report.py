@@ -206,13 +206,19 @@ def markdown(results: dict[str, Any], images: list[str]) -> str:
         "## First epoch",
         "",
         f"Source: 2 ms per 1 MiB sample; {put['n']} samples, RAM budget a third of the data. "
-        f"Filling the cache adds {put['dataset_overhead']:+.1%} through `CachedDataset` and "
-        f"{put['cache_overhead']:+.1%} through a bare `SpillCache` get/put loop. The floor, "
-        "the least a two-tier cache does with that budget (one copy of each sample while the "
-        "copies fit it, and a thread appending every sample's tensor bytes to a fresh file: no "
-        f"encoding, no index), adds {put['floor_overhead']:+.1%} (medians of "
-        f"{len(put['dataset_ratios'])} interleaved rounds; the epoch ends with its last "
-        "sample, while the writer may still be committing: the final flush is not counted).",
+        "What filling the cache adds to the epoch (medians of "
+        f"{len(put['ratios']['dataset'])} interleaved rounds; the epoch ends with its last "
+        "sample, while the writer may still be committing: the final flush is not counted). "
+        "The floor is the least a two-tier cache does with that budget: one copy of each "
+        "sample while the copies fit it, and a thread appending every sample's tensor bytes "
+        "to a fresh file (no encoding, no index). The snapshot floor also copies every other "
+        "sample into a recycled buffer before handing it over, as a `put` after which the "
+        "caller may change the sample must (`copy=True`).",
+        "",
+        _table(
+            ["first epoch through", "added time"],
+            [[label, f"{put['overheads'][run]:+.1%}"] for run, label in put["labels"].items()],
+        ),
         "",
         _table(
             ["contender", f"first epoch of {first['n']} samples, s"],

@@ -218,19 +218,28 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         1.5,
         f"admit-until-full: {sk['admit_until_full']:.2f}x",
     )
-    put = results["put_path"]
-    rows.append(
-        {
-            "target": "put path adds <= 10 % to a first epoch (2 ms / 1 MiB source)",
-            "measured": put["dataset_overhead"],
-            "ok": put["dataset_overhead"] <= 0.10,
-            "note": (
-                f"CachedDataset; bare SpillCache loop: {put['cache_overhead']:+.1%}; "
-                f"floor (copies that fit the RAM budget + a thread appending to a file): "
-                f"{put['floor_overhead']:+.1%}"
-            ),
-        }
-    )
+    over = results["put_path"]["overheads"]
+    for run, note in (
+        (
+            "dataset",
+            f"bare SpillCache loop: {over['cache']:+.1%}; snapshot floor (a copy of every "
+            f"sample, as put must take): {over['snapshot_floor']:+.1%}",
+        ),
+        (
+            "dataset_nocopy",
+            f"floor (copies that fit the RAM budget + a thread appending to a file): "
+            f"{over['floor']:+.1%}",
+        ),
+    ):
+        rows.append(
+            {
+                "target": "put path adds <= 10 % to a first epoch (2 ms / 1 MiB source), "
+                + firstepoch.PUT_PATH_RUNS[run],
+                "measured": over[run],
+                "ok": over[run] <= 0.10,
+                "note": note,
+            }
+        )
     return rows
 
 
@@ -322,9 +331,8 @@ def run(
         put = firstepoch.run_put_path(config.put_workload, config.put_rounds, log)
         results["put_path"] = {
             **asdict(put),
-            "dataset_overhead": put.dataset_overhead,
-            "cache_overhead": put.cache_overhead,
-            "floor_overhead": put.floor_overhead,
+            "overheads": {run: put.overhead(run) for run in firstepoch.PUT_PATH_RUNS},
+            "labels": firstepoch.PUT_PATH_RUNS,
         }
         log("first epochs")
         seconds, skipped = firstepoch.run_first_epochs(config.put_workload, log)
