@@ -295,19 +295,21 @@ def stress_worker(
     seconds: float,
     ram_budget: str,
     result: str,
+    copy: bool = True,
 ) -> None:
     """Random get/put/flush/contains from ``threads`` threads until ``seconds`` have passed.
 
     Keys ``0..63`` are shared: every thread of every process overwrites them with random
     versions, so any version is right but it must be a whole, exact one. Each thread also owns
     8 private keys that only it writes: a ``get`` by the owner must return the last version it
-    put (read-your-writes), even while other threads read the same keys.
+    put (read-your-writes), even while other threads read the same keys. With ``copy=False``
+    the writer thread copies the large samples put (none is changed after its put).
     """
     sys.setswitchinterval(1e-4)  # more thread interleavings per second than the default 5 ms
     deadline = time.monotonic() + seconds
     with (
         _reported(Path(result)) as report,
-        SpillCache(path, ram_budget=ram_budget, fingerprint="stress") as cache,
+        SpillCache(path, ram_budget=ram_budget, fingerprint="stress", copy=copy) as cache,
     ):
         counts: dict[str, int] = {"get": 0, "put": 0, "flush": 0, "contains": 0}
         final: dict[int, int] = {}

@@ -1,7 +1,8 @@
 """Concurrency stress: many processes and threads on one store, no error and no wrong value.
 
-The main stress runs 4 processes x 4 threads of random get/put/flush/contains plus 2 reading
-processes for 8 s (``SPILLCACHE_LONG=1``: 60 s). Targeted tests pin down what random stress
+The main stress runs 4 processes x 4 threads of random get/put/flush/contains (two of them with
+``copy=False``, whose writer thread copies large samples) plus 2 reading processes for 8 s
+(``SPILLCACHE_LONG=1``: 60 s). Targeted tests pin down what random stress
 only finds by luck: concurrent creation of one store, a flush among busy writers, a get racing
 a put, and the stale reader slot of a killed process.
 """
@@ -75,6 +76,7 @@ def test_processes_and_threads_hammer_one_store(tmp_path: Path) -> None:
                     "threads": 4,
                     "seconds": SECONDS,
                     "ram_budget": budgets[w],
+                    "copy": w % 2 == 0,  # copy=False: the writer copies large samples
                     "result": str(tmp_path / f"worker{w}.json"),
                 },
             ),
