@@ -178,6 +178,22 @@ def _big(i: int) -> dict[str, object]:
     return {"x": np.full(65536, float(i), dtype=np.float32), "i": i}  # 256 KiB
 
 
+def test_the_store_is_checked_after_commits_of_4_mib_or_a_quarter_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checks = spy(monkeypatch, disk_module.DiskTier, "_update_fill_locked")
+    with SpillCache(tmp_path / "s", ram_budget=0) as cache:
+        cache.flush()
+        checks.clear()
+        start = time.monotonic()
+        for i in range(64):  # 16 MiB in 64 commits
+            cache.put(i, _big(i))
+            cache.flush()
+        elapsed = time.monotonic() - start
+        assert 1 <= len(checks) <= 16 // 4 + elapsed / 0.25 + 2
+        assert cache.stats().disk_items == 64
+
+
 def test_large_values_are_encoded_into_recycled_buffers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -55,7 +55,7 @@ def test_disk_budget_smaller_than_the_data(tmp_path: Path) -> None:
         for _epoch in range(2):
             for i in range(len(ds)):
                 check_sample(i, ds[i], 0)
-                ds.cache.flush()  # one commit per sample: the budget is checked after each
+                ds.cache.flush()  # a commit per sample, a check per 1/16 of the budget
         stats = ds.cache.stats()
     stored = check_store(path, 60, fingerprint="fp")
     assert 0 < len(stored) < 60
