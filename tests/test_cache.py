@@ -396,11 +396,14 @@ def test_copy_false_leaves_large_copies_to_the_writer(
         return into(self, buffer)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Encoding, "into", recording)
+    monkeypatch.setattr(disk_module, "_WRITER_IDLE_EXIT", 600.0)  # keep the spare buffers
     release = _held_commits(monkeypatch)
     with SpillCache(tmp_path / "s", ram_budget=0, copy=copy) as cache:
         cache.put(0, _big(0))
         cache.put(1, {"small": np.arange(10)})
-        queued = cache._disk._queue
+        disk = cache._disk
+        with disk._state:  # queued, or taken by the writer, which waits before committing
+            queued = {**disk._inflight, **disk._queue}
         # A small value is encoded by the caller either way.
         assert type(queued[1]) is bytes
         assert type(queued[0]) is (memoryview if copy else Encoding)
@@ -410,7 +413,7 @@ def test_copy_false_leaves_large_copies_to_the_writer(
         cache.flush()
         assert len(copied_in) == 1
         assert copied_in[0].startswith("MainThread" if copy else "spillcache-writer")
-        assert cache._disk._spare  # the writer's buffer went back for reuse
+        assert disk._spare  # the writer's buffer went back for reuse
     with SpillCache(tmp_path / "s", copy=copy) as cache:
         np.testing.assert_array_equal(cache.get(0)["x"], _big(0)["x"])  # from LMDB
         np.testing.assert_array_equal(cache.get(1)["small"], np.arange(10))
