@@ -435,10 +435,6 @@ class DiskTier:
         self._env_released = False
         self._full = False
         self._fill_checked_at = 0.0
-        budget = self.budget
-        self._check_bytes = (
-            _CHECK_BYTES if budget is None else max(1, min(_CHECK_BYTES, budget // 16))
-        )
         self._unchecked_bytes = 0
         self.rejected = 0
         self.write_errors = 0
@@ -970,8 +966,9 @@ class DiskTier:
             self._write_fault(len(items), MemoryError("the LMDB map could not grow"))
             return
         self._unchecked_bytes += need
+        every = _CHECK_BYTES if self.budget is None else min(_CHECK_BYTES, self.budget // 16)
         if (
-            self._unchecked_bytes < self._check_bytes
+            self._unchecked_bytes < every
             and time.monotonic() - self._fill_checked_at < _CHECK_SECONDS
         ):
             return
