@@ -473,6 +473,8 @@ def full_disk_trainer(*, path: str, samples: int, file_size_limit: int | None, r
                         report["wrong"].append(f"epoch {epoch}: {bad}")
                     if i % 10 == 9:
                         ds.cache.flush()
+                ds.cache.flush()
+                report.setdefault("stored_after_first", ds.cache.stats().disk_items)
             stats = ds.cache.stats()
         report["write_errors"] = stats.write_errors
         report["rejected"] = stats.rejected

@@ -178,10 +178,10 @@ def _big(i: int) -> dict[str, object]:
     return {"x": np.full(65536, float(i), dtype=np.float32), "i": i}  # 256 KiB
 
 
-def test_the_store_is_checked_after_commits_of_4_mib_or_a_quarter_second(
+def test_stale_readers_are_cleared_after_commits_of_4_mib_or_a_quarter_second(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    checks = spy(monkeypatch, disk_module.DiskTier, "_update_fill_locked")
+    checks = spy(monkeypatch, disk_module.DiskTier, "_clear_stale_readers")
     with SpillCache(tmp_path / "s", ram_budget=0) as cache:
         cache.flush()
         checks.clear()

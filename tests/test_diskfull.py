@@ -246,13 +246,19 @@ def test_full_file_system(tmp_path: Path) -> None:
         )
         assert not report["errors"], report["errors"]
         assert report["wrong"] == []
-        assert report["write_errors"] > 0
+        if file_size_limit is None:  # a file system that fills: refused before it is full
+            assert report["write_errors"] == 0
+            assert report["rejected"] > 0
+        else:  # a file size limit, which statvfs does not show: the writes fail
+            assert report["write_errors"] > 0
         assert len(report["warnings"]) == 1, report["warnings"]
         assert "SpillCacheWarning" in report["warnings"][0]
         assert verify(path).ok
         stored = check_store(path, 400, fingerprint="fp")
         assert 0 < len(stored) < 400
-        assert report["loads"] == 400 + (400 - len(stored))
+        # Epoch 2 loads what epoch 1 could not store; smaller samples may fit then.
+        assert report["loads"] == 400 + (400 - report["stored_after_first"])
+        assert len(stored) >= report["stored_after_first"]
 
 
 def test_creating_a_store_on_a_full_disk_is_a_clear_error(tmp_path: Path) -> None:

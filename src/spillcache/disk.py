@@ -25,7 +25,6 @@ import logging
 import multiprocessing.util
 import os
 import re
-import shutil
 import threading
 import time
 import warnings
@@ -41,6 +40,7 @@ from numpy.typing import NDArray
 from . import forksafe
 from .codec import FORMAT_VERSION, Buffer, Encoding, seal
 from .errors import FingerprintMismatch, StoreError
+from .growth import Growth
 
 __all__ = [
     "MARKER",
@@ -93,19 +93,27 @@ _STOCK_BYTES = 2 * _BATCH_BYTES
 _WRITER_IDLE_EXIT = 2.0
 _INITIAL_MAP_SIZE = 256 << 20
 _MAX_READERS = 1024
+# A store that refused an entry refuses puts at least as large as it for this long, then
+# lets the writer's check (inside the next write transaction) decide again.
 _FILL_RECHECK_SECONDS = 1.0
-# After commits, the store's size and free space are checked and the slots of killed readers
-# cleared once this many bytes were committed since the last time (a sixteenth of a
-# disk_budget if less: it may be overshot by that and one batch; and the file may grow by
-# this much while a killed reader's slot pins old pages), or this many seconds passed. Each
-# check is four trips through the GIL (stat, statvfs, lock, reader check), which a training
-# thread that holds the GIL in its source waits for: checking after every commit made a first
-# epoch of 1 MiB samples from such a source slower (CachedDataset +25-28 % against +22-25 %,
-# copy=False +20-23 % against +16-21 %, 3 interleaved runs each; a sleeping source: no change).
+# After commits, the slots of killed readers are cleared once this many bytes were committed
+# since the last time (the file may grow by this much while a killed reader's slot pins old
+# pages), or this many seconds passed. Each check is trips through the GIL (lock, reader
+# check), which a training thread that holds the GIL in its source waits for: checking after
+# every commit made a first epoch of 1 MiB samples from such a source slower (CachedDataset
+# +25-28 % against +22-25 %, copy=False +20-23 % against +16-21 %, 3 interleaved runs each).
 _CHECK_BYTES = 4 << 20
 _CHECK_SECONDS = 0.25
+# Without a disk_budget, a commit must leave the file system this much free: max(1 GiB, 5 %),
+# but at most half of it (a 4 MiB tmpfs keeps 2 MiB free rather than refusing everything).
 _MIN_FREE_BYTES = 1 << 30
 _MIN_FREE_FRACTION = 0.05
+_MAX_FREE_FRACTION = 0.5
+# Free space is measured (statvfs) inside a write transaction at most this often, or when
+# less than _FREE_MARGIN above the floor is left after the batch; in between, it is predicted
+# from the growth of the data file, which every process sees in LMDB's meta page.
+_FREE_SECONDS = 0.25
+_FREE_MARGIN = 64 << 20
 
 
 class _Kept(np.ndarray):
@@ -288,6 +296,11 @@ def _require_local(root: Path) -> None:
         )
 
 
+def _human(size: int) -> str:
+    """``size`` bytes in MiB, or in GiB from 1 GiB on."""
+    return f"{size / (1 << 30):.1f} GiB" if size >= 1 << 30 else f"{size / (1 << 20):.1f} MiB"
+
+
 def _key(key: int) -> bytes:
     # Big-endian so that LMDB's byte order is numeric order: sequential fills append to the B-tree.
     return key.to_bytes(8, "big")
@@ -434,8 +447,18 @@ class DiskTier:
         self._closed = False
         self._env_released = False
         self._full = False
+        # While full, puts of this many bytes or more are refused without queueing them.
+        self._full_size = 0
         self._fill_checked_at = 0.0
+        self._readers_checked_at = 0.0
         self._unchecked_bytes = 0
+        self._limit: Literal["budget", "floor"] = "budget"
+        # The last statvfs of the store's file system: when, its size, free bytes, and the
+        # data file's size then.
+        self._free_at = -_FREE_SECONDS
+        self._fs_total = 0
+        self._fs_free = 0
+        self._fs_file = 0
         self.rejected = 0
         self.write_errors = 0
         self._warned: set[str] = set()
@@ -830,7 +853,7 @@ class DiskTier:
                 raise ValueError(f"the cache at {str(self.path)!r} is closed")
             while self._forking:
                 self._state.wait()
-            if self._full and not self._recheck_fill_locked():
+            if self._full and len(value) >= self._full_size and not self._recheck_fill_locked():
                 self.rejected += 1
                 self._recycle_locked((value,))
                 return False
@@ -953,7 +976,8 @@ class DiskTier:
         for _ in range(8):
             try:
                 with self._write_txn() as txn:
-                    for key, value in items:
+                    stored = self._admitted(txn, items)
+                    for key, value in stored:
                         txn.put(_key(key), value, db=self._data_db)
             except lmdb.MapFullError:
                 self._grow_map(need)
@@ -965,22 +989,75 @@ class DiskTier:
         else:  # the map could not be grown enough (address space or ulimit -v)
             self._write_fault(len(items), MemoryError("the LMDB map could not grow"))
             return
+        if len(stored) < len(items):
+            self._refused(items, stored)
         self._unchecked_bytes += need
-        every = _CHECK_BYTES if self.budget is None else min(_CHECK_BYTES, self.budget // 16)
         if (
-            self._unchecked_bytes < every
-            and time.monotonic() - self._fill_checked_at < _CHECK_SECONDS
+            self._unchecked_bytes < _CHECK_BYTES
+            and time.monotonic() - self._readers_checked_at < _CHECK_SECONDS
         ):
             return
+        self._clear_stale_readers()
+
+    def _clear_stale_readers(self) -> None:
+        """Free the slots of killed readers: they pin old pages and make the file grow."""
         self._unchecked_bytes = 0
+        self._readers_checked_at = time.monotonic()
         try:
-            with self._state:
-                self._update_fill_locked()
             with self._gate.shared():
-                # Slots of killed readers pin old pages and make the file grow without bound.
                 self._env_for_use().reader_check()
-        except (OSError, lmdb.Error) as exc:
+        except lmdb.Error as exc:
             logger.debug("after a commit to %s: %s", self.path, exc)
+
+    def _admitted(
+        self, txn: lmdb.Transaction[bytes], items: list[tuple[int, bytes | memoryview]]
+    ) -> list[tuple[int, bytes | memoryview]]:
+        """The entries of ``items`` that fit the budget and the floor, before writing any.
+
+        Inside the write transaction, which holds the store's write lock: the file size it
+        reads is the one every process's commits made, so processes together stay within.
+        """
+        growth = Growth(txn.stat(self._data_db))
+        room = self._room_pages(txn, growth.psize)
+        if growth.pages_for_all(len(v) for _, v in items) <= room:
+            return items
+        stored: list[tuple[int, bytes | memoryview]] = []
+        cursor = txn.cursor(db=self._data_db)
+        last = -2
+        for key, value in items:
+            new_run = key != last + 1 or cursor.set_key(_key(key))
+            if growth.pages_with(len(value), new_run=new_run) <= room:
+                growth.add(len(value), new_run=new_run)
+                stored.append((key, value))
+                last = key
+        return stored
+
+    def _room_pages(self, txn: lmdb.Transaction[bytes], psize: int) -> int:
+        """Pages the data file may still grow by: to ``budget``, and above the floor."""
+        file_bytes = (self._env_for_use().info()["last_pgno"] + 1) * psize
+        room = (1 << 62) if self.budget is None else self.budget - file_bytes
+        now = time.monotonic()
+        # Other processes' commits grew the file too: the prediction counts them.
+        free = self._fs_free - max(0, file_bytes - self._fs_file)
+        if now - self._free_at >= _FREE_SECONDS or free - self._floor() < _FREE_MARGIN:
+            try:
+                usage = os.statvfs(self.path)
+            except OSError as exc:  # the budget still holds; the floor cannot be checked
+                logger.debug("statvfs of %s failed: %s", self.path, exc)
+                return room // psize
+            self._free_at = now
+            self._fs_total = usage.f_blocks * usage.f_frsize
+            self._fs_free = free = usage.f_bavail * usage.f_frsize
+            self._fs_file = file_bytes
+        self._limit = "budget" if room <= free - self._floor() else "floor"
+        return min(room, free - self._floor()) // psize
+
+    def _floor(self) -> int:
+        """Bytes the store leaves free on its file system (with a budget, just no overflow)."""
+        if self.budget is not None:
+            return 0
+        floor = max(_MIN_FREE_BYTES, int(_MIN_FREE_FRACTION * self._fs_total))
+        return min(floor, int(_MAX_FREE_FRACTION * self._fs_total))
 
     def _stored_items(self, batch: dict[int, Value]) -> list[tuple[int, bytes | memoryview]]:
         """``batch`` by key, each Encoding copied into a buffer (which replaces it in ``batch``)."""
@@ -1016,6 +1093,7 @@ class DiskTier:
         with self._state:
             self.write_errors += entries
             self._full = True
+            self._full_size = 0
             self._fill_checked_at = time.monotonic()
         self._warn_once(
             "write",
@@ -1023,29 +1101,47 @@ class DiskTier:
             "not stored and new entries are refused until space frees up; training goes on",
         )
 
-    def _update_fill_locked(self) -> None:
-        self._fill_checked_at = time.monotonic()
-        used = self.file_bytes()
-        if self.budget is not None:
-            self._full = used >= self.budget
-            reason = f"reached disk_budget={self.budget} bytes"
-        else:
-            usage = shutil.disk_usage(self.path)
-            reserve = max(_MIN_FREE_BYTES, int(_MIN_FREE_FRACTION * usage.total))
-            self._full = usage.free < reserve
-            reason = f"its file system has less than {reserve} bytes free"
-        if self._full:
-            self._warn_once(
-                "full", f"the store at {str(self.path)!r} {reason}: new entries are refused"
+    def _refused(
+        self,
+        items: list[tuple[int, bytes | memoryview]],
+        stored: list[tuple[int, bytes | memoryview]],
+    ) -> None:
+        """Count the entries of ``items`` not in ``stored``; refuse puts as large for a while."""
+        kept = {key for key, _ in stored}
+        sizes = [len(value) for key, value in items if key not in kept]
+        with self._state:
+            self.rejected += len(sizes)
+            self._full = True
+            self._full_size = min(sizes)
+            self._fill_checked_at = time.monotonic()
+        self._warn_once("full", self._full_message())
+
+    def _full_message(self) -> str:
+        path = str(self.path)
+        hyrax = "cache_disk_budget in a Hyrax config"
+        if self.budget is None:
+            return (
+                f"the store at {path!r} refuses new entries that would leave its file system "
+                f"with less than {_human(self._floor())} free, the floor kept when no "
+                f"disk_budget is set; free some space, or set disk_budget ({hyrax}) to size the "
+                "store yourself"
             )
+        if self._limit == "budget":
+            return (
+                f"the store at {path!r} refuses new entries that would take it past its "
+                f"disk_budget of {_human(self.budget)}; raise disk_budget ({hyrax}) to store more"
+            )
+        return (
+            f"the store at {path!r} refuses new entries that do not fit in the "
+            f"{_human(self._fs_free)} free on its file system, although its disk_budget of "
+            f"{_human(self.budget)} is not reached; free some space or lower disk_budget "
+            f"({hyrax})"
+        )
 
     def _recheck_fill_locked(self) -> bool:
-        """Whether the store accepts entries again (at most one check a second)."""
+        """Whether puts may be queued again (the writer's check decides what is stored)."""
         if time.monotonic() - self._fill_checked_at >= _FILL_RECHECK_SECONDS:
-            try:
-                self._update_fill_locked()
-            except OSError:
-                return False
+            self._full = False
         return not self._full
 
     def _warn_once(self, kind: str, message: str) -> None:
