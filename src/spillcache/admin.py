@@ -9,6 +9,8 @@ import os
 import shutil
 from pathlib import Path
 
+import lmdb
+
 from .codec import decode
 from .disk import MARKER, inspected, is_store, live_tier, owned_files, store_files_size
 from .errors import CodecError, StoreError
@@ -153,12 +155,17 @@ def copy_cache(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> list
     own, reused as is where it is opened (same fingerprint, same entries): copy a store from
     node-local scratch to shared storage at the end of a job, and back at the start of the next.
 
+    Everything is checked before anything is written, and the source is only read: a copy
+    that fails (an unwritable or full destination, a damaged source) leaves the source as it
+    was and removes what it created at ``dst``.
+
     Parameters
     ----------
     src : str or os.PathLike
         A store, or a directory of stores (each is copied to ``dst / name``).
     dst : str or os.PathLike
-        A new or empty directory.
+        A new or empty directory outside ``src`` (``~``, ``..`` and symbolic links are
+        resolved to tell).
 
     Returns
     -------
@@ -168,24 +175,71 @@ def copy_cache(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> list
     Raises
     ------
     StoreError
-        If ``src`` holds no stores, or ``dst`` exists and is not an empty directory.
+        If ``src`` holds no stores, ``dst`` exists and is not an empty directory, one of them
+        is inside the other, or the copy failed (the message says why).
     """
-    stores = find_stores(src)
-    root = Path(dst)
+    source = Path(src).expanduser()
+    root = Path(dst).expanduser()
+    _require_apart(source, root)
+    stores = find_stores(source)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise StoreError(f"dst={str(root)!r} must be a new or empty directory")
-    single = Path(src) in stores
-    written = []
-    for store in stores:
-        target = root if single else root / store.name
-        target.mkdir(parents=True, exist_ok=True)
-        # The marker first, as when a store is created: an interrupted copy is then a damaged
-        # store of ours (rebuilt on open), never an unknown LMDB database.
-        shutil.copyfile(store / MARKER, target / MARKER)
-        with inspected(store) as tier:
-            tier.copy_to(target)
-        written.append(target)
+    single = source in stores
+    created: list[Path] = []  # directories this copy made, outermost first
+    written: list[Path] = []
+    try:
+        for store in stores:
+            target = root if single else root / store.name
+            _make_directory(target, created)
+            written.append(target)
+            # The marker first, as when a store is created: an interrupted copy is then a
+            # damaged store of ours (rebuilt on open), never an unknown LMDB database.
+            shutil.copyfile(store / MARKER, target / MARKER)
+            with inspected(store) as tier:
+                tier.copy_to(target)
+    except BaseException as exc:
+        _remove_copies(written, created)
+        if isinstance(exc, (OSError, StoreError, lmdb.Error)):
+            raise StoreError(
+                f"copying {str(source)!r} to {str(root)!r} failed ({exc}); the source is "
+                f"unchanged and nothing was left at {str(root)!r}"
+            ) from exc
+        raise
     return written
+
+
+def _require_apart(source: Path, root: Path) -> None:
+    """Refuse a destination inside the source, or a source inside the destination."""
+    real_source, real_root = source.resolve(), root.resolve()
+    if real_root == real_source or real_source in real_root.parents:
+        raise StoreError(
+            f"dst={str(root)!r} is inside src={str(source)!r}; a copy inside the store(s) it "
+            "copies would change them: pass a destination outside the source"
+        )
+    if real_root in real_source.parents:
+        raise StoreError(
+            f"src={str(source)!r} is inside dst={str(root)!r}; the destination must be a new "
+            "or empty directory outside the source"
+        )
+
+
+def _make_directory(target: Path, created: list[Path]) -> None:
+    """Create ``target`` and missing parents, recording each directory made in ``created``."""
+    missing = [p for p in (target, *target.parents) if not p.exists()]
+    for directory in reversed(missing):
+        directory.mkdir()
+        created.append(directory)
+
+
+def _remove_copies(written: list[Path], created: list[Path]) -> None:
+    """Undo a failed copy: the files of each copy, then the directories it created."""
+    for target in written:
+        for file in reversed(owned_files(target)):
+            with contextlib.suppress(OSError):
+                file.unlink()
+    for directory in reversed(created):
+        with contextlib.suppress(OSError):
+            directory.rmdir()
 
 
 def clear_cache(path: str | os.PathLike[str]) -> list[Path]:
