@@ -976,7 +976,7 @@ class DiskTier:
         for _ in range(8):
             try:
                 with self._write_txn() as txn:
-                    stored = self._admitted(txn, items)
+                    stored = self._admitted(txn, items, need)
                     for key, value in stored:
                         txn.put(_key(key), value, db=self._data_db)
             except lmdb.MapFullError:
@@ -1010,16 +1010,16 @@ class DiskTier:
             logger.debug("after a commit to %s: %s", self.path, exc)
 
     def _admitted(
-        self, txn: lmdb.Transaction[bytes], items: list[tuple[int, bytes | memoryview]]
+        self, txn: lmdb.Transaction[bytes], items: list[tuple[int, bytes | memoryview]], size: int
     ) -> list[tuple[int, bytes | memoryview]]:
-        """The entries of ``items`` that fit the budget and the floor, before writing any.
+        """The entries of ``items`` (``size`` bytes) that fit the budget and the floor.
 
         Inside the write transaction, which holds the store's write lock: the file size it
         reads is the one every process's commits made, so processes together stay within.
         """
         growth = Growth(txn.stat(self._data_db))
         room = self._room_pages(txn, growth.psize)
-        if growth.pages_for_all(len(v) for _, v in items) <= room:
+        if growth.pages_for_batch(len(items), size) <= room:
             return items
         stored: list[tuple[int, bytes | memoryview]] = []
         cursor = txn.cursor(db=self._data_db)

@@ -16,7 +16,7 @@ splits into two.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 __all__ = ["Growth"]
@@ -106,12 +106,14 @@ class Growth:
         self._overflow += overflow
         self._leaf_bytes += leaf
 
-    def pages_for_all(self, sizes: Iterable[int]) -> int:
-        """The bound for a batch of values of ``sizes``, each key taken for a run of its own."""
-        entries = overflow = leaf_bytes = 0
-        for size in sizes:
-            o, leaf = self._entry(size)
-            entries += 1
-            overflow += o
-            leaf_bytes += leaf
+    def pages_for_batch(self, entries: int, size: int) -> int:
+        """A looser bound for ``entries`` values of ``size`` bytes in all, from those two alone.
+
+        For every commit far from the limit, where looking at each value would cost more.
+        """
+        overflow = (size + (_PAGE_HEADER - 1) * entries) // self.psize + entries
+        largest_node = ((_NODE_HEADER + _KEY + self._inline_max + 1) & -2) + _INDEX
+        leaf_bytes = min(
+            size + (_NODE_HEADER + _KEY + 8 + _INDEX) * entries, largest_node * entries
+        )
         return self._bound(entries, entries, overflow, leaf_bytes)
