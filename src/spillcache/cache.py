@@ -86,9 +86,10 @@ class SpillCache(Closing):
         ``"25%"`` (of the memory this process may use: the cgroup or SLURM limit when lower than
         the physical RAM). ``0`` turns the RAM tier off.
     disk_budget : int, str or None
-        Size at which the store refuses new entries (same units; ``"25%"`` is of the store's file
-        system). ``None``: no cap, but refuse while the file system has less than
-        max(1 GiB, 5 %) free.
+        Size the store's data file never exceeds: a put that would take it past is refused
+        (counted in ``stats().rejected``), for all processes using the store together (same
+        units; ``"25%"`` is of the store's file system). ``None``: no cap, but refuse puts that
+        would leave the file system with less than max(1 GiB, 5 %) free (at most half of it).
     fingerprint : str or None
         Identity of the data. A store recorded with another fingerprint (or another format
         version) is handled per ``on_mismatch``. ``None`` accepts any fingerprint.

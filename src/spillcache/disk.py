@@ -380,8 +380,9 @@ class DiskTier:
     on_mismatch : {"rebuild", "error"}
         What to do with a store of another fingerprint or format version, or a damaged one.
     budget : int or None
-        Refuse new entries once the data file reaches this many bytes. ``None``: no cap, but stop
-        while the file system has less than max(1 GiB, 5 %) free.
+        Bytes the data file never exceeds: entries that would take it past are refused before
+        they are written. ``None``: no cap, but refuse entries that would leave the file system
+        with less than max(1 GiB, 5 %) free (at most half of it).
     readahead : bool
         Let the OS read ahead on page faults (good for large values; ``False`` for tiny values in a
         store larger than RAM).

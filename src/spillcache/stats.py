@@ -22,7 +22,8 @@ class CacheStats:
     disk_items, disk_bytes : int
         Entries in the store and size of its data file (shared by every process using it).
     rejected : int
-        Puts the disk tier refused because it reached ``disk_budget`` or the file system is full.
+        Puts the disk tier refused, before writing them: they would have taken the store past
+        ``disk_budget``, or its file system below the free-space floor or past its free space.
     corrupt : int
         Entries that failed their checksum or could not be decoded; each was served as a miss.
     write_errors : int
