@@ -297,8 +297,11 @@ def _require_local(root: Path) -> None:
 
 
 def _human(size: int) -> str:
-    """``size`` bytes in MiB, or in GiB from 1 GiB on."""
-    return f"{size / (1 << 30):.1f} GiB" if size >= 1 << 30 else f"{size / (1 << 20):.1f} MiB"
+    """``size`` bytes in MiB, or in GiB (TiB) from 1 GiB (1 TiB) on."""
+    for unit, shift in (("TiB", 40), ("GiB", 30)):
+        if size >= 1 << shift:
+            return f"{size / (1 << shift):.1f} {unit}"
+    return f"{size / (1 << 20):.1f} MiB"
 
 
 def _key(key: int) -> bytes:
