@@ -249,9 +249,8 @@ def test_full_file_system(tmp_path: Path) -> None:
         if file_size_limit is None:  # a file system that fills: refused before it is full
             assert report["write_errors"] == 0
             assert report["rejected"] > 0
-            assert "free on its file system, although its disk_budget of 1.0 TiB" in (
-                report["warnings"][0]
-            )
+            warned = report["warnings"][0]
+            assert "free on its file system, although its disk_budget of 1.0 TiB" in warned
         else:  # a file size limit, which statvfs does not show: the writes fail
             assert report["write_errors"] > 0
         assert len(report["warnings"]) == 1, report["warnings"]

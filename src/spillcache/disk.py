@@ -457,10 +457,10 @@ class DiskTier:
         self._readers_checked_at = 0.0
         self._unchecked_bytes = 0
         self._limit: Literal["budget", "floor"] = "budget"
-        # The last statvfs of the store's file system: when, its size, free bytes, and the
-        # data file's size then.
+        # The last statvfs of the store's file system: when, the floor it implies, the free
+        # bytes, and the data file's size then.
         self._free_at = -_FREE_SECONDS
-        self._fs_total = 0
+        self._fs_floor = 0
         self._fs_free = 0
         self._fs_file = 0
         self.rejected = 0
@@ -1022,7 +1022,7 @@ class DiskTier:
         reads is the one every process's commits made, so processes together stay within.
         """
         growth = Growth(txn.stat(self._data_db))
-        room = self._room_pages(txn, growth.psize)
+        room = self._room_pages(growth.psize)
         if growth.pages_for_batch(len(items), size) <= room:
             return items
         stored: list[tuple[int, bytes | memoryview]] = []
@@ -1036,32 +1036,35 @@ class DiskTier:
                 last = key
         return stored
 
-    def _room_pages(self, txn: lmdb.Transaction[bytes], psize: int) -> int:
-        """Pages the data file may still grow by: to ``budget``, and above the floor."""
+    def _room_pages(self, psize: int) -> int:
+        """Pages the data file may still grow by: to ``budget``, and above the floor.
+
+        Called inside the write transaction: LMDB's meta page then holds the file size that
+        every process's commits made.
+        """
         file_bytes = (self._env_for_use().info()["last_pgno"] + 1) * psize
         room = (1 << 62) if self.budget is None else self.budget - file_bytes
         now = time.monotonic()
         # Other processes' commits grew the file too: the prediction counts them.
-        free = self._fs_free - max(0, file_bytes - self._fs_file)
-        if now - self._free_at >= _FREE_SECONDS or free - self._floor() < _FREE_MARGIN:
+        usable = self._fs_free - max(0, file_bytes - self._fs_file) - self._fs_floor
+        if now - self._free_at >= _FREE_SECONDS or usable < _FREE_MARGIN:
             try:
                 usage = os.statvfs(self.path)
             except OSError as exc:  # the budget still holds; the floor cannot be checked
                 logger.debug("statvfs of %s failed: %s", self.path, exc)
                 return room // psize
             self._free_at = now
-            self._fs_total = usage.f_blocks * usage.f_frsize
-            self._fs_free = free = usage.f_bavail * usage.f_frsize
+            total = usage.f_blocks * usage.f_frsize
+            floor = max(_MIN_FREE_BYTES, int(_MIN_FREE_FRACTION * total))
+            # With a budget, the floor is 0: the store only never writes past the free space.
+            self._fs_floor = (
+                0 if self.budget is not None else min(floor, int(_MAX_FREE_FRACTION * total))
+            )
+            self._fs_free = usage.f_bavail * usage.f_frsize
             self._fs_file = file_bytes
-        self._limit = "budget" if room <= free - self._floor() else "floor"
-        return min(room, free - self._floor()) // psize
-
-    def _floor(self) -> int:
-        """Bytes the store leaves free on its file system (with a budget, just no overflow)."""
-        if self.budget is not None:
-            return 0
-        floor = max(_MIN_FREE_BYTES, int(_MIN_FREE_FRACTION * self._fs_total))
-        return min(floor, int(_MAX_FREE_FRACTION * self._fs_total))
+            usable = self._fs_free - self._fs_floor
+        self._limit = "budget" if room <= usable else "floor"
+        return min(room, usable) // psize
 
     def _stored_items(self, batch: dict[int, Value]) -> list[tuple[int, bytes | memoryview]]:
         """``batch`` by key, each Encoding copied into a buffer (which replaces it in ``batch``)."""
@@ -1126,7 +1129,7 @@ class DiskTier:
         if self.budget is None:
             return (
                 f"the store at {path!r} refuses new entries that would leave its file system "
-                f"with less than {_human(self._floor())} free, the floor kept when no "
+                f"with less than {_human(self._fs_floor)} free, the floor kept when no "
                 f"disk_budget is set; free some space, or set disk_budget ({hyrax}) to size the "
                 "store yourself"
             )
