@@ -115,7 +115,7 @@ def test_cli_info_verify_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main(["clear", "--yes", str(path)]) == 0
     assert not path.exists()
     assert main(["info", str(path)]) == 2
-    assert "not a spillcache store" in capsys.readouterr().err
+    assert f"{str(path)!r} does not exist" in capsys.readouterr().err
 
 
 def test_cli_clear_asks_and_refuses_without_a_terminal(tmp_path: Path) -> None:

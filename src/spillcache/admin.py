@@ -5,12 +5,21 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import logging
 import os
 import shutil
 from pathlib import Path
 
 from .codec import decode
-from .disk import MARKER, inspected, is_store, live_tier, owned_files, store_files_size
+from .disk import (
+    MARKER,
+    inspected,
+    is_store,
+    live_tier,
+    not_a_store,
+    owned_files,
+    store_files_size,
+)
 from .errors import CodecError, StoreError
 
 __all__ = [
@@ -22,6 +31,8 @@ __all__ = [
     "find_stores",
     "verify",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,11 +87,11 @@ def find_stores(path: str | os.PathLike[str]) -> list[Path]:
     StoreError
         If ``path`` is neither; the message names what is in the way.
     """
-    root = Path(path)
+    root = Path(path).expanduser()
     if is_store(root):
         return [root]
     if not root.is_dir():
-        raise StoreError(f"{str(root)!r} is not a spillcache store or a directory of stores")
+        raise StoreError(f"{str(root)!r} {not_a_store(root)}")
     entries = sorted(root.iterdir())
     others = [e.name for e in entries if not is_store(e)]
     if not entries or others:
@@ -105,6 +116,7 @@ def cache_info(path: str | os.PathLike[str]) -> CacheInfo:
     StoreError
         If ``path`` is not a store (or is damaged).
     """
+    path = Path(path).expanduser()
     with inspected(path) as tier:
         meta = tier.describe()
     created = meta["created"]
@@ -132,6 +144,7 @@ def verify(path: str | os.PathLike[str]) -> VerifyReport:
     path : str or os.PathLike
         A store directory.
     """
+    path = Path(path).expanduser()
     bad: list[int] = []
 
     def check(key: int, value: memoryview) -> None:
@@ -170,8 +183,9 @@ def copy_cache(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> list
     StoreError
         If ``src`` holds no stores, or ``dst`` exists and is not an empty directory.
     """
+    src, dst = Path(src).expanduser(), Path(dst).expanduser()
     stores = find_stores(src)
-    root = Path(dst)
+    root = dst
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise StoreError(f"dst={str(root)!r} must be a new or empty directory")
     single = Path(src) in stores
@@ -184,6 +198,7 @@ def copy_cache(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> list
         shutil.copyfile(store / MARKER, target / MARKER)
         with inspected(store) as tier:
             tier.copy_to(target)
+        logger.info("copied the store at %s to %s", store, target)
         written.append(target)
     return written
 
@@ -210,6 +225,7 @@ def clear_cache(path: str | os.PathLike[str]) -> list[Path]:
         If ``path`` is not a store or a directory of stores, or a store is open in this
         process (close it first).
     """
+    path = Path(path).expanduser()
     stores = find_stores(path)
     for store in stores:
         if live_tier(store) is not None:
@@ -218,6 +234,7 @@ def clear_cache(path: str | os.PathLike[str]) -> list[Path]:
             )
     for store in stores:
         _remove_store(store)
+        logger.info("deleted the store at %s", store)
     root = Path(path)
     if root not in stores:
         with contextlib.suppress(OSError):
