@@ -22,6 +22,7 @@ import xxhash
 from torch.utils.data import DataLoader
 
 import spillcache
+import spillcache.demo
 import spillcache.sizing
 from spillcache import (
     CachedDataset,
@@ -32,6 +33,7 @@ from spillcache import (
     clear_cache,
     copy_cache,
 )
+from spillcache.cli import _parser
 from spillcache.codec import decode, digest, encode
 from spillcache.dataset import _probe_digest
 from spillcache.errors import CodecError
@@ -504,3 +506,124 @@ def test_a_budget_refusal_is_logged_once(tmp_path: Path, caplog: pytest.LogCaptu
             assert cache.stats().rejected > 0
     refusals = [r for r in caplog.records if "new entries are refused" in r.getMessage()]
     assert len(refusals) == 1 and "disk_budget=1" in refusals[0].getMessage()
+
+
+# -- 10. the command line ------------------------------------------------------------------------
+
+
+def test_cli_version() -> None:
+    result = _cli("--version")
+    assert (result.returncode, result.stdout) == (0, f"spillcache {spillcache.__version__}\n")
+
+
+def test_cli_every_argument_has_help() -> None:
+    parser = _parser()
+    (commands,) = [a for a in parser._actions if a.dest == "command"]
+    parsers = [parser, *commands.choices.values()]  # type: ignore[union-attr]
+    assert len(parsers) == 6
+    for each in parsers:
+        for action in each._actions:
+            assert action.help, f"{each.prog} {action.dest}"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["demo", "--samples", "0"],
+        ["demo", "--samples", "many"],
+        ["demo", "--epochs", "-1"],
+        ["demo", "--latency-ms", "nan"],
+        ["info"],
+        ["frobnicate"],
+        [],
+    ],
+    ids=" ".join,
+)
+def test_cli_bad_arguments_are_one_line_and_exit_2(args: list[str]) -> None:
+    result = _cli(*args)
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1 and "error: " in result.stderr
+    assert "Traceback" not in result.stderr and "usage:" not in result.stderr
+
+
+def test_cli_a_missing_path_does_not_exist(tmp_path: Path) -> None:
+    for command in ("info", "verify", "clear"):
+        result = (
+            _cli(command, "--yes", str(tmp_path / "nope"))
+            if command == "clear"
+            else (_cli(command, str(tmp_path / "nope")))
+        )
+        assert result.returncode == 2, command
+        assert result.stderr == f"spillcache: error: {str(tmp_path / 'nope')!r} does not exist\n"
+
+
+@pytest.mark.parametrize(
+    ("make", "why"),
+    [
+        (lambda p: p.write_text("x"), "is a file, not a spillcache store"),
+        (lambda p: (p.mkdir(), (p / "model.pt").write_text("w")), "it holds 'model.pt'"),
+        (lambda p: p.mkdir(), "it is empty"),
+    ],
+    ids=["file", "other-files", "empty"],
+)
+def test_cli_a_non_store_says_why(tmp_path: Path, make: Any, why: str) -> None:
+    target = tmp_path / "t"
+    make(target)
+    result = _cli("info", str(target))
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
+    assert "not a spillcache store" in result.stderr and why in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("raised", "status", "says"),
+    [
+        ("ZeroDivisionError('division by zero')", 1, "error: ZeroDivisionError: division by zero"),
+        ("KeyboardInterrupt()", 130, "interrupted"),
+        ("PermissionError(13, 'Permission denied')", 2, "error: [Errno 13] Permission denied"),
+    ],
+    ids=["bug", "ctrl-c", "os-error"],
+)
+def test_cli_any_other_failure_is_one_line_without_a_traceback(
+    tmp_path: Path, raised: str, status: int, says: str
+) -> None:
+    with SpillCache(tmp_path / "s") as cache:
+        cache.put(0, {"x": 1})
+    code = (
+        "import sys, spillcache.cli as cli\n"
+        "def fail(path):\n"
+        f"    raise {raised}\n"
+        "cli.cache_info = fail\n"
+        "sys.exit(cli.main(sys.argv[1:]))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    result = subprocess.run(
+        [sys.executable, "-c", code, "info", str(tmp_path / "s")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == status
+    assert result.stderr.splitlines() == [f"spillcache: {says}"]
+
+
+# -- 11. the demo --------------------------------------------------------------------------------
+
+
+def test_the_demo_shows_warm_epochs_preload_and_a_second_run(tmp_path: Path) -> None:
+    lines: list[str] = []
+    reports = spillcache.demo.run_demo(
+        samples=40, sample_kib=4, latency=0.002, epochs=2, path=tmp_path / "s", echo=lines.append
+    )
+    assert [(r.run, r.epoch) for r in reports] == [(1, 1), (1, 2), (2, 1), (3, 1)]
+    cold, warm, reused, preloaded = reports
+    assert cold.miss_rate > 0.9 and warm.miss_rate == 0 and reused.miss_rate == 0
+    assert reused.disk_hit_rate == 1.0  # the second run starts from the store on disk
+    assert preloaded.what == "fresh store + preload"
+    assert (tmp_path / "s" / "data.mdb").is_file()  # --path keeps the store
+    again = spillcache.demo.run_demo(
+        samples=40, sample_kib=4, latency=0.002, epochs=1, path=tmp_path / "s", echo=lines.append
+    )
+    assert again[0].what == "warm: a past run's store" and again[0].miss_rate == 0
