@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from spillcache import SpillCache
+from spillcache.sizing import memory_limit
 
 from .workloads import (
     Sample,
@@ -199,7 +200,9 @@ class Spill(Contender):
 
     def fill(self, samples: list[Sample], root: Path) -> None:
         self.path = root / f"spill-{'ram' if self.ram else 'disk'}-{int(self.copy)}"
-        self.cache = SpillCache(self.path, ram_budget=1 << 40 if self.ram else 0, copy=self.copy)
+        # All of memory: "everything fits" without a budget above the limit (which warns).
+        budget = memory_limit() if self.ram else 0
+        self.cache = SpillCache(self.path, ram_budget=budget, copy=self.copy)
         for i, s in enumerate(samples):
             self.cache.put(i, s)
         self.cache.flush()

@@ -115,7 +115,7 @@ def test_cli_info_verify_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main(["clear", "--yes", str(path)]) == 0
     assert not path.exists()
     assert main(["info", str(path)]) == 2
-    assert "not a spillcache store" in capsys.readouterr().err
+    assert f"{str(path)!r} does not exist" in capsys.readouterr().err
 
 
 def test_cli_clear_asks_and_refuses_without_a_terminal(tmp_path: Path) -> None:
@@ -135,12 +135,21 @@ def test_cli_clear_asks_and_refuses_without_a_terminal(tmp_path: Path) -> None:
 def test_cli_demo_runs_small(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--samples", "60", "--sample-kib", "8", "--latency-ms", "0"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1].split()[0] == "epoch"
-    rows = [line.split() for line in lines[2:]]
-    assert [r[0] for r in rows] == ["1", "2", "3"]
+    assert lines[1].split()[:2] == ["run", "epoch"]
+    rows = [line.split() for line in lines[2:7]]
+    # Run 1: three epochs; run 2 reuses the store; run 3 is a fresh store with a preload.
+    assert [(r[0], r[1]) for r in rows] == [
+        ("1", "1"),
+        ("1", "2"),
+        ("1", "3"),
+        ("2", "1"),
+        ("3", "1"),
+    ]
     # Epoch 1 misses all but the two samples that were loaded to fingerprint the data.
     assert rows[0][-1] == f"{58 / 60:.1%}"
     assert rows[1][-1] == "0.0%" and rows[2][-1] == "0.0%"  # then never again
+    assert rows[3][-1] == "0.0%" and rows[3][-2] == "100.0%"  # the second run: all from disk
+    assert [line.split(":")[0] for line in lines[7:]] == ["warm epochs", "second run", "preload"]
 
 
 def test_copy_while_in_use_and_reuse_the_copy(tmp_path: Path) -> None:

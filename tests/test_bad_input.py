@@ -67,15 +67,32 @@ BUDGET_ARGUMENTS: dict[str, Callable[[Path, object], object]] = {
     "DataCache(cache_ram_budget)": lambda p, v: _hyrax(p, cache_ram_budget=v),
     "DataCache(cache_disk_budget)": lambda p, v: _hyrax(p, cache_disk_budget=v),
 }
-BAD_BUDGETS = ["lots", "-1GiB", 1.5, -1, "1.5", "150%", "0%", "12 parsecs", [1], float("nan")]
+# One rule: a wrong type raises TypeError, a wrong value of the right type ValueError.
+BAD_BUDGETS: list[tuple[object, type[Exception]]] = [
+    ("lots", ValueError),
+    ("-1GiB", ValueError),
+    ("-5MiB", ValueError),
+    (-1, ValueError),
+    ("1.5", ValueError),
+    ("150%", ValueError),
+    ("0%", ValueError),
+    ("12 parsecs", ValueError),
+    (1.5, TypeError),
+    ([1], TypeError),
+    (float("nan"), TypeError),
+    (True, TypeError),
+]
 
 
-@pytest.mark.parametrize("value", BAD_BUDGETS, ids=repr)
+@pytest.mark.parametrize(("value", "error"), BAD_BUDGETS, ids=repr)
 @pytest.mark.parametrize("entry", sorted(BUDGET_ARGUMENTS))
-def test_bad_budget_names_the_argument(tmp_path: Path, entry: str, value: object) -> None:
+def test_bad_budget_names_the_argument(
+    tmp_path: Path, entry: str, value: object, error: type[Exception]
+) -> None:
     argument = entry.split("(")[1].rstrip(")")
-    with pytest.raises(ValueError, match=argument):
+    with pytest.raises(error, match=argument) as caught:
         BUDGET_ARGUMENTS[entry](tmp_path / "store", value)
+    assert type(caught.value) is error
     assert list(tmp_path.iterdir()) == []
 
 
@@ -119,7 +136,7 @@ def test_path_of_a_wrong_type(tmp_path: Path, entry: str, value: object) -> None
 
 OTHER_ARGUMENTS: list[tuple[str, dict[str, object], type[Exception]]] = [
     ("on_mismatch", {"on_mismatch": "ignore"}, ValueError),
-    ("on_mismatch", {"on_mismatch": None}, ValueError),
+    ("on_mismatch", {"on_mismatch": None}, TypeError),
     ("on_mismatch", {"on_mismatch": "Rebuild"}, ValueError),
     ("fingerprint", {"fingerprint": 42}, TypeError),
     ("fingerprint", {"fingerprint": b"v1"}, TypeError),
@@ -174,20 +191,29 @@ def test_bad_dataset_indices(tmp_path: Path, index: object, error: type[Exceptio
 
 
 @pytest.mark.parametrize(
-    ("config", "text"),
+    ("config", "text", "error"),
     [
-        ([("data_set", {})], "config"),
-        ({"data_set": ["use_cache"]}, "data_set"),
-        ({"data_set": {"use_cache": "false"}}, "use_cache"),
-        ({"data_set": {"cache_dir": Path("/tmp")}}, "cache_dir"),
-        ({"data_set": {"cache_fingerprint": 3.5}}, "cache_fingerprint"),
-        ({"data_set": {"preload_threads": -2}}, "preload_threads"),
+        ([("data_set", {})], "config", TypeError),
+        ({"data_set": ["use_cache"]}, "data_set", TypeError),
+        ({"data_set": {"use_cache": "false"}}, "use_cache", TypeError),
+        ({"data_set": {"preload_cache": 1}}, "preload_cache", TypeError),
+        ({"data_set": {"cache_dir": Path("/tmp")}}, "cache_dir", TypeError),
+        ({"data_set": {"cache_fingerprint": 3.5}}, "cache_fingerprint", TypeError),
+        ({"data_set": {"cache_ram_budget": 1.5}}, "cache_ram_budget", TypeError),
+        ({"data_set": {"cache_ram_budget": "-5MiB"}}, "cache_ram_budget", ValueError),
+        ({"data_set": {"cache_disk_budget": [1]}}, "cache_disk_budget", TypeError),
+        ({"data_set": {"cache_disk_budget": "lots"}}, "cache_disk_budget", ValueError),
+        ({"data_set": {"preload_threads": -2}}, "preload_threads", ValueError),
+        ({"data_set": {"preload_threads": "fast"}}, "preload_threads", ValueError),
+        ({"data_set": {"preload_threads": 2.0}}, "preload_threads", TypeError),
+        ({"data_set": {"preload_threads": True}}, "preload_threads", TypeError),
     ],
     ids=repr,
 )
-def test_bad_hyrax_config_names_the_key(config: object, text: str) -> None:
-    with pytest.raises(ValueError, match=text):
+def test_bad_hyrax_config_names_the_key(config: object, text: str, error: type) -> None:
+    with pytest.raises(error, match=text) as caught:
         DataCache(config, Provider())  # type: ignore[arg-type]
+    assert type(caught.value) is error
 
 
 # -- administration: only stores are ever touched --------------------------------------------------
@@ -217,7 +243,7 @@ def test_admin_refuses_what_is_not_a_store_and_touches_nothing(tmp_path: Path, w
     NOT_STORES[what](target)
     before = _snapshot(tmp_path)
     for call in (clear_cache, find_stores, cache_info, verify):
-        with pytest.raises(StoreError, match="store"):
+        with pytest.raises(StoreError, match=r"store|does not exist"):
             call(target)
         assert _snapshot(tmp_path) == before, call.__name__
     assert main(["clear", "--yes", str(target)]) == 2

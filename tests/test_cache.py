@@ -473,19 +473,19 @@ def test_unsupported_sample_names_the_path(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "name"),
+    ("kwargs", "name", "error"),
     [
-        ({"ram_budget": "lots"}, "ram_budget"),
-        ({"ram_budget": "-1GiB"}, "ram_budget"),
-        ({"ram_budget": 1.5}, "ram_budget"),
-        ({"disk_budget": "lots"}, "disk_budget"),
-        ({"on_mismatch": "ignore"}, "on_mismatch"),
+        ({"ram_budget": "lots"}, "ram_budget", ValueError),
+        ({"ram_budget": "-1GiB"}, "ram_budget", ValueError),
+        ({"ram_budget": 1.5}, "ram_budget", TypeError),  # a wrong type (#14: was ValueError)
+        ({"disk_budget": "lots"}, "disk_budget", ValueError),
+        ({"on_mismatch": "ignore"}, "on_mismatch", ValueError),
     ],
 )
 def test_bad_arguments_name_the_argument(
-    tmp_path: Path, kwargs: dict[str, object], name: str
+    tmp_path: Path, kwargs: dict[str, object], name: str, error: type[Exception]
 ) -> None:
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(error, match=name):
         SpillCache(tmp_path / "s", **kwargs)  # type: ignore[arg-type]
     assert not (tmp_path / "s").exists()
 

@@ -226,8 +226,9 @@ def test_autograd_and_lazy_bits_are_stored_as_plain_data() -> None:
     neg = torch.tensor([1 + 2j, -3j], dtype=torch.complex128).conj().imag
     assert conj.is_conj() and neg.is_neg()
     out = roundtrip([grad, conj, neg])
-    assert not out[0].requires_grad
-    assert torch.equal(out[0], grad.detach())
+    # requires_grad is kept (a leaf: the history is not); before #14 it came back False.
+    assert out[0].requires_grad and out[0].is_leaf
+    assert torch.equal(out[0].detach(), grad.detach())
     assert not out[1].is_conj() and not out[2].is_neg()
     assert torch.equal(out[1], torch.tensor([1 - 2j, 3j], dtype=torch.complex64))
     assert torch.equal(out[2], torch.tensor([-2.0, 3.0], dtype=torch.float64))
@@ -616,7 +617,7 @@ def test_clone_normalises_like_decode() -> None:
     ]
     cloned, decoded = clone(sample), roundtrip(sample)
     assert_sample_equal(cloned, decoded)
-    assert not cloned[0].requires_grad and not cloned[1].is_conj()
+    assert cloned[0].requires_grad and cloned[0].is_leaf and not cloned[1].is_conj()
     assert cloned[2].dtype.isnative and all(c.flags.c_contiguous for c in cloned[2:])
     assert all(c.flags.writeable for c in cloned[2:])
 

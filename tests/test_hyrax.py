@@ -93,22 +93,24 @@ def test_index_checks_match_hyrax(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("key", "value"),
+    ("key", "value", "error"),
     [
-        ("use_cache", "yes"),
-        ("preload_cache", 1),
-        ("preload_threads", 0),
-        ("preload_threads", "many"),
-        ("cache_dir", 3),
-        ("cache_ram_budget", "lots"),
-        ("cache_ram_budget", True),
-        ("cache_disk_budget", "-1GiB"),
-        ("cache_fingerprint", 5),
+        ("use_cache", "yes", TypeError),
+        ("preload_cache", 1, TypeError),
+        ("preload_threads", 0, ValueError),
+        ("preload_threads", "many", ValueError),
+        ("cache_dir", 3, TypeError),
+        ("cache_ram_budget", "lots", ValueError),
+        ("cache_ram_budget", True, TypeError),
+        ("cache_disk_budget", "-1GiB", ValueError),
+        ("cache_fingerprint", 5, TypeError),
     ],
 )
-def test_bad_config_names_the_key(key: str, value: object) -> None:
-    with pytest.raises(ValueError, match=key):
+def test_bad_config_names_the_key(key: str, value: object, error: type[Exception]) -> None:
+    # One rule (#14): a wrong type is a TypeError, a wrong value a ValueError.
+    with pytest.raises(error, match=key) as caught:
         DataCache(config(**{key: value}), Provider())
+    assert type(caught.value) is error
 
 
 def test_hyrax_shipped_values_are_accepted(tmp_path: Path) -> None:

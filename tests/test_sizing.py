@@ -94,8 +94,6 @@ def test_parse_budget_message_for_a_non_size() -> None:
         "lots",
         "-1GiB",
         -5,
-        1.5,
-        1024.0,
         "1.5",
         "1.5B",
         "",
@@ -109,18 +107,27 @@ def test_parse_budget_message_for_a_non_size() -> None:
         "5 XB",
         "1e9",
         "1,024",
-        True,
-        False,
-        None,
-        float("nan"),
-        b"1024",
-        [1024],
+        "-5MiB",
     ],
 )
 def test_parse_budget_rejects_with_the_argument_name(value: object) -> None:
     with pytest.raises(ValueError, match=r"^disk_budget=") as info:
         parse_budget(value, name="disk_budget", total=lambda: 1000)
     assert repr(value) in str(info.value)
+
+
+@pytest.mark.parametrize("value", [1.5, 1024.0, True, False, None, float("nan"), b"1024", [1024]])
+def test_parse_budget_rejects_other_types_with_type_error(value: object) -> None:
+    # One rule (#14): a wrong type is a TypeError (it was a ValueError before).
+    with pytest.raises(TypeError, match=r"^disk_budget=") as info:
+        parse_budget(value, name="disk_budget", total=lambda: 1000)
+    assert repr(value) in str(info.value)
+
+
+@pytest.mark.parametrize("value", ["-5MiB", "-1", "- 2 GiB", "-5%"])
+def test_parse_budget_negative_strings_say_negative(value: str) -> None:
+    with pytest.raises(ValueError, match="is negative"):
+        parse_budget(value, name="ram_budget", total=lambda: 1000)
 
 
 def test_parse_budget_percentage_without_total() -> None:

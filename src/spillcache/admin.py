@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -12,7 +13,15 @@ from pathlib import Path
 import lmdb
 
 from .codec import decode
-from .disk import MARKER, inspected, is_store, live_tier, owned_files, store_files_size
+from .disk import (
+    MARKER,
+    inspected,
+    is_store,
+    live_tier,
+    not_a_store,
+    owned_files,
+    store_files_size,
+)
 from .errors import CodecError, StoreError
 
 __all__ = [
@@ -24,6 +33,8 @@ __all__ = [
     "find_stores",
     "verify",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,11 +89,11 @@ def find_stores(path: str | os.PathLike[str]) -> list[Path]:
     StoreError
         If ``path`` is neither; the message names what is in the way.
     """
-    root = Path(path)
+    root = Path(path).expanduser()
     if is_store(root):
         return [root]
     if not root.is_dir():
-        raise StoreError(f"{str(root)!r} is not a spillcache store or a directory of stores")
+        raise StoreError(f"{str(root)!r} {not_a_store(root)}")
     entries = sorted(root.iterdir())
     others = [e.name for e in entries if not is_store(e)]
     if not entries or others:
@@ -107,6 +118,7 @@ def cache_info(path: str | os.PathLike[str]) -> CacheInfo:
     StoreError
         If ``path`` is not a store (or is damaged).
     """
+    path = Path(path).expanduser()
     with inspected(path) as tier:
         meta = tier.describe()
     created = meta["created"]
@@ -134,6 +146,7 @@ def verify(path: str | os.PathLike[str]) -> VerifyReport:
     path : str or os.PathLike
         A store directory.
     """
+    path = Path(path).expanduser()
     bad: list[int] = []
 
     def check(key: int, value: memoryview) -> None:
@@ -197,6 +210,7 @@ def copy_cache(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> list
             shutil.copyfile(store / MARKER, target / MARKER)
             with inspected(store) as tier:
                 tier.copy_to(target)
+            logger.info("copied the store at %s to %s", store, target)
     except BaseException as exc:
         _remove_copies(written, created)
         if isinstance(exc, (OSError, StoreError, lmdb.Error)):
@@ -264,6 +278,7 @@ def clear_cache(path: str | os.PathLike[str]) -> list[Path]:
         If ``path`` is not a store or a directory of stores, or a store is open in this
         process (close it first).
     """
+    path = Path(path).expanduser()
     stores = find_stores(path)
     for store in stores:
         if live_tier(store) is not None:
@@ -272,6 +287,7 @@ def clear_cache(path: str | os.PathLike[str]) -> list[Path]:
             )
     for store in stores:
         _remove_store(store)
+        logger.info("deleted the store at %s", store)
     root = Path(path)
     if root not in stores:
         with contextlib.suppress(OSError):

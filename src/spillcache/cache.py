@@ -6,7 +6,6 @@ import os
 import shutil
 import tempfile
 import threading
-import warnings
 import weakref
 from pathlib import Path
 from typing import Any, Literal
@@ -20,8 +19,16 @@ from .codec import Encoding, clone, decode, replicate, view
 from .disk import DiskTier, SpillCacheWarning, Value
 from .errors import CodecError
 from .ram import RamTier
-from .sizing import ENTRY_OVERHEAD, filesystem_size, memory_limit, parse_budget, sample_nbytes
+from .sizing import (
+    ENTRY_OVERHEAD,
+    check_ram_budget,
+    filesystem_size,
+    memory_limit,
+    parse_budget,
+    sample_nbytes,
+)
 from .stats import CacheStats
+from .userwarn import warn
 
 __all__ = ["SpillCache", "check_key"]
 
@@ -122,6 +129,8 @@ class SpillCache(Closing):
         readahead: bool = True,
         allow_remote_fs: bool = False,
     ) -> None:
+        if not isinstance(on_mismatch, str):
+            raise TypeError(f"on_mismatch={on_mismatch!r} is not a str; use 'rebuild' or 'error'")
         if on_mismatch not in ("rebuild", "error"):
             raise ValueError(f"on_mismatch={on_mismatch!r} is invalid; use 'rebuild' or 'error'")
         if fingerprint is not None and not isinstance(fingerprint, str):
@@ -136,8 +145,13 @@ class SpillCache(Closing):
         if path is not None and not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be a str, os.PathLike or None, not {type(path).__name__}")
         ram_bytes = parse_budget(ram_budget, name="ram_budget", total=memory_limit)
+        check_ram_budget(ram_bytes)
         temporary = path is None
-        root = Path(tempfile.mkdtemp(prefix="spillcache-")) if path is None else Path(path)
+        root = (
+            Path(tempfile.mkdtemp(prefix="spillcache-"))
+            if path is None
+            else Path(path).expanduser()
+        )
         disk_bytes = (
             None
             if disk_budget is None
@@ -330,7 +344,9 @@ class SpillCache(Closing):
             self._overtaken.discard(k)
         return overtaken
 
-    def put(self, key: object, sample: object, *, evict: bool = True) -> bool:
+    def put(
+        self, key: object, sample: object, *, evict: bool = True, name: str | None = None
+    ) -> bool:
         """Store ``sample`` under ``key`` (overwriting), in RAM if it fits and on disk.
 
         Parameters
@@ -344,6 +360,9 @@ class SpillCache(Closing):
         evict : bool
             ``False``: the RAM tier takes the sample only into free space (what a background
             fill should do: never push out what training uses).
+        name : str or None
+            What error messages call the sample, e.g. ``"dataset[5]"`` (the message then reads
+            ``cannot encode dataset[5]['meta']: ...``); ``None``: ``"sample 5"`` for key 5.
 
         Returns
         -------
@@ -358,8 +377,11 @@ class SpillCache(Closing):
         """
         k = check_key(key)
         if sample is None:
-            raise TypeError("a sample cannot be None: get() returns None for a miss")
-        encoding = Encoding(sample)
+            raise TypeError(
+                f"cannot put None under key {k}: a cache cannot store None, which get() returns "
+                "for a miss; store a sample (an empty dict if there is nothing to store)"
+            )
+        encoding = Encoding(sample, name=f"sample {k}" if name is None else name)
         admits = self._may_admit()
         fits = False
         if admits:
@@ -512,7 +534,7 @@ class SpillCache(Closing):
     def _warn_once(self, kind: str, message: str) -> None:
         if kind not in self._warned:
             self._warned.add(kind)
-            warnings.warn(message, SpillCacheWarning, stacklevel=3)
+            warn(message, SpillCacheWarning)
 
     # -- fork ------------------------------------------------------------------------------------
 

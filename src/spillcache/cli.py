@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
+from . import __version__
 from .admin import cache_info, clear_cache, copy_cache, find_stores, verify
 from .demo import run_demo
 from .disk import store_files_size
-from .errors import StoreError
+from .errors import FingerprintMismatch, StoreError
 
 __all__ = ["main"]
 
@@ -101,51 +103,112 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, naming the command and its ``--help``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an int of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is less than {minimum}")
+        return value
+
+    return parse
+
+
+def _milliseconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a duration (0 or more)")
+    return value
+
+
+_STORE_PATH = "a store, or a directory whose entries are all stores (such as a Hyrax cache_dir)"
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="spillcache",
         description="Inspect, verify, copy and clear spillcache stores, or run the demo.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"spillcache {__version__}")
+    sub = parser.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        parser_class=_Parser,
+        help="what to do (each has its own --help)",
+    )
     info = sub.add_parser("info", help="describe a store (or every store in a cache directory)")
-    info.add_argument("path")
+    info.add_argument("path", help=_STORE_PATH)
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(run=_info)
     check = sub.add_parser("verify", help="decode every entry; exit 1 on any fault")
-    check.add_argument("path")
+    check.add_argument("path", help=_STORE_PATH)
     check.set_defaults(run=_verify)
     clear = sub.add_parser("clear", help="delete a store (or every store in a cache directory)")
-    clear.add_argument("path")
+    clear.add_argument("path", help=_STORE_PATH)
     clear.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     clear.set_defaults(run=_clear)
     copy = sub.add_parser(
         "copy", help="write a compacted copy of a store (or cache directory); safe while in use"
     )
-    copy.add_argument("src")
+    copy.add_argument("src", help=_STORE_PATH)
     copy.add_argument("dst", help="a new or empty directory")
     copy.set_defaults(run=_copy)
-    demo = sub.add_parser("demo", help="three epochs over a slow data set 3x the RAM budget")
-    demo.add_argument("--samples", type=int, default=1200, help="data set size (default 1200)")
-    demo.add_argument(
-        "--sample-kib", type=int, default=128, help="image KiB per sample (default 128)"
+    demo = sub.add_parser(
+        "demo", help="warm epochs, a preload and a second run over a slow data set 3x the RAM"
     )
     demo.add_argument(
-        "--latency-ms", type=float, default=10.0, help="source cost per sample (default 10 ms)"
+        "--samples", type=_count(1), default=1200, help="data set size (default 1200)"
     )
-    demo.add_argument("--epochs", type=int, default=3, help="epochs (default 3)")
+    demo.add_argument(
+        "--sample-kib", type=_count(1), default=128, help="image KiB per sample (default 128)"
+    )
+    demo.add_argument(
+        "--latency-ms",
+        type=_milliseconds,
+        default=10.0,
+        help="source cost per sample (default 10 ms)",
+    )
+    demo.add_argument(
+        "--epochs", type=_count(1), default=3, help="epochs of the first run (default 3)"
+    )
     demo.add_argument("--path", default=None, help="store directory (default: temporary)")
     demo.set_defaults(run=_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit status."""
+    """Run the command line; return the exit status.
+
+    Errors are one line on stderr, never a traceback: exit status 2 for bad arguments and for
+    paths that are not stores (or cannot be written), 1 for any other failure, 130 on Ctrl-C.
+    """
     args = _parser().parse_args(argv)
     try:
         return int(args.run(args))
-    except StoreError as exc:
-        print(f"spillcache: {exc}", file=sys.stderr)
+    except (StoreError, FingerprintMismatch, OSError) as exc:
+        print(f"spillcache: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("spillcache: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a command line shows what failed, not where in the code
+        print(f"spillcache: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

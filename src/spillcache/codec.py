@@ -37,6 +37,8 @@ dimensions, but no lengths or values, so samples of the same shape share the sam
             | "g" dtype                      numpy scalar
             | "a" dtype u8:ndim              numpy array
             | "t" tname u8:ndim              torch tensor
+            | "r" tname u8:ndim              torch tensor with requires_grad=True (floating
+                                             point and complex dtypes only)
     dtype  := u8:len ascii[len]    numpy ``dtype.str``: "<f4", "|b1", "<M8[ns]", "<U3", ...
     tname  := u8:len ascii[len]    torch dtype name without "torch.": "float32", "bfloat16", ...
 
@@ -192,19 +194,53 @@ class _PathError(Exception):
         self.reason = reason
         self.path: list[str] = []  # innermost first
 
-    def located(self, action: str) -> Exception:
-        where = "sample" + "".join(reversed(self.path))
+    def located(self, action: str, name: str = "sample") -> Exception:
+        where = name + "".join(reversed(self.path))
         return self.kind(f"cannot {action} {where}: {self.reason}")
+
+
+_SUPPORTED: Final = (
+    "supported: dict with str/int keys, list, tuple, torch.Tensor, numpy.ndarray, numpy scalars "
+    "(not long double), int, float, bool, str, bytes, None"
+)
+# Containers and leaves stored only as exactly these types.
+_PLAIN_BASES: Final = (dict, list, tuple, str, bytes, int, float)
 
 
 def _unsupported(x: object) -> _PathError:
     kind = type(x)
-    return _PathError(
-        TypeError,
-        f"unsupported type {kind.__module__}.{kind.__qualname__} (supported: dict with str/int "
-        "keys, list, tuple, torch.Tensor, numpy.ndarray, numpy scalars, int, float, bool, str, "
-        "bytes, None)",
-    )
+    name = f"{kind.__module__}.{kind.__qualname__}"
+    # The supported list must not seem to include what is refused: say why instead.
+    if isinstance(x, torch.Tensor):
+        reason = (
+            f"unsupported type {name}, a subclass of torch.Tensor (only plain torch.Tensor is "
+            "supported: convert it with .as_subclass(torch.Tensor), or .detach())"
+        )
+    elif isinstance(x, np.ndarray):
+        reason = (
+            f"unsupported type {name}, a subclass of numpy.ndarray (only plain numpy.ndarray "
+            "and numpy.memmap are supported: convert it with numpy.asarray)"
+        )
+    elif isinstance(x, np.generic) and x.dtype in _PLATFORM_DEPENDENT:
+        reason = (
+            f"unsupported type {name}: long double has a different size and layout on other "
+            "platforms, so a stored value could not be read back there; convert it to "
+            "numpy.float64 (or numpy.complex128)"
+        )
+    elif isinstance(x, np.generic):
+        reason = (
+            f"unsupported numpy scalar type {name} (supported numpy scalars: bool_, integers, "
+            "floats, complex, datetime64, timedelta64, str_, bytes_)"
+        )
+    elif base := next((b for b in _PLAIN_BASES if isinstance(x, b)), None):
+        reason = (
+            f"unsupported type {name}, a subclass of {base.__name__} (only {base.__name__} "
+            f"itself is stored, so that a sample decodes to what was put: convert it with "
+            f"{base.__name__}(...))"
+        )
+    else:
+        reason = f"unsupported type {name} ({_SUPPORTED})"
+    return _PathError(TypeError, reason)
 
 
 def _too_deep() -> _PathError:
@@ -242,8 +278,20 @@ def _key_token(key: object) -> bytes:
 def _stored_dtype(dtype: np.dtype[Any], kinds: frozenset[str]) -> np.dtype[Any]:
     """Return the little-endian dtype values of ``dtype`` are stored as, refusing others."""
     if dtype.kind not in kinds or dtype in _PLATFORM_DEPENDENT or dtype.itemsize == 0:
-        raise _PathError(TypeError, f"unsupported numpy dtype {dtype!s}")
+        raise _PathError(TypeError, f"unsupported numpy dtype {dtype!s} ({_dtype_advice(dtype)})")
     return dtype.newbyteorder("<") if dtype.byteorder == ">" else dtype
+
+
+def _dtype_advice(dtype: np.dtype[Any]) -> str:
+    if dtype in _PLATFORM_DEPENDENT:
+        return "long double differs between platforms: convert to float64 or complex128"
+    if dtype.hasobject:
+        return "object arrays are not stored: nothing is pickled"
+    if dtype.names is not None:
+        return "structured arrays are not supported: store each field as its own array"
+    if dtype.itemsize == 0:
+        return "zero-sized dtypes are not supported"
+    return "supported: bool, integers, floats, complex, datetime64, timedelta64, bytes, str"
 
 
 def _spec_heads(
@@ -331,6 +379,8 @@ class Encoding:
     ----------
     sample : object
         As for :func:`encode`, which raises the same errors here.
+    name : str
+        What error messages call the sample (``"dataset[5]"``: ``dataset[5]['meta']``).
 
     Attributes
     ----------
@@ -343,8 +393,8 @@ class Encoding:
 
     __slots__ = ("_parts", "array_bytes", "size")
 
-    def __init__(self, sample: object) -> None:
-        self._parts, data_size, self.array_bytes = _layout(sample)
+    def __init__(self, sample: object, *, name: str = "sample") -> None:
+        self._parts, data_size, self.array_bytes = _layout(sample, name)
         self.size = data_size + _CHECKSUM.size
 
     def __len__(self) -> int:
@@ -406,7 +456,7 @@ def _joined(parts: list[_Data]) -> bytes:
     return b"".join([*parts, _CHECKSUM.pack(hasher.intdigest())])
 
 
-def _layout(sample: object) -> tuple[list[_Data], int, int]:
+def _layout(sample: object, name: str) -> tuple[list[_Data], int, int]:
     """The parts of ``sample``'s value up to its checksum, their size, and the arrays' share."""
     spec: list[bytes] = []
     nums: list[Any] = []
@@ -414,7 +464,7 @@ def _layout(sample: object) -> tuple[list[_Data], int, int]:
     try:
         _emit(sample, spec, nums, payloads, 0)
     except _PathError as exc:
-        raise exc.located("encode") from None
+        raise exc.located("encode", name) from None
     spec_bytes = b"".join(spec)
     plan = _plan(spec_bytes)
     parts: list[_Data] = [
@@ -531,9 +581,11 @@ def _emit_tensor(
     x: torch.Tensor, spec: list[bytes], nums: list[Any], payloads: list[_Payload]
 ) -> None:
     info = _torch_type(x)
+    # "r" keeps the flag; "t", all that values had before it existed, still means False.
+    head = b"r" + info.head[1:] if x.requires_grad else info.head
     x = _dense(x).contiguous()
     data = (x if info.carrier is None else x.view(info.carrier)).numpy()
-    _emit_buffer(info.head, data, spec, nums, payloads)
+    _emit_buffer(head, data, spec, nums, payloads)
 
 
 def _emit_buffer(
@@ -923,16 +975,24 @@ def _decode_int(raw: bytes | memoryview) -> int:
     return int.from_bytes(raw, "little", signed=True)
 
 
-def _tensor_converter(view: torch.dtype | None) -> Callable[[_Array], torch.Tensor]:
-    """Turn a freshly copied array into a tensor, viewed as ``view`` if numpy lacks the dtype."""
-    if view is None:
+def _tensor_converter(
+    view: torch.dtype | None, grad: bool = False
+) -> Callable[[_Array], torch.Tensor]:
+    """Turn a freshly copied array into a tensor, viewed as ``view`` if numpy lacks the dtype.
+
+    ``grad``: the tensor requires grad (a leaf, as the tensor that was encoded is once detached).
+    """
+    if view is None and not grad:
         return torch.from_numpy
-    dtype: torch.dtype = view
+    dtype = view
 
-    def viewed_tensor(array: _Array) -> torch.Tensor:
-        return torch.from_numpy(array).view(dtype)
+    def converted_tensor(array: _Array) -> torch.Tensor:
+        tensor = torch.from_numpy(array)
+        if dtype is not None:
+            tensor = tensor.view(dtype)
+        return tensor.requires_grad_() if grad else tensor
 
-    return viewed_tensor
+    return converted_tensor
 
 
 _BLOB_DECODERS: Final[dict[bytes, Callable[[Any], object]]] = {
@@ -1046,11 +1106,14 @@ class _SpecCompiler:
             return self.op(_Op(_SCALAR, 0, 0, dtype, dtype.itemsize, None))
         if tag == b"a":
             return self.op(self.array_op(self.dtype(_ARRAY_KINDS), None))
-        if tag == b"t":
+        if tag in (b"t", b"r"):
             info = _TORCH_BY_NAME.get(self.take(self.take(1)[0]))
             if info is None:
                 raise CodecError("unknown torch dtype")
-            convert = _tensor_converter(None if info.carrier is None else info.dtype)
+            grad = tag == b"r"
+            if grad and not (info.dtype.is_floating_point or info.dtype.is_complex):
+                raise CodecError(f"a {info.dtype} tensor cannot require grad")
+            convert = _tensor_converter(None if info.carrier is None else info.dtype, grad)
             return self.op(self.array_op(info.numpy_dtype, convert))
         raise CodecError(f"unknown tag {tag!r} in the structure spec")
 
@@ -1127,8 +1190,8 @@ def clone(sample: _T) -> _T:
     """Deep-copy a sample as the RAM tier keeps it.
 
     Containers are rebuilt, every tensor and array is copied once (contiguous, writable,
-    detached, native byte order, as :func:`decode` would return it) and immutable leaves are
-    shared.
+    detached, native byte order, as :func:`decode` would return it; a tensor that requires grad
+    becomes a leaf that requires grad) and immutable leaves are shared.
 
     Parameters
     ----------
@@ -1181,7 +1244,8 @@ def _clone(x: Any, depth: int) -> Any:
 
 def _copy_tensor(t: torch.Tensor) -> torch.Tensor:
     _torch_type(t)
-    return _copy_plain_tensor(_dense(t))
+    copied = _copy_plain_tensor(_dense(t))
+    return copied.requires_grad_() if t.requires_grad else copied
 
 
 # torch copies tensors of this many elements or more with its intra-op thread pool
@@ -1248,6 +1312,8 @@ def _replicate(x: Any) -> Any:
         # Immutable leaves are shared without a call: most keys of a sample hold one.
         return {k: v if type(v) in _IMMUTABLE else _replicate(v) for k, v in x.items()}
     if kind is torch.Tensor:
+        if x.requires_grad:  # a clone would be a non-leaf with the original in its history
+            return _copy_plain_tensor(x.detach()).requires_grad_()
         # Samples made here are contiguous: clone() keeps them so.
         return x.clone() if x.numel() < _PARALLEL_NUMEL else _copy_plain_tensor(x)
     if kind is np.ndarray:

@@ -43,7 +43,7 @@ def _key(name: str) -> str:
 def _bool(section: Mapping[str, Any], name: str) -> bool:
     value = section.get(name, DEFAULTS[name])
     if not isinstance(value, bool):
-        raise ValueError(f"{_key(name)} = {value!r} must be true or false")
+        raise TypeError(f"{_key(name)} = {value!r} must be true or false")
     return value
 
 
@@ -52,14 +52,14 @@ def _optional_str(section: Mapping[str, Any], name: str) -> str | None:
     if value is None or value is False or value == "":
         return None
     if not isinstance(value, str):
-        raise ValueError(f"{_key(name)} = {value!r} must be a string, or false for none")
+        raise TypeError(f"{_key(name)} = {value!r} must be a string, or false for none")
     return value
 
 
 def _budget(section: Mapping[str, Any], name: str) -> int | str:
     value: object = section.get(name, DEFAULTS[name])
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise ValueError(
+        raise TypeError(
             f"{_key(name)} = {value!r} must be a size: bytes (int), a string like '4GiB', or a "
             "percentage like '25%'"
         )
@@ -88,14 +88,16 @@ def settings_from_config(config: Mapping[str, Any]) -> CacheSettings:
 
     Raises
     ------
+    TypeError
+        Naming the key whose value has the wrong type (``use_cache = "false"``).
     ValueError
-        Naming the key whose value has the wrong type or an invalid value.
+        Naming the key whose value is invalid (``preload_threads = 0``).
     """
     if not isinstance(config, Mapping):
-        raise ValueError(f"config must be a mapping (a Hyrax config), not {type(config).__name__}")
+        raise TypeError(f"config must be a mapping (a Hyrax config), not {type(config).__name__}")
     section = config.get("data_set", {})
     if not isinstance(section, Mapping):
-        raise ValueError(f'config["data_set"] must be a table, not {type(section).__name__}')
+        raise TypeError(f'config["data_set"] must be a table, not {type(section).__name__}')
     return CacheSettings(
         use_cache=_bool(section, "use_cache"),
         preload_cache=_bool(section, "preload_cache"),

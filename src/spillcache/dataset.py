@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import operator
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -16,17 +15,21 @@ import torch.utils.data
 from .cache import SpillCache
 from .closing import Closing
 from .codec import digest, encode
+from .disk import SpillCacheWarning
 from .errors import FingerprintMismatch
+from .indices import as_index, in_range
 from .preload import (
     Preloader,
     SingleFlight,
     StatsLogger,
     SummaryWriterLike,
     Threads,
+    check_log_every,
     check_threads,
     preview_order,
 )
 from .stats import CacheStats
+from .userwarn import warn
 
 __all__ = ["CachedDataset", "NondeterministicDataError", "default_fingerprint"]
 
@@ -138,6 +141,13 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
         summary_writer: SummaryWriterLike | str | os.PathLike[str] | None = None,
         log_every: int = 1000,
     ) -> None:
+        if isinstance(dataset, torch.utils.data.IterableDataset):
+            raise TypeError(
+                f"dataset ({type(dataset).__name__}) is an IterableDataset: CachedDataset "
+                "supports only map-style data sets (dataset[i] and len(dataset)), because a cache "
+                "looks samples up by index and an IterableDataset's samples have none; cache "
+                "the map-style data set the stream reads from, or make one"
+            )
         if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
             raise TypeError(
                 f"dataset must be a map-style data set (with __getitem__ and __len__), not "
@@ -145,11 +155,16 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
             )
         if transform is not None and not callable(transform):
             raise TypeError(f"transform must be callable or None, not {type(transform).__name__}")
-        if isinstance(probes, bool) or not isinstance(probes, int) or probes < 0:
+        if isinstance(probes, bool) or not isinstance(probes, int):
+            raise TypeError(f"probes={probes!r} is not an int; use a non-negative int (0 = off)")
+        if probes < 0:
             raise ValueError(f"probes={probes!r} is invalid; use a non-negative int (0 = off)")
         self.preload_threads: Threads = check_threads(preload_threads)
-        if progress not in (None, True, False):
-            raise ValueError(f"progress={progress!r} is invalid; use True, False or None")
+        if progress is not None and not isinstance(progress, bool):
+            raise TypeError(f"progress={progress!r} is invalid; use True, False or None")
+        if not isinstance(preload, bool):
+            raise TypeError(f"preload={preload!r} is invalid; use True or False")
+        check_log_every(log_every)
         self.progress = progress
         self.dataset = dataset
         self.transform = transform
@@ -158,6 +173,7 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
         self._flights = SingleFlight(copy=self._copy)
         self._preloader: Preloader | None = None
         self._summary: StatsLogger | None = None
+        self._probe_errors = 0
         vouched = fingerprint is not None
         self.cache = SpillCache(
             path,
@@ -222,8 +238,19 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
             return sample
 
     def _load(self, i: int) -> Any:
+        sample = self._source(i)
+        self.cache.put(i, sample, name=f"dataset[{i}]")
+        return sample
+
+    def _source(self, i: int) -> Any:
+        """``dataset[i]``, refusing None (which a cache cannot tell from a miss)."""
         sample = self.dataset[i]
-        self.cache.put(i, sample)
+        if sample is None:
+            raise TypeError(
+                f"the data set returned None for index {i} ({type(self.dataset).__name__}[{i}]); "
+                "a cache cannot store None, which stands for a miss: return a sample (an empty "
+                "dict if there is nothing to return)"
+            )
         return sample
 
     # -- preload ---------------------------------------------------------------------------------
@@ -260,7 +287,7 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
         self.stop_preload()
         self._preloader = Preloader(
             self.cache,
-            self.dataset.__getitem__,
+            self._source,
             indices,
             length=self._len,
             total=total,
@@ -308,20 +335,12 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
 
     def stats(self) -> CacheStats:
         """The cache's statistics with this data set's preload counters."""
-        return dataclasses.replace(self.cache.stats(), **self._flights.counters())
+        return dataclasses.replace(
+            self.cache.stats(), **self._flights.counters(), probe_errors=self._probe_errors
+        )
 
     def _normalize(self, index: object) -> int:
-        try:
-            i = operator.index(index)  # type: ignore[arg-type]
-        except TypeError:
-            raise TypeError(
-                f"CachedDataset indices must be integers, not {type(index).__name__}"
-            ) from None
-        if i < 0:
-            i += self._len
-        if not 0 <= i < self._len:
-            raise IndexError(f"index {index} is out of range for a data set of length {self._len}")
-        return i
+        return in_range(as_index(index, "CachedDataset"), self._len, index)
 
     # -- the sample probes -----------------------------------------------------------------------
 
@@ -330,31 +349,81 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
         recorded = self.cache._get_meta(_PROBES_META)
         if recorded is not None:
             stored = {int(k): v for k, v in json.loads(recorded).items()}
-            changed = [i for i, d in stored.items() if self._probe(i, d) != d]
+            changed = []
+            for i, recorded_digest in stored.items():
+                try:
+                    found = self._probe(i, recorded_digest)
+                except NondeterministicDataError:
+                    raise
+                except Exception as exc:
+                    # The source is down: the store cannot be checked, but it may well be right.
+                    self._unchecked(i, exc, on_mismatch)
+                    return
+                if found != recorded_digest:
+                    changed.append(i)
             if not changed:
                 return
-            message = (
-                f"samples {changed} of {type(self.dataset).__name__} differ from the ones cached "
-                "in this store (the data changed)"
+            name = type(self.dataset).__name__
+            which = (
+                f"sample {changed[0]} of {name} differs"
+                if len(changed) == 1
+                else (f"samples {changed} of {name} differ")
             )
+            reason = f"{which} from what this store was filled with (the data changed)"
             if on_mismatch == "error":
-                raise FingerprintMismatch(str(self.cache.path), f"sample digests {stored}", message)
-            self.cache._reset(message)
+                path = str(self.cache.path)
+                raise FingerprintMismatch(
+                    path,
+                    f"sample digests {stored}",
+                    reason,
+                    message=(
+                        f"the store at {path!r} was filled with other data: {reason}; open it "
+                        "with on_mismatch='rebuild' to empty and refill it, or clear it with "
+                        f"`spillcache clear {path}`"
+                    ),
+                )
+            self.cache._reset(reason)
         digests = {}
         for i in indices:
-            sample = self.dataset[i]
-            self.cache.put(i, sample)
-            digests[str(i)] = digest(encode(sample))
+            sample = self._source(i)
+            self.cache.put(i, sample, name=f"dataset[{i}]")
+            digests[str(i)] = _probe_digest(sample)
         self.cache._set_meta(_PROBES_META, json.dumps(digests).encode())
+
+    def _unchecked(self, index: int, exc: Exception, on_mismatch: str) -> None:
+        """Serve a store whose probe ``index`` could not be loaded; or raise, if asked to."""
+        path = str(self.cache.path)
+        failure = (
+            f"the store at {path!r} could not be checked against its data set: loading probe "
+            f"sample {type(self.dataset).__name__}[{index}] raised {type(exc).__name__}: {exc}"
+        )
+        if on_mismatch == "error":
+            raise FingerprintMismatch(
+                path,
+                "sample digests",
+                "unknown (a probe sample could not be loaded)",
+                message=(
+                    f"{failure}; with on_mismatch='error' an unchecked store is not served: pass "
+                    "fingerprint=... to vouch for the data (no probe is loaded), or probes=0 to "
+                    "skip this check"
+                ),
+            ) from exc
+        self._probe_errors = 1
+        warn(
+            f"{failure}; serving the store as it is (counted in stats().probe_errors); pass "
+            "fingerprint=... or probes=0 to skip this check, or on_mismatch='error' to refuse "
+            "an unchecked store",
+            SpillCacheWarning,
+        )
 
     def _probe(self, index: int, recorded: str) -> str | None:
         """Digest of ``dataset[index]`` (None past the end), loading twice if it differs."""
         if index >= self._len:
             return None
-        first = digest(encode(self.dataset[index]))
+        first = _probe_digest(self._source(index))
         if first == recorded:
             return first
-        if digest(encode(self.dataset[index])) != first:
+        if _probe_digest(self._source(index)) != first:
             raise NondeterministicDataError(
                 f"{type(self.dataset).__name__}[{index}] returned different samples on two "
                 "loads; a cache needs a deterministic data set: move random augmentation into "
@@ -395,3 +464,21 @@ def _probe_indices(n: int, count: int) -> list[int]:
     if count == 1 or n == 1:
         return [0]
     return sorted({round(j * (n - 1) / (count - 1)) for j in range(min(count, n))})
+
+
+def _probe_digest(sample: object) -> str:
+    """The digest of a probe sample, as stores made before tensors kept requires_grad hold it."""
+    return digest(encode(_without_grad(sample)))
+
+
+def _without_grad(x: object) -> object:
+    # Only the flag: values whose tensors require grad are encoded differently since #14.
+    if type(x) is torch.Tensor:
+        return x.detach() if x.requires_grad else x
+    if type(x) is dict:
+        return {k: _without_grad(v) for k, v in x.items()}
+    if type(x) is list:
+        return [_without_grad(v) for v in x]
+    if type(x) is tuple:
+        return tuple(_without_grad(v) for v in x)
+    return x

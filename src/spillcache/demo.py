@@ -1,11 +1,13 @@
-"""The ``spillcache demo``: a slow synthetic data set three times the RAM budget, three epochs."""
+"""The ``spillcache demo``: warm epochs, a preload and a second run, over a slow data set."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -57,7 +59,11 @@ class SlowDataset(torch.utils.data.Dataset[dict[str, Any]]):
 
 @dataclasses.dataclass(frozen=True)
 class EpochReport:
-    """What one demo epoch did."""
+    """What one demo epoch did.
+
+    ``run`` is 1 for the first run, 2 for the second run reusing its store, and 3 for the run
+    on a fresh store with a preload; ``what`` says in a few words what the epoch shows.
+    """
 
     epoch: int
     seconds: float
@@ -65,6 +71,8 @@ class EpochReport:
     ram_hit_rate: float
     disk_hit_rate: float
     miss_rate: float
+    run: int = 1
+    what: str = ""
 
 
 def _delta(after: CacheStats, before: CacheStats) -> tuple[float, float, float]:
@@ -73,6 +81,12 @@ def _delta(after: CacheStats, before: CacheStats) -> tuple[float, float, float]:
     miss = after.misses - before.misses
     total = max(1, ram + disk + miss)
     return ram / total, disk / total, miss / total
+
+
+_HEADER = (
+    f"{'run':>3} {'epoch':>5}  {'':<22} {'seconds':>7} {'samples/s':>9} {'RAM hits':>8} "
+    f"{'disk hits':>9} {'misses':>7}"
+)
 
 
 def run_demo(
@@ -84,18 +98,22 @@ def run_demo(
     path: str | os.PathLike[str] | None = None,
     echo: Callable[[str], None] = print,
 ) -> list[EpochReport]:
-    """Train-loop a slow data set through a CachedDataset and report each epoch.
+    """Show the three wins of a cache on a slow data set: warm epochs, preload, persistence.
 
-    The RAM budget is a third of the data, so every epoch after the first is served partly
-    from RAM and the rest from the LMDB store; the source is never called again.
+    Run 1 trains ``epochs`` epochs through a :class:`CachedDataset` whose RAM budget is a third
+    of the data: the first epoch loads every sample from the slow source, the next ones are
+    served from RAM and the LMDB store. Run 2 opens the same store again, as the next training
+    job would, and its first epoch is warm. Run 3 starts on a fresh store with
+    :meth:`CachedDataset.start_preload`, which loads samples ahead of training, many at once.
 
     Parameters
     ----------
     samples, sample_kib, latency, epochs
         Size of the data set, of each sample's image (KiB), the source's seconds per sample and
-        the number of epochs.
+        the number of epochs of run 1.
     path : str, os.PathLike or None
-        Store directory; ``None`` uses a temporary store. With a path, a second run starts warm.
+        Store directory of runs 1 and 2; ``None`` uses a temporary one. With a path, a later
+        demo starts warm in run 1 too. The preload run always uses a temporary store.
     echo : callable
         Receives each line of the report.
     """
@@ -107,24 +125,65 @@ def run_demo(
         f"spillcache demo: {samples} samples of {sample_kib} KiB ({data_bytes / 2**20:.0f} MiB), "
         f"RAM budget {budget / 2**20:.0f} MiB, source latency {latency * 1e3:.0f} ms/sample"
     )
-    echo(
-        f"{'epoch':>5} {'seconds':>8} {'samples/s':>10} {'RAM hits':>9} {'disk hits':>9} "
-        f"{'misses':>7}"
-    )
-    reports = []
-    with CachedDataset(source, path, ram_budget=budget) as dataset:
-        loader = DataLoader(
-            dataset, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0)
-        )
-        for epoch in range(1, epochs + 1):
-            before = dataset.cache.stats()
-            start = time.perf_counter()
-            seen = sum(len(batch["label"]) for batch in loader)
-            seconds = time.perf_counter() - start
-            ram, disk, miss = _delta(dataset.cache.stats(), before)
-            reports.append(EpochReport(epoch, seconds, seen, ram, disk, miss))
-            echo(
-                f"{epoch:>5} {seconds:>8.2f} {seen / seconds:>10.0f} {ram:>9.1%} {disk:>9.1%} "
-                f"{miss:>7.1%}"
-            )
+    echo(_HEADER)
+    reports: list[EpochReport] = []
+    with tempfile.TemporaryDirectory(prefix="spillcache-demo-") as scratch:
+        store = Path(scratch, "store") if path is None else Path(path).expanduser()
+        with CachedDataset(source, store, ram_budget=budget) as dataset:
+            for epoch in range(1, epochs + 1):
+                what = None if epoch == 1 else "warm: RAM + store"
+                reports.append(_epoch(dataset, 1, epoch, what, echo))
+        # A new CachedDataset on the same directory: what the next training job does.
+        with CachedDataset(source, store, ram_budget=budget) as dataset:
+            reports.append(_epoch(dataset, 2, 1, "reused store from disk", echo))
+        with CachedDataset(source, Path(scratch, "preload"), ram_budget=budget) as dataset:
+            reports.append(_epoch(dataset, 3, 1, "fresh store + preload", echo, preload=True))
+    _summary(reports, echo)
     return reports
+
+
+def _epoch(
+    dataset: CachedDataset,
+    run: int,
+    epoch: int,
+    what: str | None,
+    echo: Callable[[str], None],
+    *,
+    preload: bool = False,
+) -> EpochReport:
+    """Train one epoch through a shuffling DataLoader and report it (``what``: by its misses)."""
+    loader = DataLoader(
+        dataset, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(epoch)
+    )
+    before = dataset.stats()
+    start = time.perf_counter()
+    if preload:
+        dataset.start_preload(loader)  # follows the loader's next shuffled order
+    seen = sum(len(batch["label"]) for batch in loader)
+    seconds = time.perf_counter() - start
+    ram, disk, miss = _delta(dataset.stats(), before)
+    if what is None:  # a store given with --path may be warm from an earlier demo
+        what = "cold: the slow source" if miss > 0.5 else "warm: a past run's store"
+    echo(
+        f"{run:>3} {epoch:>5}  {what:<22} {seconds:>7.2f} {seen / seconds:>9.0f} {ram:>8.1%} "
+        f"{disk:>9.1%} {miss:>7.1%}"
+    )
+    return EpochReport(epoch, seconds, seen, ram, disk, miss, run, what)
+
+
+def _summary(reports: list[EpochReport], echo: Callable[[str], None]) -> None:
+    """Each win as a speed-up over the cold first epoch of run 1."""
+    cold = reports[0].seconds
+
+    def times(seconds: float) -> str:
+        return f"{cold / max(seconds, 1e-9):.1f}x"
+
+    warm = [r.seconds for r in reports if r.run == 1 and r.epoch > 1]
+    if warm:
+        echo(f"warm epochs:  {times(min(warm))} the cold epoch (the source is not called)")
+    reused, preloaded = reports[-2], reports[-1]
+    echo(f"second run:   {times(reused.seconds)} (its first epoch is served by the store on disk)")
+    echo(
+        f"preload:      {times(preloaded.seconds)} on a fresh store (samples are loaded ahead of "
+        "training, many at once; misses are the requests that waited for one)"
+    )

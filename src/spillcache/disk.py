@@ -27,7 +27,6 @@ import os
 import re
 import threading
 import time
-import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -41,6 +40,7 @@ from . import forksafe
 from .codec import FORMAT_VERSION, Buffer, Encoding, seal
 from .errors import FingerprintMismatch, StoreError
 from .growth import Growth
+from .userwarn import warn
 
 __all__ = [
     "MARKER",
@@ -179,6 +179,25 @@ def is_store(path: str | os.PathLike[str]) -> bool:
     except StoreError:  # a file of that name that some other program wrote
         return False
     return True
+
+
+def not_a_store(path: str | os.PathLike[str]) -> str:
+    """Why ``path`` is not a store, as the end of a sentence (``"does not exist"``)."""
+    root = Path(path)
+    if not root.exists():
+        return "does not exist"
+    if not root.is_dir():
+        return "is a file, not a spillcache store (a store is a directory)"
+    if not (root / MARKER).is_file():
+        return f"is not a spillcache store: it has no {MARKER} file"
+    foreign = _foreign_entries(root)
+    if foreign:
+        return f"is not a spillcache store: it holds {foreign[0]!r}, which no store has"
+    try:
+        read_marker(root)
+    except StoreError:
+        return f"is not a spillcache store: its {MARKER} file is not a spillcache marker"
+    return "is a spillcache store"
 
 
 def read_marker(path: str | os.PathLike[str]) -> dict[str, object]:
@@ -423,6 +442,7 @@ class DiskTier:
                 f"the store at {str(self.path)!r} is already open in this process (LMDB allows "
                 "one environment per process); share that cache object or close it first"
             )
+        created = not (self.path / MARKER).is_file()
         _prepare_directory(self.path)
         if check_identity:
             self._open_checked(on_mismatch)
@@ -430,6 +450,8 @@ class DiskTier:
             self._env = self._open_env()
         forksafe.register(self)
         _live.add(self)
+        log = logger.info if check_identity else logger.debug  # inspection is not a use
+        log("%s the store at %s (entries: %d)", "created" if created else "opened", path, len(self))
 
     def _init_runtime_state(self) -> None:
         """State that lives in one process only (rebuilt after fork and unpickling)."""
@@ -484,6 +506,7 @@ class DiskTier:
             raise StoreError(f"path={str(self.path)!r} is no longer a spillcache store")
         forksafe.register(self)
         _live.add(self)
+        logger.debug("reopened the store at %s in process %d", self.path, os.getpid())
 
     # -- opening ---------------------------------------------------------------------------------
 
@@ -1154,7 +1177,9 @@ class DiskTier:
     def _warn_once(self, kind: str, message: str) -> None:
         if kind not in self._warned:
             self._warned.add(kind)
-            warnings.warn(message, SpillCacheWarning, stacklevel=3)
+            # Also logged: rebuilds (with their reason) and budget refusals are store events.
+            logger.info("%s", message)
+            warn(message, SpillCacheWarning)
 
     def flush(self) -> None:
         """Commit everything queued and sync it to disk; return when done."""
@@ -1287,7 +1312,7 @@ def inspected(path: str | os.PathLike[str]) -> Iterator[DiskTier]:
         yield tier
         return
     if not is_store(path):
-        raise StoreError(f"{str(path)!r} is not a spillcache store")
+        raise StoreError(f"{str(path)!r} {not_a_store(path)}")
     # Inspection and copying read one snapshot in one process, which is safe even where
     # sharing a store is not: this is how a store is copied back from shared storage.
     tier = DiskTier(path, fingerprint=None, check_identity=False, allow_remote_fs=True)

@@ -19,14 +19,19 @@ class FingerprintMismatch(RuntimeError):
         What the store records.
     expected : str
         What the caller asked for.
+    message : str or None
+        The whole message, when the default wording (for fingerprints) does not fit.
     """
 
-    def __init__(self, path: str, stored: str, expected: str) -> None:
+    def __init__(
+        self, path: str, stored: str, expected: str, *, message: str | None = None
+    ) -> None:
         self.path = path
         self.stored = stored
         self.expected = expected
         super().__init__(
-            f"the store at {path!r} was built for {stored!r}, not {expected!r}; "
+            message
+            or f"the store at {path!r} was built for {stored!r}, not {expected!r}; "
             "open it with on_mismatch='rebuild' to empty and refill it, pass the matching "
             "fingerprint, or clear it with `spillcache clear PATH`"
         )

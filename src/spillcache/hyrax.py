@@ -12,11 +12,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
-
 from .cache import SpillCache
 from .closing import Closing
 from .config import CacheSettings, settings_from_config
+from .indices import HyraxIndexError, as_index, in_range
 from .preload import Preloader, SingleFlight, StatsLogger, SummaryWriterLike, preview_order
 from .stats import CacheStats
 
@@ -67,8 +66,10 @@ class DataCache(Closing):
 
     Raises
     ------
+    TypeError
+        When a cache key of ``config["data_set"]`` has a wrong type.
     ValueError
-        When a cache key of ``config["data_set"]`` has a wrong type or value.
+        When a cache key of ``config["data_set"]`` has an invalid value.
     """
 
     _preloader: Preloader | None
@@ -138,14 +139,11 @@ class DataCache(Closing):
         return self._cache
 
     def _check_index(self, idx: object) -> int:
-        if not isinstance(idx, (int, np.integer)) or isinstance(idx, bool):
-            raise RuntimeError(f"DataCache indices must be int, not {type(idx).__name__}")
-        idx = int(idx)
-        if not 0 <= idx < len(self._provider):
-            raise IndexError(
-                f"index {idx} is out of range for a data set of length {len(self._provider)}"
-            )
-        return idx
+        try:
+            i = as_index(idx, "DataCache")
+        except TypeError as exc:
+            raise HyraxIndexError(str(exc)) from None
+        return in_range(i, len(self._provider), idx, negative=False)
 
     def try_fetch(self, idx: int) -> Any | None:
         """The cached sample for ``idx``, or ``None`` (always ``None`` when caching is off).

@@ -32,12 +32,10 @@ import copy
 import dataclasses
 import itertools
 import logging
-import operator
 import os
 import sys
 import threading
 import time
-import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sized
 from typing import Any, Literal, Protocol, cast
@@ -57,13 +55,16 @@ from torch.utils.data import (
 from . import forksafe
 from .cache import SpillCache
 from .codec import clone
+from .indices import as_index, in_range
 from .stats import CacheStats
+from .userwarn import warn
 
 __all__ = [
     "AUTO_MAX_THREADS",
     "Preloader",
     "SingleFlight",
     "StatsLogger",
+    "check_log_every",
     "check_threads",
     "preview_order",
 ]
@@ -113,12 +114,27 @@ _RAM_FULL = 0.95
 
 
 def check_threads(value: object, name: str = "preload_threads") -> Threads:
-    """``value`` if it is a positive int or ``"auto"``; raise ``ValueError`` otherwise."""
+    """``value`` if it is a positive int or ``"auto"``.
+
+    Raises ``TypeError`` for other types (``bool``, ``float``, ...) and ``ValueError`` for other
+    values (``0``, ``"fast"``).
+    """
     if value == "auto":
         return "auto"
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise TypeError(f'{name}={value!r} is not an int; use a positive int or "auto"')
+    if isinstance(value, str) or value < 1:
         raise ValueError(f'{name}={value!r} is invalid; use a positive int or "auto"')
     return value
+
+
+def check_log_every(every: object) -> int:
+    """``every`` if it is a positive int (``TypeError`` for other types, else ``ValueError``)."""
+    if isinstance(every, bool) or not isinstance(every, int):
+        raise TypeError(f"log_every={every!r} is not an int; use a positive int")
+    if every < 1:
+        raise ValueError(f"log_every={every!r} is invalid; use a positive int")
+    return every
 
 
 # -- the order -------------------------------------------------------------------------------
@@ -178,11 +194,10 @@ def preview_order(order: object, length: int) -> tuple[Iterator[object], int | N
     else:
         return iter(order), len(order) if isinstance(order, Sized) else None
     if indices is None:
-        warnings.warn(
+        warn(
             f"the preload cannot follow this sampler's order: {advice}; preloading in index "
             f"order 0..{length - 1} instead",
             UserWarning,
-            stacklevel=3,
         )
         return iter(range(length)), length
     return indices, total
@@ -596,15 +611,15 @@ class StatsLogger:
     """
 
     def __init__(self, writer: SummaryWriterLike | str | os.PathLike[str], every: int) -> None:
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"log_every={every!r} is invalid; use a positive int")
-        self.every = every
+        self.every = check_log_every(every)
         self._owned = isinstance(writer, (str, os.PathLike))
         if isinstance(writer, (str, os.PathLike)):
             # Imported when needed: importing tensorboardX takes seconds.
             from tensorboardX import SummaryWriter  # noqa: PLC0415
 
-            self._writer: SummaryWriterLike = SummaryWriter(logdir=os.fspath(writer))
+            self._writer: SummaryWriterLike = SummaryWriter(
+                logdir=os.path.expanduser(os.fspath(writer))
+            )
         elif callable(getattr(writer, "add_scalar", None)):
             self._writer = writer
         else:
@@ -1021,13 +1036,7 @@ class Preloader:
     def _offer(self, raw: object) -> tuple[int, Flight] | None:
         """``raw`` as a claimed index to load, or None if there is nothing to load."""
         try:
-            i = operator.index(raw)  # type: ignore[arg-type]
-            if i < 0:
-                i += self._length
-            if not 0 <= i < self._length:
-                raise IndexError(
-                    f"index {raw} is out of range for a data set of length {self._length}"
-                )
+            i = in_range(as_index(raw, "preload"), self._length, raw)
         except (TypeError, IndexError) as exc:
             self._done("preload_errors")
             self._report_error(raw, exc)
@@ -1075,8 +1084,12 @@ class Preloader:
             self._cond.notify_all()
         if first:
             logger.warning(
-                "the preload stopped early: the cache is full (the RAM tier is at its budget "
-                "and the store refuses new entries, see stats().rejected)"
+                "the preload of the store at %s stopped early: the cache is full (the RAM tier "
+                "is at ram_budget=%d bytes and the store refuses new entries: disk_budget=%s or "
+                "too little free disk space, see stats().rejected)",
+                self._cache.path,
+                self._cache.ram_budget,
+                self._cache.disk_budget,
             )
 
     def _report_error(self, index: object, exc: BaseException) -> None:
@@ -1086,12 +1099,13 @@ class Preloader:
             self._reported.add(kind)
         if first:
             logger.warning(
-                "preloading index %r failed with %s: %s; it is not cached, and training loads "
-                "it itself when it asks for it (further %s errors of this preload are only "
-                "counted in stats().preload_errors)",
+                "preloading index %r failed with %s: %s; it is not cached in the store at %s, "
+                "and training loads it itself when it asks for it (further %s errors of this "
+                "preload are only counted in stats().preload_errors)",
                 index,
                 kind.__name__,
                 exc,
+                self._cache.path,
                 kind.__name__,
                 exc_info=exc,
             )

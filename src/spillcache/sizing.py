@@ -27,7 +27,16 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["ENTRY_OVERHEAD", "filesystem_size", "memory_limit", "parse_budget", "sample_nbytes"]
+from .userwarn import warn
+
+__all__ = [
+    "ENTRY_OVERHEAD",
+    "check_ram_budget",
+    "filesystem_size",
+    "memory_limit",
+    "parse_budget",
+    "sample_nbytes",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +59,9 @@ _UNITS: dict[str, int] = {
     "gib": 1024**3,
     "tib": 1024**4,
 }
-_SIZE_RE = re.compile(r"(?P<number>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>[a-z]*)(?P<percent>\s*%)?")
+_SIZE_RE = re.compile(
+    r"(?P<sign>-\s*)?(?P<number>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>[a-z]*)(?P<percent>\s*%)?"
+)
 _ACCEPTED = "use bytes (int), a string like '512MiB' or '4GB', or a percentage like '25%'"
 
 
@@ -77,9 +88,11 @@ def parse_budget(value: object, *, name: str, total: Callable[[], int] | None = 
 
     Raises
     ------
+    TypeError
+        If the value is neither an int nor a str (a float, a bool, None, ...).
     ValueError
-        If the value is not a size, is negative, is a fraction of a byte, is a percentage out of
-        range, or is a percentage while ``total`` is None.
+        If the string is not a size, the size is negative, is a fraction of a byte, is a
+        percentage out of range, or is a percentage while ``total`` is None.
 
     Examples
     --------
@@ -92,9 +105,13 @@ def parse_budget(value: object, *, name: str, total: Callable[[], int] | None = 
         if value < 0:
             raise ValueError(f"{name}={value!r} is negative; {_ACCEPTED}")
         return int(value)
-    match = _SIZE_RE.fullmatch(value.strip().lower()) if isinstance(value, str) else None
+    if not isinstance(value, str):
+        raise TypeError(f"{name}={value!r} is a {type(value).__name__}, not a size; {_ACCEPTED}")
+    match = _SIZE_RE.fullmatch(value.strip().lower())
     if match is None or match["unit"] not in _UNITS or (match["percent"] and match["unit"]):
         raise ValueError(f"{name}={value!r} is not a size; {_ACCEPTED}")
+    if match["sign"]:
+        raise ValueError(f"{name}={value!r} is negative; {_ACCEPTED}")
     # Fraction, not float: "0.29KB" must be 290 bytes, not 289.99999999999997 rounded down.
     number = Fraction(match["number"])
     if match["percent"]:
@@ -108,6 +125,32 @@ def parse_budget(value: object, *, name: str, total: Callable[[], int] | None = 
     if number.denominator != 1 and _UNITS[match["unit"]] == 1:
         raise ValueError(f"{name}={value!r} is a fraction of a byte; {_ACCEPTED}")
     return math.floor(number * _UNITS[match["unit"]])
+
+
+_warned_ram_budget = False
+
+
+def check_ram_budget(nbytes: int) -> None:
+    """Warn once per process when a RAM budget exceeds the memory this process may use.
+
+    Such a budget is no limit at all: the process would be killed (or swap) before the cache
+    evicted anything.
+    """
+    global _warned_ram_budget  # one warning per process, however many caches
+    if _warned_ram_budget:
+        return
+    try:
+        limit = memory_limit()
+    except OSError:
+        return
+    if nbytes > limit:
+        _warned_ram_budget = True
+        warn(
+            f"ram_budget={nbytes} bytes is more than the {limit} bytes of memory this process may "
+            "use (physical RAM, cgroup or SLURM limit): the process would run out of memory "
+            "before the cache evicted anything; give a smaller budget, e.g. '25%'",
+            UserWarning,
+        )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -40,6 +40,9 @@ class CacheStats:
     preload_waits : int
         Requests that found their sample being loaded by the preload and waited for that load
         instead of starting their own (each is also counted in ``misses``).
+    probe_errors : int
+        1 when a :class:`~spillcache.CachedDataset` served its store unchecked because a probe
+        sample could not be loaded from the data set (see ``probes``); else 0.
     """
 
     ram_hits: int = 0
@@ -58,6 +61,7 @@ class CacheStats:
     preload_promotions: int = 0
     preload_errors: int = 0
     preload_waits: int = 0
+    probe_errors: int = 0
 
     @property
     def requests(self) -> int:

@@ -1,0 +1,7 @@
+"""``python -m spillcache``: the ``spillcache`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
