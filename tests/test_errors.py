@@ -504,8 +504,8 @@ def test_a_budget_refusal_is_logged_once(tmp_path: Path, caplog: pytest.LogCaptu
                 cache.put(i, {"x": torch.zeros(1000)})
                 cache.flush()
             assert cache.stats().rejected > 0
-    refusals = [r for r in caplog.records if "new entries are refused" in r.getMessage()]
-    assert len(refusals) == 1 and "disk_budget=1" in refusals[0].getMessage()
+    refusals = [r for r in caplog.records if "refuses new entries" in r.getMessage()]
+    assert len(refusals) == 1 and "disk_budget of 1 byte;" in refusals[0].getMessage()
 
 
 # -- 10. the command line ------------------------------------------------------------------------

@@ -316,11 +316,11 @@ def _require_local(root: Path) -> None:
 
 
 def _human(size: int) -> str:
-    """``size`` bytes in MiB, or in GiB (TiB) from 1 GiB (1 TiB) on."""
-    for unit, shift in (("TiB", 40), ("GiB", 30)):
+    """``size`` bytes in the largest of KiB, MiB, GiB, TiB it reaches (bytes below 1 KiB)."""
+    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
         if size >= 1 << shift:
             return f"{size / (1 << shift):.1f} {unit}"
-    return f"{size / (1 << 20):.1f} MiB"
+    return "1 byte" if size == 1 else f"{size} bytes"
 
 
 def _key(key: int) -> bytes:
