@@ -511,6 +511,13 @@ class DiskTier:
         try:
             if check_identity:
                 self._open_checked(on_mismatch)
+                if self.read_only:
+                    self._warn_once(
+                        "read-only",
+                        f"the store at {str(self.path)!r} is read-only for this user (a "
+                        "read-only mount, another user's store): it serves what it holds and "
+                        "stores nothing new",
+                    )
             else:
                 self._env = self._open_env()
                 with self._read_txn() as txn:
@@ -677,9 +684,13 @@ class DiskTier:
                         f"the LMDB database at {str(self.path)!r} was not written by spillcache "
                         f"(it has {foreign[0]!r}); spillcache will not modify it"
                     )
-                create = not self.read_only
-                self._data_db = env.open_db(b"data", txn=txn, create=create)
-                self._meta_db = env.open_db(b"meta", txn=txn, create=create)
+                if not self.read_only:
+                    self._data_db = env.open_db(b"data", txn=txn)
+                    self._meta_db = env.open_db(b"meta", txn=txn)
+            if self.read_only:
+                # Not in that transaction: handles opened in a read transaction die with it.
+                self._data_db = env.open_db(b"data", create=False)
+                self._meta_db = env.open_db(b"meta", create=False)
             if locking:
                 env.reader_check()
         except (*_DAMAGE, lmdb.NotFoundError) as exc:
