@@ -1,10 +1,15 @@
 """The disk tier: one LMDB store in a directory, shared by every process of a node.
 
 A store directory holds exactly the files the store owns: ``spillcache.json`` (the marker that
-tells a store from any other directory, written before anything else), LMDB's ``data.mdb`` and
-``lock.mdb``, and transient ``spillcache.json.<pid>.tmp`` files while the marker is written.
-Inside LMDB the named database ``data`` maps 8-byte big-endian keys to encoded samples and
-``meta`` records the format version, the fingerprint and the creation time.
+tells a store from any other directory, written before anything else), ``spillcache.lock``
+(which every process holding the store open holds shared, see :func:`_enter`), LMDB's
+``data.mdb`` and ``lock.mdb``, and transient ``spillcache.json.<pid>.tmp`` files while the
+marker is written. Inside LMDB the named database ``data`` maps 8-byte big-endian keys to
+encoded samples and ``meta`` records the format version, the fingerprint, the creation time
+and the generation (replaced whenever the store is emptied; checked in every write and read
+transaction, so that a process whose view is stale neither writes into a rebuilt store nor
+serves its entries). A process has one tier per store (:func:`open_tier`), shared by its
+users.
 
 Durability: writes are queued and committed by one writer thread per process in batched
 transactions — when ``_BATCH_BYTES`` (1 MiB) are queued, at the latest ``_COMMIT_INTERVAL``
