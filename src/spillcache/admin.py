@@ -226,25 +226,17 @@ def clear_cache(path: str | os.PathLike[str], *, force: bool = False) -> list[Pa
         is in use; nothing is deleted then.
     """
     stores = find_stores(path)
-    held: list[int] = []
-    try:
-        busy = []
-        for store in stores:
-            try:
-                fd = try_lock_exclusive(store)
-            except OSError as exc:
-                raise StoreError(f"the store at {str(store)!r} cannot be cleared: {exc}") from exc
-            if fd is None:
-                busy.append(store)
-            else:
-                held.append(fd)
-        if busy and not force:
-            raise StoreError(_in_use_message(busy[0]))
-        for store in stores:
-            _remove_store(store, in_use=store in busy)
-    finally:
-        for fd in held:
-            os.close(fd)
+    busy = [store for store in stores if not _unused(store, remove=False)]
+    if busy and not force:
+        raise StoreError(_in_use_message(busy[0]))
+    for store in stores:
+        # One store's lock at a time, and none while a busy one is opened to mark it: an open
+        # of a store in this process waits for its lock while holding the tier registry.
+        if store in busy or not _unused(store, remove=True):
+            if not force:
+                raise StoreError(_in_use_message(store))  # opened since the check
+            _retire(store)
+            _remove_files(store)
     root = Path(path)
     if root not in stores:
         with contextlib.suppress(OSError):
@@ -268,12 +260,30 @@ def _in_use_message(store: Path) -> str:
     )
 
 
-def _remove_store(store: Path, *, in_use: bool) -> None:
-    if in_use:
-        # Processes holding it open see the mark at their next commit or read and stop using
-        # it, rather than writing into deleted files (or a new store at the same path).
-        with contextlib.suppress(StoreError, OSError), inspected(store) as tier:
-            tier.retire()
+def _unused(store: Path, *, remove: bool) -> bool:
+    """Whether no process holds ``store`` open; if so and ``remove``, delete it meanwhile."""
+    try:
+        fd = try_lock_exclusive(store)
+    except OSError as exc:
+        raise StoreError(f"the store at {str(store)!r} cannot be cleared: {exc}") from exc
+    if fd is None:
+        return False
+    try:
+        if remove:
+            _remove_files(store)
+    finally:
+        os.close(fd)
+    return True
+
+
+def _retire(store: Path) -> None:
+    # Processes holding it open see the mark at their next commit or read and stop using it,
+    # rather than writing into deleted files (or into a new store at the same path).
+    with contextlib.suppress(StoreError, OSError), inspected(store) as tier:
+        tier.retire()
+
+
+def _remove_files(store: Path) -> None:
     # The marker after the LMDB files (LMDB files without a marker are never taken for a store,
     # so a store being opened meanwhile is refused rather than adopted half-deleted), the lock
     # file last: an opener waiting for it finds the store gone and makes a new one.
