@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -294,7 +295,9 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
             threads=self.preload_threads,
             flights=self._flights,
             progress=sys.stderr.isatty() if self.progress is None else self.progress,
-            stats=self.stats,
+            # Not the bound method: the preload must not keep this object alive (a reference
+            # cycle would hold the store open after ``del ds`` until the cycle collector ran).
+            stats=functools.partial(_stats, self.cache, self._flights, self._probe_errors),
             summary=self._summary,
         )
         self._preloader.start()
@@ -335,9 +338,7 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
 
     def stats(self) -> CacheStats:
         """The cache's statistics with this data set's preload counters."""
-        return dataclasses.replace(
-            self.cache.stats(), **self._flights.counters(), probe_errors=self._probe_errors
-        )
+        return _stats(self.cache, self._flights, self._probe_errors)
 
     def _normalize(self, index: object) -> int:
         return in_range(as_index(index, "CachedDataset"), self._len, index)
@@ -457,6 +458,10 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
         return (
             f"CachedDataset({type(self.dataset).__name__}, len={self._len}, cache={self.cache!r})"
         )
+
+
+def _stats(cache: SpillCache, flights: SingleFlight, probe_errors: int) -> CacheStats:
+    return dataclasses.replace(cache.stats(), **flights.counters(), probe_errors=probe_errors)
 
 
 def _probe_indices(n: int, count: int) -> list[int]:
