@@ -225,7 +225,7 @@ def _as_base(x: object) -> object:
     For tomlkit's ``String``/``Integer``/``Float`` and ``StrEnum``/``IntEnum`` members; numpy
     scalars (``np.str_``, ``np.float64``) keep their own types and ``bool`` cannot be subclassed.
     """
-    if isinstance(x, np.generic) or isinstance(x, bool):
+    if isinstance(x, (np.generic, bool)):
         return x
     # The base classes' own conversions: a subclass may override __str__, __int__ or __float__.
     if isinstance(x, str):
@@ -1193,7 +1193,7 @@ def _clone(x: Any, depth: int) -> Any:
         if is_dict:
             _key_token(key)
             if type(key) is not str and type(key) is not int:
-                key = _as_base(key)
+                key = _as_base(key)  # noqa: PLW2901 (the copy's key is of the base type)
         if type(value) in _IMMUTABLE:
             copies[key] = value
             continue
