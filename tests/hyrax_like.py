@@ -126,10 +126,11 @@ class Provider:
         for field, value in base.items():
             fn = getattr(self.prepped_datasets[name], f"augment_{field}", None)
             if fn is not None and field in self.augment_enabled[name]:
-                value = value.view()
-                value.flags.writeable = False
-                value = fn(value, idx, seed)
-            out[field] = value
+                view = value.view()
+                view.flags.writeable = False  # Hyrax protects cached arrays so
+                out[field] = fn(view, idx, seed)
+            else:
+                out[field] = value
         return out
 
     def resolve_data(self, idx: int) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""DataCache(config, datasets, augment_active): Hyrax 0.9+'s interface, with Hyrax's call patterns."""
+"""DataCache(config, datasets, augment_active): Hyrax 0.9+'s interface, Hyrax's call patterns."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 import tomlkit
 import torch
 
-from hyrax_like import CachingImages, Catalog, Images, Provider
+from hyrax_like import CachingImages, Images, Provider
 from spillcache import DataCache, cache_info
 from spillcache.hyrax import DatasetsDataCache
 
@@ -373,7 +373,7 @@ def test_workers_ram_tiers_split_the_budget(tmp_path: Path, monkeypatch: Any) ->
         num_workers = 4
 
     cache = DataCache(plain(tmp_path, cache_ram_budget="64KiB"), {"a": Images({}, "a", 99)}, {})
-    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: Info())
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", Info)
     for i in range(99):
         cache.insert_base("a", i, {"image": np.zeros(256, np.float32)})
     assert 0 < cache.stats().ram_bytes <= 16 * 1024
@@ -403,9 +403,9 @@ def test_wrong_names_indices_and_augment_keys(tmp_path: Path) -> None:
             return f"{idx}-{rng_seed}"
 
     cache = DataCache(plain(tmp_path), {"data": BadKey({}, "x", n=5)}, {"data": True})
-    with pytest.raises(KeyError, match="no data set named 'other'.*'data'"):
+    with pytest.raises(KeyError, match=r"no data set named 'other'.*'data'"):
         cache.try_fetch("other", 0)
-    with pytest.raises(IndexError, match="real_idx 5 .* length 5"):
+    with pytest.raises(IndexError, match=r"real_idx 5 .* length 5"):
         cache.insert_base("data", 5, {"image": np.zeros(1)})
     with pytest.raises(TypeError, match=r"BadKey.augment_cache_key returned str"):
         cache.insert_augmented("data", 1, np.int64(3), {"image": np.zeros(1)})
