@@ -413,3 +413,20 @@ def test_wrong_names_indices_and_augment_keys(tmp_path: Path) -> None:
         cache.insert_base("data", 1, {"bad": object()})
     assert cache.try_fetch("data", np.int64(1)) == (None, False)
     cache.close()
+
+
+def test_after_disable_an_insert_still_tells_which_store_to_read(tmp_path: Path) -> None:
+    config = toml_config(tmp_path, cache_disable="disk_only")
+    config["data_request"]["infer"]["cutouts"]["data_location"] = str(tmp_path / "images")  # type: ignore[index]
+    config["data_request"]["infer"]["cutouts"]["fields"] = ["image"]  # type: ignore[index]
+    for mode in ("disk_only", "read_only"):  # a first inference run fills, the second reads
+        config["data_set"]["cache_disable"] = mode  # type: ignore[index]
+        infer = Provider(config, config["data_request"]["infer"])  # type: ignore[arg-type]
+        infer.data_cache.disable()
+        infer.prepped_datasets["cutouts"].calls = multiprocessing.Value("i", 0)
+        for i in range(12):
+            infer.resolve_data(i)
+        # Train and infer name other fields: the first sample shows which store is infer's.
+        want = 12 if mode == "disk_only" else 1
+        assert infer.prepped_datasets["cutouts"].calls.value == want
+        infer.data_cache.close()

@@ -186,12 +186,14 @@ class DatasetsDataCache(DataCache):
         TypeError
             For a value the store cannot hold, naming its path in ``data``.
         """
-        if not self._use_cache or not self._writes:
+        if not self._use_cache:
             return
         state = self._state(friendly_name)
         idx = self._index(state, friendly_name, real_idx)
+        # Also after disable(): the fields tell which store later fetches read.
         store = self._store(friendly_name, state, field_names(data))
-        assert store is not None  # the fields are known now
+        if store is None or not self._writes:
+            return
         store.put(idx, data)
         nbytes = sample_nbytes(data) + ENTRY_OVERHEAD if self._ram_on else 0
         with self._lock:
