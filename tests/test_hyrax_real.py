@@ -97,7 +97,8 @@ def test_hyrax_provider_runs_on_spillcache_and_the_next_run_reads_the_store(conf
     assert type(train.data_cache) is DatasetsDataCache
     first = [train.resolve_data(i) for i in range(40)]
     again = [train.resolve_data(i) for i in range(40)]
-    assert LOADS.value == 40 and all(a["data"] is b["data"] for a, b in zip(first, again))
+    assert LOADS.value == 40
+    assert all(a["data"] is b["data"] for a, b in zip(first, again, strict=True))
     assert type(next(iter(first[0]["data"]))) is not str  # Hyrax's keys: tomlkit Strings
     # Hyrax's infer verb disables the cache: it still reads what training stored.
     infer.data_cache.disable()
