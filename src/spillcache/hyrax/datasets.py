@@ -142,9 +142,14 @@ class DatasetsDataCache(DataCache):
         """
         if not self._use_cache:
             return None, False
-        state = self._state(friendly_name)
-        idx = self._index(state, friendly_name, real_idx)
-        if self._ram_on and rng_seed is not None and self._augment_active.get(friendly_name):
+        state = self._states.get(friendly_name) or self._state(friendly_name)
+        # The usual index, an int in range, skips the call (a RAM hit is a few microseconds).
+        idx = (
+            real_idx
+            if type(real_idx) is int and 0 <= real_idx < state.length
+            else self._index(state, friendly_name, real_idx)
+        )
+        if rng_seed is not None and self._ram_on and self._augment_active.get(friendly_name):
             key = self._augment_key(state, real_idx, rng_seed)
             if key is not None:
                 with self._lock:
@@ -155,7 +160,7 @@ class DatasetsDataCache(DataCache):
         ram_key = idx << _SLOT_BITS | state.slot << 1
         if self._ram_on:
             with self._lock:
-                value = self._tier().get(ram_key)
+                value = (self._ram if self._role_known else self._tier()).get(ram_key)
                 if value is not None:
                     self._ram_hits += 1
                     return value, False
