@@ -56,6 +56,7 @@ cache_ram_budget = "64MiB"
 [data_set.HyraxRandomDataset]
 size = 40
 shape = [2, 8, 8]
+metadata_fields = []  # their getters are bound closures: Hyrax's provider would not pickle
 
 [data_request.train.data]
 dataset_class = "CountedRandomDataset"
@@ -152,3 +153,21 @@ def test_hyrax_provider_in_dataloader_workers_shares_the_store(config: Any) -> N
             assert len(ids) == 40
         provider.data_cache.close()
     assert LOADS.value == 40  # 2 runs x 2 epochs x 2 workers: every sample loaded once
+
+
+def test_hyrax_provider_in_spawned_workers_fills_the_store(config: Any) -> None:
+    provider = setup_dataset(config, splits=("train",))["train"]
+    loader = torch.utils.data.DataLoader(
+        provider,
+        batch_size=8,
+        num_workers=2,
+        collate_fn=provider.collate,
+        multiprocessing_context="spawn",  # the provider and its cache are pickled
+    )
+    images = np.concatenate([batch["data"]["image"] for batch in loader])  # Hyrax collates numpy
+    assert images.shape == (40, 2, 8, 8)
+    path = provider.data_cache.store_path("data")
+    assert path is not None and spillcache.cache_info(path).items == 40  # written by workers
+    got = provider.resolve_data(5)["data"]  # the main process reads what they stored
+    assert provider.data_cache.stats().disk_hits == 1
+    assert np.array_equal(got["image"], images[5])
