@@ -520,11 +520,6 @@ def test_unreferenced_cache_releases_its_store(tmp_path: Path) -> None:
         assert again.get(0) == {"x": 1}
 
 
-def test_second_open_in_one_process_is_refused(tmp_path: Path) -> None:
-    with SpillCache(tmp_path / "s"), pytest.raises(StoreError, match="already open"):
-        SpillCache(tmp_path / "s")
-
-
 # -- directories that are not stores -------------------------------------------------------------
 
 

@@ -561,7 +561,7 @@ def test_memory_stays_flat_while_preloading_50k_samples(tmp_path: Path) -> None:
 def test_a_full_store_ends_the_preload(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     source = Source(20)
     with open_ds(source, tmp_path / "s", ram_budget=0, preload_threads=1) as ds:
-        ds.cache._disk.write = lambda key, value: False  # type: ignore[method-assign]
+        ds.cache._disk.write = lambda key, value, generation: False  # type: ignore[method-assign]
         with caplog.at_level(logging.WARNING, logger="spillcache.preload"):
             ds.start_preload()
             assert ds.wait_preload(TIMEOUT)

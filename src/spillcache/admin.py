@@ -10,7 +10,16 @@ import shutil
 from pathlib import Path
 
 from .codec import decode
-from .disk import MARKER, inspected, is_store, live_tier, owned_files, store_files_size
+from .disk import (
+    LOCK_FILE,
+    MARKER,
+    inspected,
+    is_store,
+    live_tier,
+    owned_files,
+    store_files_size,
+    try_lock_exclusive,
+)
 from .errors import CodecError, StoreError
 
 __all__ = [
@@ -188,16 +197,22 @@ def copy_cache(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> list
     return written
 
 
-def clear_cache(path: str | os.PathLike[str]) -> list[Path]:
+def clear_cache(path: str | os.PathLike[str], *, force: bool = False) -> list[Path]:
     """Empty and delete the store at ``path``, or every store in a cache directory.
 
     Deletes only the files a store owns, then the directory if that left it empty. Anything
-    that is not a spillcache store is refused before anything is deleted.
+    that is not a spillcache store is refused before anything is deleted, and so is a store
+    in use: one that any process holds open (training jobs, their DataLoader workers, idle
+    processes, ``info``/``verify``/``copy`` in progress), found by the lock every open store
+    holds.
 
     Parameters
     ----------
     path : str or os.PathLike
         A store, or a directory whose entries are all stores.
+    force : bool
+        Clear stores in use too. Each process using one stops writing to it at its next
+        commit (warning once) and loads what it misses from its source.
 
     Returns
     -------
@@ -207,17 +222,29 @@ def clear_cache(path: str | os.PathLike[str]) -> list[Path]:
     Raises
     ------
     StoreError
-        If ``path`` is not a store or a directory of stores, or a store is open in this
-        process (close it first).
+        If ``path`` is not a store or a directory of stores, or (without ``force``) a store
+        is in use; nothing is deleted then.
     """
     stores = find_stores(path)
-    for store in stores:
-        if live_tier(store) is not None:
-            raise StoreError(
-                f"the store at {str(store)!r} is open in this process; close it before clearing"
-            )
-    for store in stores:
-        _remove_store(store)
+    held: list[int] = []
+    try:
+        busy = []
+        for store in stores:
+            try:
+                fd = try_lock_exclusive(store)
+            except OSError as exc:
+                raise StoreError(f"the store at {str(store)!r} cannot be cleared: {exc}") from exc
+            if fd is None:
+                busy.append(store)
+            else:
+                held.append(fd)
+        if busy and not force:
+            raise StoreError(_in_use_message(busy[0]))
+        for store in stores:
+            _remove_store(store, in_use=store in busy)
+    finally:
+        for fd in held:
+            os.close(fd)
     root = Path(path)
     if root not in stores:
         with contextlib.suppress(OSError):
@@ -225,14 +252,34 @@ def clear_cache(path: str | os.PathLike[str]) -> list[Path]:
     return stores
 
 
-def _remove_store(store: Path) -> None:
-    # Empty it first, in one transaction, so that another process still holding it open sees
-    # an empty store rather than stale entries of deleted files.
-    with contextlib.suppress(StoreError, OSError), inspected(store) as tier:
-        tier.reset(None)
-    # The marker last (it is listed first): LMDB files without a marker are never taken for
-    # a store, so a store being opened meanwhile is refused rather than adopted half-deleted.
-    for file in reversed(owned_files(store)):
+def _in_use_message(store: Path) -> str:
+    if live_tier(store) is not None:
+        who = "open in this process (close the cache objects using it first)"
+    else:
+        who = (
+            "in use by another process (a training job or one of its DataLoader workers, "
+            "`spillcache info`/`verify`/`copy`, or any process that opened it and still runs; "
+            "stop them first)"
+        )
+    return (
+        f"refusing to clear the store at {str(store)!r}: it is {who}. To clear it anyway, pass "
+        "force=True (`spillcache clear --force`): the processes using it then stop writing to "
+        "it and load what they miss from their sources"
+    )
+
+
+def _remove_store(store: Path, *, in_use: bool) -> None:
+    if in_use:
+        # Processes holding it open see the mark at their next commit or read and stop using
+        # it, rather than writing into deleted files (or a new store at the same path).
+        with contextlib.suppress(StoreError, OSError), inspected(store) as tier:
+            tier.retire()
+    # The marker after the LMDB files (LMDB files without a marker are never taken for a store,
+    # so a store being opened meanwhile is refused rather than adopted half-deleted), the lock
+    # file last: an opener waiting for it finds the store gone and makes a new one.
+    files = owned_files(store)
+    last = [f for f in files if f.name in (MARKER, LOCK_FILE)]
+    for file in [f for f in files if f not in last] + sorted(last, key=lambda f: f.name != MARKER):
         with contextlib.suppress(FileNotFoundError):
             file.unlink()
     with contextlib.suppress(OSError):

@@ -17,7 +17,7 @@ import torch
 from . import forksafe
 from .closing import Closing
 from .codec import Encoding, clone, decode, replicate, view
-from .disk import DiskTier, SpillCacheWarning, Value
+from .disk import SpillCacheWarning, Value, open_tier
 from .errors import CodecError
 from .ram import RamTier
 from .sizing import ENTRY_OVERHEAD, filesystem_size, memory_limit, parse_budget, sample_nbytes
@@ -135,34 +135,38 @@ class SpillCache(Closing):
         if path is not None and not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be a str, os.PathLike or None, not {type(path).__name__}")
         ram_bytes = parse_budget(ram_budget, name="ram_budget", total=memory_limit)
-        temporary = path is None
-        root = Path(tempfile.mkdtemp(prefix="spillcache-")) if path is None else Path(path)
+        # Every argument is checked before a temporary store is made: none is left behind.
+        where = Path(tempfile.gettempdir()) if path is None else Path(path)
         disk_bytes = (
             None
             if disk_budget is None
-            else parse_budget(disk_budget, name="disk_budget", total=lambda: filesystem_size(root))
+            else parse_budget(disk_budget, name="disk_budget", total=lambda: filesystem_size(where))
         )
+        temporary = path is None
+        root = Path(tempfile.mkdtemp(prefix="spillcache-")) if path is None else Path(path)
         self._ram_budget = ram_bytes
         self._copy = copy
-        self._temporary = temporary
+        self._fingerprint = fingerprint
+        self._closed = False
         self._init_process_state()
         forksafe.register(self)
         try:
-            self._disk = DiskTier(
+            # Shared with every other object on this store in this process (one LMDB
+            # environment per process); ``_generation`` is what this object's data is under.
+            self._disk, self._generation = open_tier(
                 root,
                 fingerprint=fingerprint,
                 on_mismatch=on_mismatch,
                 budget=disk_bytes,
                 readahead=readahead,
                 allow_remote_fs=allow_remote_fs,
+                temporary=temporary,
             )
         except BaseException:
             if temporary:
                 shutil.rmtree(root, ignore_errors=True)
             raise
-        self._finalizer = weakref.finalize(
-            self, _release, self._disk, root if temporary else None, os.getpid()
-        )
+        self._finalizer = weakref.finalize(self, self._disk.release)
 
     def _init_process_state(self) -> None:
         self._lock = threading.Lock()
@@ -179,18 +183,24 @@ class SpillCache(Closing):
     def __getstate__(self) -> dict[str, Any]:
         # The RAM tier, locks and the environment stay behind: the other process reopens the
         # store by path. A temporary store stays owned by the process that made it.
+        # Unpickled in the process that pickled it (or a deep copy), it shares the tier.
         return {
             "_ram_budget": self._ram_budget,
             "_copy": self._copy,
+            "_fingerprint": self._fingerprint,
+            "_generation": self._generation,
+            "_closed": self._closed,
             "_disk": self._disk,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._temporary = False
         self._init_process_state()
         forksafe.register(self)
-        self._finalizer = weakref.finalize(self, _release, self._disk, None, os.getpid())
+        # Unpickling the tier made this object one of its users.
+        self._finalizer = weakref.finalize(self, self._disk.release)
+        if self._closed:
+            self._finalizer()
 
     # -- properties ------------------------------------------------------------------------------
 
@@ -212,12 +222,30 @@ class SpillCache(Closing):
     @property
     def fingerprint(self) -> str | None:
         """The fingerprint the store was opened with."""
-        return self._disk.fingerprint
+        return self._fingerprint
 
     @property
     def closed(self) -> bool:
         """Whether :meth:`close` was called."""
-        return self._disk.closed
+        return self._closed or self._disk.closed
+
+    def _current(self) -> bool:
+        """Whether the store still holds this object's data (raises if closed).
+
+        Not once another object on the same store in this process emptied it for other data:
+        this one then serves what it misses from its source and stores nothing more.
+        """
+        if self._closed:
+            raise ValueError(f"the cache at {str(self.path)!r} is closed")
+        if self._generation == self._disk.generation:
+            return True
+        self._warn_once(
+            "stale",
+            f"the store at {str(self.path)!r} was emptied for other data by another cache "
+            "object of this process: this cache stores nothing more in it and serves what it "
+            "does not hold in RAM from its source",
+        )
+        return False
 
     # -- the mapping -----------------------------------------------------------------------------
 
@@ -252,7 +280,9 @@ class SpillCache(Closing):
             if value is not None:
                 return replicate(value) if self._copy else value
         try:
-            value = self._disk.read(k, decode)
+            value = self._disk.read(k, decode) if self._current() else None
+            if value is not None and self._generation != self._disk.generation:
+                value = None  # emptied for another object's data during the read
         except CodecError as exc:
             with self._lock:
                 self._corrupt += 1
@@ -305,9 +335,10 @@ class SpillCache(Closing):
         if value is not None:
             return replicate(value) if self._copy else value
         try:
-            return self._disk.read(key, decode)
+            value = self._disk.read(key, decode) if self._current() else None
         except CodecError:
             return None
+        return value if self._generation == self._disk.generation else None
 
     def _start_reading(self, k: int) -> None:
         """Note a disk read of ``k`` in progress (caller holds the lock).
@@ -358,6 +389,7 @@ class SpillCache(Closing):
         k = check_key(key)
         if sample is None:
             raise TypeError("a sample cannot be None: get() returns None for a miss")
+        self._current()  # raises if closed, warns once if stale (then write() refuses)
         encoding = Encoding(sample)
         admits = self._may_admit()
         fits = False
@@ -393,7 +425,7 @@ class SpillCache(Closing):
             # Before the write: from then on the writer may recycle a buffer nothing views.
             kept = clone(sample) if shared is None else view(shared)
         nbytes = sample_nbytes(kept) + ENTRY_OVERHEAD if fits else 0
-        on_disk = self._disk.write(k, value)
+        on_disk = self._disk.write(k, value, self._generation)
         with self._lock:
             self._puts += 1
             if k in self._reading:
@@ -424,7 +456,7 @@ class SpillCache(Closing):
         with self._lock:
             if key in self._ram:
                 return "ram"
-        return "disk" if self._disk.contains(key) else None
+        return "disk" if self._current() and self._disk.contains(key) else None
 
     def _promote(self, key: int) -> bool | None:
         """Copy ``key`` from disk into free RAM, counting nothing (a warm restart's preload).
@@ -434,7 +466,9 @@ class SpillCache(Closing):
         with self._lock:
             self._start_reading(key)
         try:
-            value = self._disk.read(key, decode)
+            value = self._disk.read(key, decode) if self._current() else None
+            if self._generation != self._disk.generation:
+                value = None
         except CodecError:
             value = None
         except BaseException:
@@ -450,25 +484,28 @@ class SpillCache(Closing):
             return admits and not overtaken and self._ram.admit(key, value, nbytes, evict=False)
 
     def _get_meta(self, name: str) -> bytes | None:
-        return self._disk.get_meta(name)
+        return self._disk.get_meta(name) if self._current() else None
 
     def _set_meta(self, name: str, value: bytes) -> None:
-        self._disk.set_meta(name, value)
+        if self._current():
+            self._disk.set_meta(name, value)
 
     def _reset(self, reason: str) -> None:
         """Empty both tiers (the store in one transaction)."""
+        self._current()
         with self._lock:
             self._ram.clear()
-        self._disk.reset(reason)
+        self._generation = self._disk.reset(reason, self._fingerprint)
 
     def __contains__(self, key: object) -> bool:
         k = check_key(key)
         with self._lock:
             if k in self._ram:
                 return True
-        return self._disk.contains(k)
+        return self._current() and self._disk.contains(k)
 
     def __len__(self) -> int:
+        self._current()
         return len(self._disk)
 
     def stats(self) -> CacheStats:
@@ -493,13 +530,16 @@ class SpillCache(Closing):
 
     def flush(self) -> None:
         """Commit every queued write and sync the store to disk."""
-        self._disk.flush()
+        if not self._closed:
+            self._disk.flush()
 
     def close(self) -> None:
         """Commit, sync and close the store (delete it if temporary); empty the RAM tier.
 
-        Idempotent. Later calls of ``get``/``put`` raise ``ValueError``.
+        Idempotent. Later calls of ``get``/``put`` raise ``ValueError``. The store stays open
+        for the other objects of this process on it, if any: the last one closes it.
         """
+        self._closed = True
         self._finalizer()
         with self._lock:
             self._ram.clear()
@@ -524,10 +564,3 @@ class SpillCache(Closing):
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
         self._role_known = False
-
-
-def _release(disk: DiskTier, temporary: Path | None, owner_pid: int) -> None:
-    """Close the store; delete a temporary one, but only in the process that created it."""
-    disk.close()
-    if temporary is not None and os.getpid() == owner_pid:
-        shutil.rmtree(temporary, ignore_errors=True)

@@ -79,7 +79,7 @@ def _clear(args: argparse.Namespace) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             print("nothing deleted")
             return 1
-    removed = clear_cache(args.path)
+    removed = clear_cache(args.path, force=args.force)
     print(f"deleted {len(removed)} store(s), {_human(size)}")
     return 0
 
@@ -117,6 +117,11 @@ def _parser() -> argparse.ArgumentParser:
     clear = sub.add_parser("clear", help="delete a store (or every store in a cache directory)")
     clear.add_argument("path")
     clear.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    clear.add_argument(
+        "--force",
+        action="store_true",
+        help="clear stores that processes hold open too (they stop writing to them)",
+    )
     clear.set_defaults(run=_clear)
     copy = sub.add_parser(
         "copy", help="write a compacted copy of a store (or cache directory); safe while in use"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import operator
@@ -267,7 +268,9 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
             threads=self.preload_threads,
             flights=self._flights,
             progress=sys.stderr.isatty() if self.progress is None else self.progress,
-            stats=self.stats,
+            # Not the bound method: the preload must not keep this object alive (a reference
+            # cycle would hold the store open after ``del ds`` until the cycle collector ran).
+            stats=functools.partial(_stats, self.cache, self._flights),
             summary=self._summary,
         )
         self._preloader.start()
@@ -308,7 +311,7 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
 
     def stats(self) -> CacheStats:
         """The cache's statistics with this data set's preload counters."""
-        return dataclasses.replace(self.cache.stats(), **self._flights.counters())
+        return _stats(self.cache, self._flights)
 
     def _normalize(self, index: object) -> int:
         try:
@@ -388,6 +391,10 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
         return (
             f"CachedDataset({type(self.dataset).__name__}, len={self._len}, cache={self.cache!r})"
         )
+
+
+def _stats(cache: SpillCache, flights: SingleFlight) -> CacheStats:
+    return dataclasses.replace(cache.stats(), **flights.counters())
 
 
 def _probe_indices(n: int, count: int) -> list[int]:

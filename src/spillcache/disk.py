@@ -20,6 +20,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import fcntl
 import json
 import logging
 import multiprocessing.util
@@ -29,7 +30,6 @@ import shutil
 import threading
 import time
 import warnings
-import weakref
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -43,6 +43,7 @@ from .codec import FORMAT_VERSION, Buffer, Encoding, seal
 from .errors import FingerprintMismatch, StoreError
 
 __all__ = [
+    "LOCK_FILE",
     "MARKER",
     "DiskTier",
     "SpillCacheWarning",
@@ -51,6 +52,7 @@ __all__ = [
     "inspected",
     "is_store",
     "live_tier",
+    "open_tier",
     "owned_files",
     "read_marker",
     "store_files_size",
@@ -68,6 +70,13 @@ Value = bytes | memoryview | Encoding
 
 MARKER = "spillcache.json"
 _LMDB_FILES = ("data.mdb", "lock.mdb")
+# Held (flock, shared) by every process that has the store open; `clear` takes it exclusively.
+LOCK_FILE = "spillcache.lock"
+# The meta record naming the store's generation: a token that changes whenever the store is
+# emptied (rebuilt for other data, or cleared), so that a process that opened an earlier
+# generation can tell its view is stale.
+_GENERATION = b"generation"
+_CLEARED = b"cleared-"
 # Commit when this much is queued; put() waits while the queue holds _MAX_QUEUED_BYTES, which
 # bounds the memory of pending writes whatever the source's speed.  Pending writes are memory
 # the RAM budget does not count (the queue, the batch in flight, LMDB's dirty pages), and glibc
@@ -129,6 +138,18 @@ class SpillCacheWarning(RuntimeWarning):
     """A storage fault that spillcache survived (corrupt entry, full disk, rebuilt store)."""
 
 
+class _Stale(Exception):
+    """Raised inside a write transaction that finds the store of another generation."""
+
+    def __init__(self, stored: bytes | None) -> None:
+        super().__init__()
+        self.stored = stored
+
+
+def _new_generation() -> bytes:
+    return os.urandom(8).hex().encode()
+
+
 class _DamagedStore(StoreError):
     """The store's LMDB files are damaged (the directory is ours: it has our marker)."""
 
@@ -142,7 +163,7 @@ _DAMAGE_IN_TXN = (*_DAMAGE, lmdb.BadTxnError)
 def owned_files(path: str | os.PathLike[str]) -> list[Path]:
     """Files in ``path`` that a store owns (existing ones only)."""
     root = Path(path)
-    names = [MARKER, *_LMDB_FILES]
+    names = [MARKER, *_LMDB_FILES, LOCK_FILE]
     found = [root / n for n in names if (root / n).is_file()]
     found += sorted(root.glob(f"{MARKER}.*.tmp"))
     return found
@@ -157,7 +178,7 @@ def _foreign_entries(root: Path) -> list[str]:
     return sorted(
         e
         for e in os.listdir(root)
-        if e not in (MARKER, *_LMDB_FILES) and not _TMP_MARKER.fullmatch(e)
+        if e not in (MARKER, *_LMDB_FILES, LOCK_FILE) and not _TMP_MARKER.fullmatch(e)
     )
 
 
@@ -189,8 +210,12 @@ def store_files_size(path: str | os.PathLike[str]) -> int:
     return sum(p.stat().st_size for p in owned_files(path))
 
 
-def _prepare_directory(root: Path) -> None:
-    """Make ``root`` a store directory, or refuse without touching anything."""
+def _prepare_directory(root: Path) -> bool:
+    """Make ``root`` a store directory, or refuse without touching anything.
+
+    Returns whether this user may write to it: ``False`` for a complete store it may only read
+    (a read-only mount, another user's store).
+    """
     if root.exists() and not root.is_dir():
         raise StoreError(f"path={str(root)!r} is a file, not a directory; pass a directory path")
     if root.is_dir():
@@ -208,8 +233,11 @@ def _prepare_directory(root: Path) -> None:
         # after them, so LMDB files seen while no marker exists later are not a store's.
         if (root / MARKER).is_file():
             read_marker(root)
+            if _writable(root):
+                return True
+            if (root / "data.mdb").is_file():
+                return False
             _require_writable(root)
-            return
         if has_lmdb:
             raise StoreError(
                 f"path={str(root)!r} holds an LMDB database that is not a spillcache store; "
@@ -233,6 +261,74 @@ def _prepare_directory(root: Path) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise StoreError(f"path={str(root)!r} cannot be made a store: {exc}") from exc
+    return True
+
+
+def _writable(root: Path) -> bool:
+    """Whether this user may write the directory and the LMDB files in it."""
+    files = [root / n for n in _LMDB_FILES if (root / n).exists()]
+    return os.access(root, os.W_OK | os.X_OK) and all(os.access(f, os.W_OK) for f in files)
+
+
+def _enter(root: Path) -> tuple[bool, int | None, bool]:
+    """Prepare ``root`` (see :func:`_prepare_directory`) and hold its lock file, shared.
+
+    Returns whether the store is writable, the descriptor holding the lock (``None`` for a
+    read-only store without a lock file, which nobody can clear anyway) and whether the lock
+    file was created (to be removed if the store turns out not to open). ``flock``, not
+    ``fcntl``: its lock belongs to the open file, so forked children (DataLoader workers) hold
+    it as long as they live, and no other descriptor of the file this process opens and
+    closes (``clear`` in this process) releases it. Waits while a ``clear`` holds the lock,
+    then checks the store still exists: if it was cleared meanwhile, it is created anew.
+    """
+    while True:
+        writable = _prepare_directory(root)
+        lock = root / LOCK_FILE
+        created = False
+        try:
+            if writable:
+                try:
+                    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+                    created = True
+                except FileExistsError:
+                    fd = os.open(lock, os.O_RDWR | os.O_CLOEXEC)
+            else:
+                fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            if not writable:
+                return False, None, False
+            continue  # cleared between the two steps
+        except OSError as exc:
+            raise StoreError(f"the lock file of the store at {str(root)!r}: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            held, now = os.fstat(fd), os.stat(lock)
+            if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino) and (root / MARKER).is_file():
+                return writable, fd, created
+        except FileNotFoundError:
+            pass
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
+def try_lock_exclusive(path: str | os.PathLike[str]) -> int | None:
+    """The store's lock held exclusively (its descriptor), or ``None`` if a process holds it.
+
+    A store is in use while any process holds its lock (see :func:`_enter`); close the
+    descriptor to let go.
+    """
+    fd = os.open(Path(path) / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _require_writable(root: Path) -> None:
@@ -376,9 +472,19 @@ class DiskTier:
         Open a store on a network file system (NFS, Lustre, ...) although LMDB is not safe there.
     check_identity : bool
         ``False`` opens the store whatever its fingerprint and format (for inspection tools).
+    temporary : bool
+        Delete the store directory when the tier closes (in the process that created it).
+
+    A process has at most one tier per store (LMDB allows one environment per file and
+    process): build tiers with :func:`open_tier`, which shares the open one and counts its
+    users, never directly.
     """
 
     _env: lmdb.Environment | None
+    # The descriptor holding the store's lock file (see _enter); the pid that deletes the
+    # store when the tier closes (a temporary store).
+    _lock_fd: int | None
+    _delete_on_close: int | None
     # Handles of the named databases of the current environment (set wherever it is opened).
     _data_db: lmdb._Database
     _meta_db: lmdb._Database
@@ -393,26 +499,69 @@ class DiskTier:
         readahead: bool = True,
         allow_remote_fs: bool = False,
         check_identity: bool = True,
+        temporary: bool = False,
+    ) -> None:
+        self._setup(path, fingerprint, budget, readahead, None)
+        if not allow_remote_fs:
+            _require_local(self.path)
+        if temporary:
+            self._delete_on_close = os.getpid()
+        writable, self._lock_fd, created = _enter(self.path)
+        self.read_only = not writable
+        try:
+            if check_identity:
+                self._open_checked(on_mismatch)
+            else:
+                self._env = self._open_env()
+                with self._read_txn() as txn:
+                    stored = txn.get(_GENERATION, db=self._meta_db)
+                self.generation = None if stored is None else bytes(stored)
+        except BaseException:
+            self._drop_lock()
+            if created:  # a directory that is not ours after all stays as it was
+                with contextlib.suppress(OSError):
+                    (self.path / LOCK_FILE).unlink()
+            raise
+        self._register()
+
+    def _setup(
+        self,
+        path: str | os.PathLike[str],
+        fingerprint: str | None,
+        budget: int | None,
+        readahead: bool,
+        generation: bytes | None,
     ) -> None:
         self.path = Path(path)
         self.fingerprint = fingerprint
         self.budget = budget
         self.readahead = readahead
-        if not allow_remote_fs:
-            _require_local(self.path)
+        # The generation this process's writes belong to; None for a store without one (an
+        # older version's, read-only) or while the store is being emptied.
+        self.generation = generation
+        self.read_only = False
+        self._lock_fd = None
+        self._delete_on_close = None
+        self._key = os.path.realpath(self.path)
+        self._users = 0
+        self._closing = False
+        # Another process emptied the store since this process's view of it (rebuilt or
+        # cleared): nothing more is written, nothing read is served.
+        self._stale = False
+        self._inflight_generation: bytes | None = None
         self._init_runtime_state()
-        if live_tier(self.path) is not None:
-            raise StoreError(
-                f"the store at {str(self.path)!r} is already open in this process (LMDB allows "
-                "one environment per process); share that cache object or close it first"
-            )
-        _prepare_directory(self.path)
-        if check_identity:
-            self._open_checked(on_mismatch)
-        else:
-            self._env = self._open_env()
+
+    def _register(self) -> None:
         forksafe.register(self)
-        _live.add(self)
+        with _tiers_lock:
+            if _tiers.get(self._key) not in (None, self):
+                raise StoreError(f"the store at {str(self.path)!r} is already open in this process")
+            _tiers[self._key] = self
+
+    def _drop_lock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)
 
     def _init_runtime_state(self) -> None:
         """State that lives in one process only (rebuilt after fork and unpickling)."""
@@ -442,21 +591,41 @@ class DiskTier:
 
     # -- pickling (spawn / forkserver workers) ---------------------------------------------------
 
-    def __getstate__(self) -> dict[str, object]:
-        return {
-            "path": self.path,
-            "fingerprint": self.fingerprint,
-            "budget": self.budget,
-            "readahead": self.readahead,
-        }
+    def __reduce__(self) -> tuple[Callable[..., DiskTier], tuple[object, ...]]:
+        # Only the path and settings travel; unpickling is one more use of the tier of that
+        # store in the receiving process (the same one, in the process that pickled).
+        return _attach, (str(self.path), self.fingerprint, self.budget, self.readahead,
+                         self.generation)  # fmt: skip
 
-    def __setstate__(self, state: dict[str, object]) -> None:
-        self.__dict__.update(state)
-        self._init_runtime_state()
-        if not is_store(self.path):
-            raise StoreError(f"path={str(self.path)!r} is no longer a spillcache store")
-        forksafe.register(self)
-        _live.add(self)
+    @classmethod
+    def _attached(
+        cls,
+        path: str,
+        fingerprint: str | None,
+        budget: int | None,
+        readahead: bool,
+        generation: bytes | None,
+    ) -> DiskTier:
+        """The tier of a store another process has open (environment opened at first use)."""
+        tier = cls.__new__(cls)
+        tier._setup(path, fingerprint, budget, readahead, generation)
+        if not is_store(tier.path):
+            raise StoreError(f"path={path!r} is no longer a spillcache store")
+        writable, tier._lock_fd, _ = _enter(tier.path)
+        tier.read_only = not writable
+        tier._register()
+        return tier
+
+    # -- users ------------------------------------------------------------------------------------
+
+    def release(self) -> None:
+        """One user (see :func:`open_tier`) is done with the tier; the last one closes it."""
+        with _tiers_lock:
+            self._users -= 1
+            if self._users > 0 or self._closing:
+                return
+            self._closing = True
+        self.close()
 
     # -- opening ---------------------------------------------------------------------------------
 
@@ -466,6 +635,10 @@ class DiskTier:
         how_to_fix = (
             f"clear it with `spillcache clear {self.path}` or open it with on_mismatch='rebuild'"
         )
+        lock_mdb = self.path / "lock.mdb"
+        # LMDB writes its reader table into lock.mdb even to read: a store on a read-only
+        # mount is read without it (nobody can write there meanwhile).
+        locking = not self.read_only or (lock_mdb.exists() and os.access(lock_mdb, os.W_OK))
         try:
             env = lmdb.open(
                 str(self.path),
@@ -477,7 +650,8 @@ class DiskTier:
                 readahead=self.readahead,
                 meminit=False,
                 max_spare_txns=1,
-                lock=True,
+                lock=locking,
+                readonly=self.read_only,
                 writemap=False,
             )
         except _DAMAGE as exc:
@@ -496,17 +670,19 @@ class DiskTier:
                     f"the store at {str(self.path)!r} is truncated ({size} bytes, LMDB expects "
                     f"{expected}); {how_to_fix}"
                 )
-            with env.begin(write=True) as txn:
+            with env.begin(write=not self.read_only) as txn:
                 foreign = [k for k, _ in txn.cursor() if k not in (b"data", b"meta")]
                 if foreign:
                     raise StoreError(
                         f"the LMDB database at {str(self.path)!r} was not written by spillcache "
                         f"(it has {foreign[0]!r}); spillcache will not modify it"
                     )
-                self._data_db = env.open_db(b"data", txn=txn)
-                self._meta_db = env.open_db(b"meta", txn=txn)
-            env.reader_check()
-        except _DAMAGE as exc:
+                create = not self.read_only
+                self._data_db = env.open_db(b"data", txn=txn, create=create)
+                self._meta_db = env.open_db(b"meta", txn=txn, create=create)
+            if locking:
+                env.reader_check()
+        except (*_DAMAGE, lmdb.NotFoundError) as exc:
             env.close()
             raise _DamagedStore(
                 f"the store at {str(self.path)!r} is damaged ({exc}); {how_to_fix}"
@@ -520,7 +696,7 @@ class DiskTier:
         try:
             self._open_and_identify(on_mismatch)
         except _DamagedStore as exc:
-            if on_mismatch != "rebuild":
+            if on_mismatch != "rebuild" or self.read_only:
                 raise
             # Only the LMDB files of a directory with our marker: a damaged store of ours.
             self._warn_once("damaged", f"{exc}; rebuilding it empty")
@@ -532,54 +708,121 @@ class DiskTier:
     def _open_and_identify(self, on_mismatch: OnMismatch) -> None:
         self._env = self._open_env()
         try:
-            self._check_identity(on_mismatch)
+            self.identify(self.fingerprint, on_mismatch)
         except BaseException:
             self._env.close()
             self._env = None
             raise
 
-    def _check_identity(self, on_mismatch: OnMismatch) -> None:
-        expected = self._identity(self.fingerprint)
-        with self._write_txn() as txn:
-            stored_fmt = txn.get(b"format_version", db=self._meta_db)
-            stored_fp = txn.get(b"fingerprint", db=self._meta_db)
+    def identify(self, fingerprint: str | None, on_mismatch: OnMismatch) -> bytes | None:
+        """Check the store holds ``fingerprint``'s data, per ``on_mismatch``; its generation.
+
+        The generation is what the opener's reads and writes belong to (see
+        :meth:`generation`): the stored one, or a new one if the store was (re)built for it.
+        """
+        expected = self._identity(fingerprint)
+        if self.read_only:
+            with self._read_txn() as txn:
+                stored_fmt, stored_fp, generation = self._stored_identity(txn)
+        else:
+            with self._write_txn() as txn:
+                stored_fmt, stored_fp, generation = self._stored_identity(txn)
+                if stored_fmt is None:  # a new store; in this transaction, or a process
+                    # creating it at the same time would give it another generation
+                    generation = self._put_meta(txn, fingerprint)
+                elif generation is None:  # an older version's store
+                    generation = _new_generation()
+                    txn.put(_GENERATION, generation, db=self._meta_db)
         if stored_fmt is None:
-            self._write_meta(drop=False)
-            return
+            if self.read_only:
+                raise StoreError(f"the store at {str(self.path)!r} is empty and read-only")
+            self._adopt(generation, fingerprint)
+            return generation
         stored = f"format {stored_fmt.decode()}, fingerprint {(stored_fp or b'').decode()!r}"
-        if self.fingerprint is None:
+        if fingerprint is None:
             expected = self._identity((stored_fp or b"").decode())
         if stored == expected:
-            return
+            self._adopt(
+                generation, (stored_fp or b"").decode() if fingerprint is None else fingerprint
+            )
+            return generation
         if on_mismatch == "error":
             raise FingerprintMismatch(str(self.path), stored, expected)
-        self.reset(f"it holds {stored}, expected {expected}")
+        if self.read_only:
+            raise StoreError(
+                f"the store at {str(self.path)!r} holds {stored}, expected {expected}, and is "
+                "read-only for this user, so it cannot be rebuilt: pass a directory you can "
+                "write to, or the fingerprint the store was built with"
+            )
+        return self.reset(f"it holds {stored}, expected {expected}", fingerprint)
+
+    def _stored_identity(
+        self, txn: lmdb.Transaction[Any]
+    ) -> tuple[bytes | None, bytes | None, bytes | None]:
+        meta = self._meta_db
+
+        def get(name: bytes) -> bytes | None:
+            value = txn.get(name, db=meta)
+            return None if value is None else bytes(value)
+
+        return get(b"format_version"), get(b"fingerprint"), get(_GENERATION)
+
+    def _adopt(self, generation: bytes | None, fingerprint: str | None) -> None:
+        """Make ``generation`` the one this process writes to (the store holds it)."""
+        with self._state:
+            if generation != self.generation:
+                self._stale = False
+                self.generation = generation
+                self.fingerprint = fingerprint
 
     @staticmethod
     def _identity(fingerprint: str | None) -> str:
         return f"format {FORMAT_VERSION}, fingerprint {fingerprint or ''!r}"
 
-    def _write_meta(self, *, drop: bool) -> None:
-        with self._write_txn() as txn:
-            if drop:
-                # One transaction: readers see either the old store or the empty new one.
-                txn.drop(self._data_db, delete=False)
-                txn.drop(self._meta_db, delete=False)
-            txn.put(b"format_version", str(FORMAT_VERSION).encode(), db=self._meta_db)
-            txn.put(b"fingerprint", (self.fingerprint or "").encode(), db=self._meta_db)
-            txn.put(b"created", repr(time.time()).encode(), db=self._meta_db)
+    def _put_meta(self, txn: lmdb.Transaction[bytes], fingerprint: str | None) -> bytes:
+        """Record a new store's identity in ``txn``; its generation."""
+        generation = _new_generation()
+        txn.put(b"format_version", str(FORMAT_VERSION).encode(), db=self._meta_db)
+        txn.put(b"fingerprint", (fingerprint or "").encode(), db=self._meta_db)
+        txn.put(b"created", repr(time.time()).encode(), db=self._meta_db)
+        txn.put(_GENERATION, generation, db=self._meta_db)
+        return generation
 
-    def reset(self, reason: str | None) -> None:
-        """Empty the store in one transaction, discarding queued writes; warn if ``reason``."""
+    def _discard_queue(self) -> None:
+        """Drop queued writes and stop accepting new ones; return once none is in flight."""
         with self._state:
+            self.generation = None
             self._recycle_locked(self._queue.values())
             self._queue.clear()
             self._queued_bytes = 0
             while self._inflight:
                 self._state.wait()
+
+    def reset(self, reason: str | None, fingerprint: str | None) -> bytes:
+        """Empty the store in one transaction for ``fingerprint``; its new generation.
+
+        Queued writes are discarded, and users of the old generation write nothing more.
+        Warns if ``reason``.
+        """
+        self._discard_queue()
         if reason is not None:
             self._warn_once("mismatch", f"emptying the store at {str(self.path)!r}: {reason}")
-        self._write_meta(drop=True)
+        with self._write_txn() as txn:
+            # One transaction: readers see either the old store or the empty new one.
+            txn.drop(self._data_db, delete=False)
+            txn.drop(self._meta_db, delete=False)
+            generation = self._put_meta(txn, fingerprint)
+        self._adopt(generation, fingerprint)
+        return generation
+
+    def retire(self) -> None:
+        """Empty the store and mark it cleared: every process using it stops writing to it."""
+        self._discard_queue()
+        with self._state:
+            self._stale = True
+        with self._write_txn() as txn:
+            txn.drop(self._data_db, delete=False)
+            txn.put(_GENERATION, _CLEARED + _new_generation(), db=self._meta_db)
 
     def _env_for_use(self) -> lmdb.Environment:
         """This process's environment (caller is inside the gate)."""
@@ -632,7 +875,8 @@ class DiskTier:
         """Decode the entry for ``key`` inside its read transaction, or return None.
 
         ``decode`` must copy what it keeps: the buffer it gets is valid only during the call.
-        Decoding errors propagate.
+        Decoding errors propagate. An entry of another generation than this process's (the
+        store was emptied by another process since) is None.
         """
         if self._queue or self._inflight:
             with self._state:
@@ -646,6 +890,7 @@ class DiskTier:
         # a quarter of a small sample's hit. Its retry (another process grew the map) is taken
         # only when begin() asks for it.
         gate = self._gate
+        generation = self.generation
         gate.enter()
         try:
             env = self._env
@@ -657,23 +902,62 @@ class DiskTier:
                 pass
             else:
                 try:
-                    value = txn.get(_key(key), db=self._data_db)
-                    return None if value is None else decode(value)
+                    # In the value's transaction: the store cannot be emptied in between.
+                    stored = txn.get(_GENERATION, db=self._meta_db)
+                    if generation is None or stored == generation:  # type: ignore[comparison-overlap]
+                        value = txn.get(_key(key), db=self._data_db)
+                        return None if value is None else decode(value)
+                    seen = None if stored is None else bytes(stored)
                 except _DAMAGE_IN_TXN as exc:
                     raise self._damaged(exc) from exc
                 finally:
                     txn.abort()
+                self._went_stale(generation, seen)
+                return None
         finally:
             gate.leave()
         with self._read_txn() as txn:
-            value = txn.get(_key(key), db=self._data_db)
-            return None if value is None else decode(value)
+            stored = txn.get(_GENERATION, db=self._meta_db)
+            if generation is None or stored == generation:  # type: ignore[comparison-overlap]
+                value = txn.get(_key(key), db=self._data_db)
+                return None if value is None else decode(value)
+            seen = None if stored is None else bytes(stored)
+        self._went_stale(generation, seen)
+        return None
+
+    def _went_stale(self, generation: bytes, stored: bytes | None) -> None:
+        """The store holds ``stored``, no longer ``generation``: stop writing (warn once)."""
+        with self._state:
+            if self.generation != generation or self._stale:
+                return
+            self._stale = True
+            dropped = len(self._queue)
+            self.rejected += dropped
+            self._recycle_locked(self._queue.values())
+            self._queue.clear()
+            self._queued_bytes = 0
+            self._state.notify_all()
+        how = (
+            "cleared (`spillcache clear --force`)"
+            if stored is not None and stored.startswith(_CLEARED)
+            else "emptied or rebuilt for other data"
+        )
+        self._warn_once(
+            "stale",
+            f"the store at {str(self.path)!r} was {how} by another process since this process "
+            f"opened it: this process stores nothing more in it ({dropped} queued entries were "
+            "dropped) and serves its samples from their source",
+        )
 
     def contains(self, key: int) -> bool:
-        """Whether ``key`` is stored or queued."""
+        """Whether ``key`` is stored (in this process's generation) or queued."""
         if key in self._queue or key in self._inflight:
             return True
+        generation = self.generation
         with self._read_txn() as txn:
+            stored = txn.get(_GENERATION, db=self._meta_db)
+            if generation is not None and stored != generation:  # type: ignore[comparison-overlap]
+                return False
             return txn.get(_key(key), db=self._data_db) is not None
 
     def __len__(self) -> int:
@@ -705,8 +989,17 @@ class DiskTier:
         loaded once more by a DDP rank that opened the store in between).
         """
         self._commit_queued()
+        if self.read_only:
+            return
+        generation = self.generation
         with self._write_txn() as txn:
-            txn.put(b"user:" + name.encode(), value, db=self._meta_db)
+            if generation is None or self._stale:
+                return
+            stored = txn.get(_GENERATION, db=self._meta_db)
+            if stored == generation:
+                txn.put(b"user:" + name.encode(), value, db=self._meta_db)
+                return
+        self._went_stale(generation, stored)
 
     def describe(self) -> dict[str, object]:
         """Items, format version, fingerprint and creation time, read from the store."""
@@ -812,8 +1105,11 @@ class DiskTier:
                 while self._spare_bytes > _MAX_QUEUED_BYTES:  # the oldest sizes go first
                     self._spare_bytes -= len(spare.pop(0))
 
-    def write(self, key: int, value: Value) -> bool:
-        """Queue ``value`` for ``key``; False when the store refuses new entries (full).
+    def write(self, key: int, value: Value, generation: bytes | None = None) -> bool:
+        """Queue ``value`` for ``key``; False when the store refuses new entries.
+
+        It refuses them when full, read-only, stale (emptied by another process since), or
+        when ``generation``, the one the caller opened (if given), is no longer this process's.
 
         ``value``: bytes from :func:`~spillcache.codec.encode`, or the view of a :meth:`buffer`
         that :meth:`~spillcache.codec.Encoding.into` returns, which the writer seals, or an
@@ -830,6 +1126,10 @@ class DiskTier:
                 raise ValueError(f"the cache at {str(self.path)!r} is closed")
             while self._forking:
                 self._state.wait()
+            if self.read_only or self._stale or generation not in (None, self.generation):
+                self.rejected += 1
+                self._recycle_locked((value,))
+                return False
             if self._full and not self._recheck_fill_locked():
                 self.rejected += 1
                 self._recycle_locked((value,))
@@ -898,6 +1198,7 @@ class DiskTier:
                         self._state.notify_all()
                         return
                 self._inflight = batch = self._take_batch_locked()
+                self._inflight_generation = self.generation
                 # None: writes queued before this batch remain, and are committed next
                 # without waiting for more (they have waited already).
                 taken = None if self._queue else self._enqueued
@@ -950,11 +1251,23 @@ class DiskTier:
             if type(value) is memoryview:
                 seal(value)
         need = sum(len(v) for _, v in items)
+        generation = self._inflight_generation
         for _ in range(8):
             try:
                 with self._write_txn() as txn:
+                    # Inside the transaction, which excludes every other writer of the node:
+                    # a store emptied by another process since is never written to.
+                    stored = txn.get(_GENERATION, db=self._meta_db)
+                    if generation is not None and stored != generation:
+                        raise _Stale(stored)
                     for key, value in items:
                         txn.put(_key(key), value, db=self._data_db)
+            except _Stale as stale:
+                with self._state:
+                    self.rejected += len(items)
+                assert generation is not None
+                self._went_stale(generation, stale.stored)
+                return
             except lmdb.MapFullError:
                 self._grow_map(need)
                 continue
@@ -1071,6 +1384,8 @@ class DiskTier:
                 self._state.wait()
 
     def _sync(self, env: lmdb.Environment) -> None:
+        if self.read_only:
+            return
         try:
             env.sync(True)
         except lmdb.Error as exc:  # e.g. EIO from fsync: a storage fault, not a training error
@@ -1093,22 +1408,32 @@ class DiskTier:
             self._stopping = False
 
     def close(self) -> None:
-        """Commit what is queued, sync, and close the environment. Idempotent."""
+        """Commit what is queued, sync, and close the environment, for every user. Idempotent."""
         with self._state:
             if self._closed:
                 return
             self._closed = True
             self._state.notify_all()
-        self._stop_writer()
-        with self._gate.exclusive():
-            self._env_released = True
-            env, self._env = self._env, None
-            if env is not None:
-                try:
-                    self._sync(env)
-                finally:
-                    env.close()
-        _live.discard(self)
+        with _tiers_lock:
+            self._closing = True
+        try:
+            self._stop_writer()
+            with self._gate.exclusive():
+                self._env_released = True
+                env, self._env = self._env, None
+                if env is not None:
+                    try:
+                        self._sync(env)
+                    finally:
+                        env.close()
+            if self._delete_on_close == os.getpid():
+                shutil.rmtree(self.path, ignore_errors=True)
+        finally:
+            self._drop_lock()
+            with _tiers_lock:
+                if _tiers.get(self._key) is self:
+                    del _tiers[self._key]
+                _tiers_lock.notify_all()
 
     @property
     def closed(self) -> bool:
@@ -1173,40 +1498,123 @@ def _describe(
     }
 
 
-_live: weakref.WeakSet[DiskTier] = weakref.WeakSet()
+# The open tier of each store in this process, by real path. Re-entrant: a cache collected
+# while the lock is held (the cycle collector runs anywhere) releases its tier.
+_tiers: dict[str, DiskTier] = {}
+_tiers_lock = threading.Condition(threading.RLock())
+
+
+def _renew_tiers_lock() -> None:
+    global _tiers_lock
+    _tiers_lock = threading.Condition(threading.RLock())
+
+
+# A thread of the parent may have held it at the fork.
+os.register_at_fork(after_in_child=_renew_tiers_lock)
+
+
+def _live_locked(key: str) -> DiskTier | None:
+    """The usable tier of ``key`` (caller holds the lock); waits out one being closed."""
+    while True:
+        tier = _tiers.get(key)
+        if tier is None or not tier._closing:
+            return tier
+        _tiers_lock.wait()
+
+
+def open_tier(
+    path: str | os.PathLike[str],
+    *,
+    fingerprint: str | None,
+    on_mismatch: OnMismatch = "rebuild",
+    budget: int | None = None,
+    readahead: bool = True,
+    allow_remote_fs: bool = False,
+    check_identity: bool = True,
+    temporary: bool = False,
+) -> tuple[DiskTier, bytes | None]:
+    """This process's tier of the store at ``path``, and the generation opened; one more user.
+
+    The tier is shared by every user of the store in this process (LMDB allows one
+    environment per file and process) and closes when the last one calls
+    :meth:`DiskTier.release`. Each user checks the store's identity for its own
+    ``fingerprint`` (a mismatch empties the store for it, per ``on_mismatch``); the
+    generation returned is what that user's data is stored under: once it is no longer the
+    tier's (another user, or another process, emptied the store), :meth:`DiskTier.write`
+    refuses the user's entries and what the store holds is not the user's data. Settings
+    (see :class:`DiskTier`) apply to the whole tier: the latest user's ``budget`` holds, the
+    first user's ``readahead``.
+    """
+    if not allow_remote_fs:
+        _require_local(Path(path))
+    with _tiers_lock:
+        tier = _live_locked(os.path.realpath(path))
+        if tier is None:
+            tier = DiskTier(
+                path,
+                fingerprint=fingerprint,
+                on_mismatch=on_mismatch,
+                budget=budget,
+                readahead=readahead,
+                allow_remote_fs=True,
+                check_identity=check_identity,
+                temporary=temporary,
+            )
+            tier._users += 1
+            return tier, tier.generation
+        tier._users += 1
+    try:
+        # Outside the lock: emptying the store waits for the writer thread.
+        generation = tier.identify(fingerprint, on_mismatch) if check_identity else tier.generation
+    except BaseException:
+        tier.release()
+        raise
+    if check_identity and budget != tier.budget:
+        logger.info("the store at %s now has disk_budget=%s", path, budget)
+        tier.budget = budget
+    return tier, generation
+
+
+def _attach(
+    path: str,
+    fingerprint: str | None,
+    budget: int | None,
+    readahead: bool,
+    generation: bytes | None,
+) -> DiskTier:
+    """Unpickle a tier: one more use of this process's tier of the store, opened if need be."""
+    with _tiers_lock:
+        tier = _live_locked(os.path.realpath(path))
+        if tier is None:
+            tier = DiskTier._attached(path, fingerprint, budget, readahead, generation)
+        tier._users += 1
+        return tier
 
 
 @contextlib.contextmanager
 def inspected(path: str | os.PathLike[str]) -> Iterator[DiskTier]:
-    """The store at ``path`` for inspection: this process's open tier, or a temporary one."""
-    tier = live_tier(path)
-    if tier is not None:
-        yield tier
-        return
-    if not is_store(path):
+    """The store at ``path`` for inspection: this process's open tier, or a new one."""
+    if live_tier(path) is None and not is_store(path):
         raise StoreError(f"{str(path)!r} is not a spillcache store")
     # Inspection and copying read one snapshot in one process, which is safe even where
     # sharing a store is not: this is how a store is copied back from shared storage.
-    tier = DiskTier(path, fingerprint=None, check_identity=False, allow_remote_fs=True)
+    tier, _ = open_tier(path, fingerprint=None, check_identity=False, allow_remote_fs=True)
     try:
         yield tier
     finally:
-        tier.close()
+        tier.release()
 
 
 def live_tier(path: str | os.PathLike[str]) -> DiskTier | None:
     """The open tier of this process for the store at ``path``, if any."""
-    target = os.path.realpath(path)
-    for tier in list(_live):
-        if not tier.closed and os.path.realpath(tier.path) == target:
-            return tier
-    return None
+    tier = _tiers.get(os.path.realpath(path))
+    return None if tier is None or tier.closed else tier
 
 
 @atexit.register
 def _close_all() -> None:
     """Commit what live stores have queued when the interpreter exits normally."""
-    for tier in list(_live):
+    for tier in list(_tiers.values()):
         with contextlib.suppress(Exception):
             tier.close()
 
