@@ -20,7 +20,6 @@ from ..config import CacheSettings, settings_from_config
 from ..ram import RamTier
 from ..sizing import ENTRY_OVERHEAD, memory_limit, parse_budget, sample_nbytes
 from ..stats import CacheStats
-from . import stores
 from .base import FORMS, DataCache
 from .identity import dataset_identity, expected_fields, field_names, store_name
 
@@ -371,8 +370,15 @@ class DatasetsDataCache(DataCache):
         stem = store_name(state.identity, fields)
         root = self.settings.cache_dir
         path = Path(root) / stem if root is not None else self._temporary.get(name)
-        store = stores.acquire(
-            path, fingerprint=stem.rsplit("-", 1)[1], disk_budget=self.settings.cache_disk_budget
+        # A disk-only store that keeps the caller's objects: the RAM tier here holds samples,
+        # and Hyrax never changes one it inserted. Another cache of this process opening the
+        # same path shares its environment and writer (one LMDB environment per process).
+        store = SpillCache(
+            path,
+            ram_budget=0,
+            disk_budget=self.settings.cache_disk_budget,
+            fingerprint=stem.rsplit("-", 1)[1],
+            copy=False,
         )
         if root is None:
             self._temporary[name] = store.path
@@ -396,5 +402,5 @@ class DatasetsDataCache(DataCache):
 
 def _release_all(held: list[SpillCache]) -> None:
     for store in held:
-        stores.release(store)
+        store.close()
     held.clear()
