@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from ..closing import Closing
@@ -53,7 +54,8 @@ def _form(args: tuple[Any, ...], kwargs: dict[str, Any]) -> type[DataCache]:
     if len(args) >= 3 or "augment_active" in kwargs or "datasets" in kwargs:
         return DatasetsDataCache
     second = args[1] if len(args) >= 2 else kwargs.get("data_provider")
-    if callable(getattr(second, "resolve_data", None)) and hasattr(second, "__len__"):
+    # resolve_data is needed only to preload; a mapping is a 0.9+ call without augment_active.
+    if hasattr(second, "__len__") and not isinstance(second, Mapping):
         return ProviderDataCache
     got = ", ".join([type(a).__name__ for a in args] + [f"{k}=" for k in kwargs])
     raise TypeError(f"{FORMS}; got DataCache({got})")
