@@ -622,6 +622,49 @@ def test_clone_normalises_like_decode() -> None:
     assert all(c.flags.writeable for c in cloned[2:])
 
 
+class _Shouty(str):
+    """A str subclass whose own conversions lie: the codec must use str's."""
+
+    def __str__(self) -> str:
+        return "LIE"
+
+
+def test_str_int_float_subclasses_are_stored_as_their_base_type() -> None:
+    import enum
+
+    import tomlkit
+
+    class Band(str, enum.Enum):  # enum.StrEnum (3.11+) is this with str's __str__
+        G = "g"
+
+    class Level(enum.IntEnum):
+        HIGH = 3
+
+    doc = tomlkit.parse('field = "image"\nsize = 7\nscale = 1.5\n')
+    field, size, scale = doc["field"], doc["size"], doc["scale"]
+    assert type(field) is not str and type(size) is not int and type(scale) is not float
+    sample = {
+        field: {field: size, "scale": scale, "band": Band.G, Level.HIGH: Level.HIGH},
+        _Shouty("id"): _Shouty("x1"),
+        "keep": [True, np.str_("s"), np.bytes_(b"b"), np.float64(2.0), np.int64(-1)],
+    }
+    want = {
+        "image": {"image": 7, "scale": 1.5, "band": "g", 3: 3},
+        "id": "x1",
+        "keep": [True, np.str_("s"), np.bytes_(b"b"), np.float64(2.0), np.int64(-1)],
+    }
+    for out in (decode(encode(sample)), clone(sample)):
+        assert out == want
+
+        def types(x: Any) -> Any:
+            if isinstance(x, dict):
+                return {(type(k), k): types(v) for k, v in x.items()}
+            return [types(v) for v in x] if isinstance(x, list) else type(x)
+
+        assert types(out) == types(want)
+    assert encode(sample) == encode(want)
+
+
 # --------------------------------------------------------------------------- properties
 
 # Dtypes hypothesis generates as numpy arrays; torch tensors come from a subset of them.

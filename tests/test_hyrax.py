@@ -176,3 +176,28 @@ def test_data_cache_pickles_for_spawned_workers(tmp_path: Path) -> None:
     child.join(60)
     assert child.exitcode == 0
     cache.close()
+
+
+def test_hyrax_08_interface_with_a_tomlkit_config(tmp_path: Path) -> None:
+    import tomlkit
+
+    doc = tomlkit.parse(
+        f'[data_set]\ncache_dir = "{tmp_path}"\ncache_ram_budget = 1000000\npreload_threads = 4\n'
+        '[data_request.train.data]\ndataset_class = "X"\nfields = ["image", "label"]\n'
+    )
+    image, label = doc["data_request"]["train"]["data"]["fields"]  # type: ignore[index,misc]
+
+    class TomlProvider(Provider):
+        def resolve_data(self, idx: int) -> dict[str, Any]:
+            return {"data": {image: np.full(3, idx), label: idx}, "object_id": str(idx)}
+
+    provider = TomlProvider()
+    cache = DataCache(doc, provider)
+    for i in range(10):
+        hyrax_loop(cache, provider, i)
+    cache.close()
+    again = DataCache(doc, provider)
+    got = again.try_fetch(4)
+    assert got is not None and got["data"] == {"image": got["data"]["image"], "label": 4}
+    assert [type(k) for k in got["data"]] == [str, str] and again.stats().disk_hits == 1
+    again.close()

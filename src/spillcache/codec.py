@@ -255,8 +255,28 @@ def _too_deep() -> _PathError:
 _STR_KEY_TOKENS: dict[str, bytes] = {}
 
 
+def _as_base(x: object) -> object:
+    """``x`` as its exact base type if it subclasses ``str``, ``int`` or ``float``, else ``x``.
+
+    For tomlkit's ``String``/``Integer``/``Float`` and ``StrEnum``/``IntEnum`` members; numpy
+    scalars (``np.str_``, ``np.float64``) keep their own types and ``bool`` cannot be subclassed.
+    """
+    if isinstance(x, (np.generic, bool)):
+        return x
+    # The base classes' own conversions: a subclass may override __str__, __int__ or __float__.
+    if isinstance(x, str):
+        return str.__str__(x)
+    if isinstance(x, int):
+        return int.__index__(x)
+    if isinstance(x, float):
+        return float.__float__(x)
+    return x
+
+
 def _key_token(key: object) -> bytes:
     """Return the spec bytes of a dict key, refusing unsupported keys."""
+    if type(key) is not str and type(key) is not int:
+        key = _as_base(key)
     if type(key) is str:
         token = _STR_KEY_TOKENS.get(key)
         if token is None:
@@ -491,11 +511,14 @@ _Emitter = Callable[[Any, list[bytes], list[Any], list[_Payload]], None]
 def _emit(x: Any, spec: list[bytes], nums: list[Any], payloads: list[_Payload], depth: int) -> None:
     kind = type(x)
     emitter = _EMITTERS.get(kind)
+    if emitter is None and kind is not dict and kind is not list and kind is not tuple:
+        x = _as_base(x)
+        emitter = _EMITTERS.get(type(x))
+        if emitter is None:
+            raise _unsupported(x)
     if emitter is not None:
         emitter(x, spec, nums, payloads)
         return
-    if kind is not dict and kind is not list and kind is not tuple:
-        raise _unsupported(x)
     if depth >= _MAX_DEPTH:
         raise _too_deep()
     is_dict = kind is dict
@@ -1217,10 +1240,13 @@ def clone(sample: _T) -> _T:
 def _clone(x: Any, depth: int) -> Any:
     kind = type(x)
     copier = _COPIERS.get(kind)
+    if copier is None and kind is not dict and kind is not list and kind is not tuple:
+        x = _as_base(x)
+        copier = _COPIERS.get(type(x))
+        if copier is None:
+            raise _unsupported(x)
     if copier is not None:
         return copier(x)
-    if kind is not dict and kind is not list and kind is not tuple:
-        raise _unsupported(x)
     if depth >= _MAX_DEPTH:
         raise _too_deep()
     is_dict = kind is dict
@@ -1229,6 +1255,8 @@ def _clone(x: Any, depth: int) -> Any:
     for key, value in x.items() if is_dict else enumerate(x):
         if is_dict:
             _key_token(key)
+            if type(key) is not str and type(key) is not int:
+                key = _as_base(key)  # noqa: PLW2901 (the copy's key is of the base type)
         if type(value) in _IMMUTABLE:
             copies[key] = value
             continue

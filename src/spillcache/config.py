@@ -9,7 +9,7 @@ from typing import Any, Literal
 from .preload import check_threads
 from .sizing import memory_limit, parse_budget
 
-__all__ = ["DEFAULTS", "CacheSettings", "settings_from_config"]
+__all__ = ["DEFAULTS", "DISABLE_MODES", "CacheSettings", "settings_from_config"]
 
 # TOML (Hyrax's config format) has no null: ``false`` or ``""`` mean "not set" for optional keys.
 DEFAULTS: dict[str, Any] = {
@@ -20,7 +20,11 @@ DEFAULTS: dict[str, Any] = {
     "cache_ram_budget": "1GiB",
     "cache_disk_budget": False,
     "cache_fingerprint": False,
+    "cache_disable": "read_only",
 }
+
+# What ``DataCache.disable()`` does (Hyrax 0.9+ interface; Hyrax's infer verb calls it).
+DISABLE_MODES = ("read_only", "disk_only", "off")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +38,7 @@ class CacheSettings:
     cache_ram_budget: int | str
     cache_disk_budget: int | str | None
     cache_fingerprint: str | None
+    cache_disable: Literal["read_only", "disk_only", "off"] = "read_only"
 
 
 def _key(name: str) -> str:
@@ -77,6 +82,18 @@ def _optional_budget(section: Mapping[str, Any], name: str) -> int | str | None:
     return _budget(section, name)
 
 
+def _disable_mode(section: Mapping[str, Any]) -> Literal["read_only", "disk_only", "off"]:
+    value = section.get("cache_disable", DEFAULTS["cache_disable"])
+    if not isinstance(value, str):
+        raise TypeError(
+            f"{_key('cache_disable')} = {value!r} must be a string: one of {DISABLE_MODES}"
+        )
+    for mode in ("read_only", "disk_only", "off"):
+        if value == mode:
+            return mode
+    raise ValueError(f"{_key('cache_disable')} = {value!r} is not one of {DISABLE_MODES}")
+
+
 def settings_from_config(config: Mapping[str, Any]) -> CacheSettings:
     """Read and validate the cache keys of ``config["data_set"]``.
 
@@ -89,9 +106,11 @@ def settings_from_config(config: Mapping[str, Any]) -> CacheSettings:
     Raises
     ------
     TypeError
-        Naming the key whose value has the wrong type (``use_cache = "false"``).
+        Naming the key whose value has the wrong type (``use_cache = "false"``,
+        ``cache_disable = 1``).
     ValueError
-        Naming the key whose value is invalid (``preload_threads = 0``).
+        Naming the key whose value is invalid (``preload_threads = 0``, ``cache_disable =
+        "never"``).
     """
     if not isinstance(config, Mapping):
         raise TypeError(f"config must be a mapping (a Hyrax config), not {type(config).__name__}")
@@ -109,4 +128,5 @@ def settings_from_config(config: Mapping[str, Any]) -> CacheSettings:
         cache_ram_budget=_budget(section, "cache_ram_budget"),
         cache_disk_budget=_optional_budget(section, "cache_disk_budget"),
         cache_fingerprint=_optional_str(section, "cache_fingerprint"),
+        cache_disable=_disable_mode(section),
     )

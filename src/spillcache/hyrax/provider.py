@@ -1,4 +1,4 @@
-"""DataCache: a drop-in for Hyrax's ``hyrax.datasets.data_cache.DataCache``."""
+"""The DataCache of Hyrax up to 0.8: ``DataCache(config, data_provider)``."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from .cache import SpillCache
-from .closing import Closing
-from .config import CacheSettings, settings_from_config
-from .indices import HyraxIndexError, as_index, in_range
-from .preload import Preloader, SingleFlight, StatsLogger, SummaryWriterLike, preview_order
-from .stats import CacheStats
+from ..cache import SpillCache
+from ..config import CacheSettings, settings_from_config
+from ..indices import HyraxIndexError, as_index, in_range
+from ..preload import Preloader, SingleFlight, StatsLogger, SummaryWriterLike, preview_order
+from ..stats import CacheStats
+from .base import DataCache
 
-__all__ = ["DataCache"]
+__all__ = ["ProviderDataCache"]
 
 # try_fetch calls between two logs of the statistics (Hyrax logged every 1000 inserts).
 _LOG_EVERY = 1000
@@ -33,8 +33,10 @@ class DataProvider(Protocol):
     def resolve_data(self, idx: int) -> Any: ...
 
 
-class DataCache(Closing):
-    """Hyrax's ``DataCache`` interface, backed by a :class:`SpillCache`.
+class ProviderDataCache(DataCache):
+    """The ``DataCache`` of Hyrax up to 0.8, backed by a :class:`SpillCache`.
+
+    Built by ``DataCache(config, data_provider)``.
 
     Reads ``config["data_set"]``: ``use_cache``, ``preload_cache``, ``preload_threads`` (Hyrax's
     keys) and ``cache_dir``, ``cache_ram_budget``, ``cache_disk_budget``,

@@ -1,0 +1,406 @@
+"""The DataCache of Hyrax 0.9 and later: ``DataCache(config, datasets, augment_active)``."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import threading
+import weakref
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import forksafe
+from ..cache import SpillCache, check_key
+from ..config import CacheSettings, settings_from_config
+from ..ram import RamTier
+from ..sizing import ENTRY_OVERHEAD, memory_limit, parse_budget, sample_nbytes
+from ..stats import CacheStats
+from .base import FORMS, DataCache
+from .identity import dataset_identity, expected_fields, field_names, store_name
+
+__all__ = ["DatasetsDataCache"]
+
+logger = logging.getLogger(__name__)
+
+# RAM keys are (key << _SLOT_BITS) | (slot << 1) | augmented: one tier for every store's base
+# entries and every data set's augmented ones, negative augment keys included.
+_SLOT_BITS = 20
+
+
+@dataclasses.dataclass
+class _Dataset:
+    """One friendly name's data set, its identity and (in this process) its store."""
+
+    dataset: Any
+    identity: dict[str, Any]
+    length: int
+    slot: int
+    store: SpillCache | None = None
+
+
+class DatasetsDataCache(DataCache):
+    """Hyrax 0.9+'s ``DataCache``: base and augment caches per data set, backed by stores.
+
+    Built by ``DataCache(config, datasets, augment_active)``, as Hyrax's ``DataProvider``
+    builds its cache. Reads ``config["data_set"]``: ``use_cache`` (Hyrax's), ``cache_dir``,
+    ``cache_ram_budget``, ``cache_disk_budget``, ``cache_fingerprint`` and ``cache_disable``.
+
+    * **Base entries** (``insert_base``) go to one store per data set under ``cache_dir``,
+      named by the data set's identity (class, resolved ``data_location``, ``len``, its
+      ``cache_fingerprint()`` and config table) and the sample's field names, so a join, a
+      train and an infer provider, and the next run share what is the same data. Without
+      ``cache_dir``: private temporary stores, deleted at exit.
+    * **Augmented entries** (``insert_augmented``) stay in RAM, keyed by the data set's
+      ``augment_cache_key`` (any integer, negative included).
+    * **RAM**: one tier of ``cache_ram_budget`` bytes for all of them; a RAM hit returns the
+      object that was inserted (as Hyrax's cache does: cached samples must not be modified).
+      In a DataLoader worker the tier gets ``cache_ram_budget / num_workers``; the workers
+      share the stores.
+
+    Parameters
+    ----------
+    config : Mapping
+        The Hyrax configuration (a tomlkit document or nested dicts).
+    datasets : Mapping
+        Friendly name -> data set instance (has ``len()``; ``augment_cache_key(idx, seed)`` is
+        called for augmented entries).
+    augment_active : Mapping
+        Friendly name -> whether augmentation is active for that data set.
+
+    Raises
+    ------
+    TypeError
+        When ``datasets`` or ``augment_active`` is not a mapping, or a cache key has a wrong
+        type.
+    ValueError
+        When a cache key of ``config["data_set"]`` has an invalid value.
+    """
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        datasets: Mapping[str, Any],
+        augment_active: Mapping[str, bool],
+    ) -> None:
+        for name, value in (("datasets", datasets), ("augment_active", augment_active)):
+            if not isinstance(value, Mapping):
+                raise TypeError(f"{name} must be a mapping, not {type(value).__name__}: {FORMS}")
+        self.settings: CacheSettings = settings_from_config(config)
+        self._budget = parse_budget(
+            self.settings.cache_ram_budget, name="cache_ram_budget", total=memory_limit
+        )
+        self._datasets = datasets
+        self._augment_active = augment_active
+        self._use_cache = self.settings.use_cache
+        self._ram_on = True
+        self._writes = True
+        # Fields per friendly name: from the config's data requests until the first insert.
+        self._fields: dict[str, tuple[str, ...] | None] = {
+            name: expected_fields(config, name, dataset) for name, dataset in datasets.items()
+        }
+        self._temporary: dict[str, Path] = {}
+        self._init_process_state()
+
+    def _init_process_state(self) -> None:
+        self._lock = threading.Lock()
+        self._opening = threading.Lock()
+        self._ram = RamTier(self._budget)
+        self._role_known = False
+        self._slots = itertools.count()
+        self._states: dict[str, _Dataset] = {}
+        self._ram_hits = self._disk_hits = self._misses = self._puts = 0
+        self._held: list[SpillCache] = []
+        self._finalizer = weakref.finalize(self, _release_all, self._held)
+        forksafe.register(self)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # For spawn/forkserver DataLoader workers: stores reopen by path, RAM starts empty.
+        keep = ("settings", "_budget", "_datasets", "_augment_active", "_use_cache", "_ram_on")
+        return {k: self.__dict__[k] for k in (*keep, "_writes", "_fields", "_temporary")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init_process_state()
+
+    # -- Hyrax's interface -----------------------------------------------------------------------
+
+    def try_fetch(
+        self, friendly_name: str, real_idx: int, rng_seed: np.int64 | None = None
+    ) -> tuple[Any | None, bool]:
+        """The cached sample and whether it is augmented already: ``(data | None, bool)``.
+
+        With augmentation active for ``friendly_name`` and a ``rng_seed``, the augmented entry
+        under ``augment_cache_key(real_idx, rng_seed)`` is tried first (``True`` when found),
+        then the base entry from RAM or the store. A miss is ``(None, False)``, always when
+        ``use_cache`` is false.
+        """
+        if not self._use_cache:
+            return None, False
+        state = self._states.get(friendly_name) or self._state(friendly_name)
+        # The usual index, an int in range, skips the call (a RAM hit is a few microseconds).
+        idx = (
+            real_idx
+            if type(real_idx) is int and 0 <= real_idx < state.length
+            else self._index(state, friendly_name, real_idx)
+        )
+        if rng_seed is not None and self._ram_on and self._augment_active.get(friendly_name):
+            key = self._augment_key(state, real_idx, rng_seed)
+            if key is not None:
+                with self._lock:
+                    value = self._tier().get(key << _SLOT_BITS | state.slot << 1 | 1)
+                    if value is not None:
+                        self._ram_hits += 1
+                        return value, True
+        ram_key = idx << _SLOT_BITS | state.slot << 1
+        if self._ram_on:
+            with self._lock:
+                value = (self._ram if self._role_known else self._tier()).get(ram_key)
+                if value is not None:
+                    self._ram_hits += 1
+                    return value, False
+        store = self._store(friendly_name, state, None)
+        value = None if store is None else store.get(idx)
+        with self._lock:
+            if value is None:
+                self._misses += 1
+                return None, False
+            self._disk_hits += 1
+            admit = self._ram_on and ram_key not in self._ram and self._ram.may_take(ram_key)
+        if admit:
+            nbytes = sample_nbytes(value) + ENTRY_OVERHEAD
+            with self._lock:
+                if self._ram_on and ram_key not in self._ram:  # an insert may have overtaken
+                    self._ram.admit(ram_key, value, nbytes)
+        return value, False
+
+    def insert_base(self, friendly_name: str, real_idx: int, data: Any) -> None:
+        """Cache the data set's fields ``data`` of ``real_idx``: in its store and in RAM.
+
+        The RAM tier keeps ``data`` itself (not a copy). Does nothing when ``use_cache`` is
+        false or after :meth:`disable` (unless ``cache_disable = "disk_only"``: then the store
+        is still written).
+
+        Raises
+        ------
+        TypeError
+            For a value the store cannot hold, naming its path in ``data``.
+        """
+        if not self._use_cache:
+            return
+        state = self._state(friendly_name)
+        idx = self._index(state, friendly_name, real_idx)
+        # Also after disable(): the fields tell which store later fetches read.
+        store = self._store(friendly_name, state, field_names(data))
+        if store is None or not self._writes:
+            return
+        store.put(idx, data)
+        nbytes = sample_nbytes(data) + ENTRY_OVERHEAD if self._ram_on else 0
+        with self._lock:
+            self._puts += 1
+            if self._ram_on:
+                self._tier().admit(idx << _SLOT_BITS | state.slot << 1, data, nbytes)
+
+    def insert_augmented(
+        self, friendly_name: str, real_idx: int, rng_seed: np.int64, data: Any
+    ) -> None:
+        """Keep augmented ``data`` in RAM under ``augment_cache_key(real_idx, rng_seed)``.
+
+        Does nothing when that key is ``None``, when ``use_cache`` is false or after
+        :meth:`disable`. Augmented entries are never stored on disk: augmentation code is not
+        part of a store's identity, and without a fixed seed every run draws new keys.
+        """
+        if not self._use_cache or not self._ram_on:
+            return
+        state = self._state(friendly_name)
+        self._index(state, friendly_name, real_idx)
+        key = self._augment_key(state, real_idx, rng_seed)
+        if key is None:
+            return
+        nbytes = sample_nbytes(data) + ENTRY_OVERHEAD
+        with self._lock:
+            self._puts += 1
+            if self._ram_on:
+                self._tier().admit(key << _SLOT_BITS | state.slot << 1 | 1, data, nbytes)
+
+    def disable(self) -> None:
+        """Stop caching in RAM and drop what RAM holds (Hyrax's infer verb calls this).
+
+        Per ``cache_disable``: ``"read_only"`` (default) writes nothing new but still serves
+        what the stores hold (a run after training on the same data reads from disk);
+        ``"disk_only"`` keeps writing the stores (so a second inference run is warm);
+        ``"off"`` is Hyrax's behaviour: caching off, every fetch misses.
+        """
+        mode = self.settings.cache_disable
+        with self._lock:
+            self._ram_on = False
+            self._ram.clear()
+            self._writes = mode == "disk_only"
+            if mode == "off":
+                self._use_cache = False
+        if mode == "off":
+            self.close()
+
+    # -- beyond Hyrax's interface ----------------------------------------------------------------
+
+    def store_path(self, friendly_name: str) -> Path | None:
+        """The directory of ``friendly_name``'s store; ``None`` until its fields are known."""
+        if not self._use_cache:
+            return None
+        store = self._store(friendly_name, self._state(friendly_name), None)
+        return None if store is None else store.path
+
+    def stats(self) -> CacheStats:
+        """This process's counters, the RAM tier's size and the stores' sizes summed."""
+        with self._lock:
+            counters = {
+                "ram_hits": self._ram_hits,
+                "disk_hits": self._disk_hits,
+                "misses": self._misses,
+                "puts": self._puts,
+                "ram_bytes": self._ram.nbytes,
+                "ram_items": len(self._ram),
+            }
+            open_stores = [s.store for s in self._states.values() if s.store is not None]
+        totals = dict.fromkeys(("disk_items", "disk_bytes", "rejected", "corrupt"), 0)
+        totals["write_errors"] = 0
+        for store in {id(s): s for s in open_stores if not s.closed}.values():
+            part = store.stats()
+            for name in totals:
+                totals[name] += getattr(part, name)
+        return CacheStats(**counters, **totals)
+
+    def close(self) -> None:
+        """Release this cache's stores and empty its RAM tier (idempotent; also at GC)."""
+        with self._opening:
+            self._finalizer()
+            with self._lock:
+                self._ram.clear()
+                for state in self._states.values():
+                    state.store = None
+            self._held.clear()
+            self._finalizer = weakref.finalize(self, _release_all, self._held)
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _state(self, name: str) -> _Dataset:
+        state = self._states.get(name)
+        if state is not None:
+            return state
+        dataset = self._datasets.get(name)
+        if dataset is None:
+            raise KeyError(
+                f"no data set named {name!r} in this DataCache (it has {sorted(self._datasets)})"
+            )
+        identity = dataset_identity(dataset, fingerprint=self.settings.cache_fingerprint)
+        with self._lock:
+            if name not in self._states:
+                self._states[name] = _Dataset(dataset, identity, identity["len"], next(self._slots))
+            return self._states[name]
+
+    @staticmethod
+    def _index(state: _Dataset, name: str, real_idx: object) -> int:
+        idx = check_key(real_idx)
+        if idx >= state.length:
+            raise IndexError(
+                f"real_idx {idx} is out of range for data set {name!r} of length {state.length}"
+            )
+        return idx
+
+    @staticmethod
+    def _augment_key(state: _Dataset, real_idx: object, rng_seed: object) -> int | None:
+        key = state.dataset.augment_cache_key(real_idx, rng_seed)
+        if key is None:
+            return None
+        if isinstance(key, bool) or not isinstance(key, (int, np.integer)):
+            raise TypeError(
+                f"{type(state.dataset).__qualname__}.augment_cache_key returned "
+                f"{type(key).__name__} {key!r}; it must return an integer (np.int64) or None"
+            )
+        return int(key)
+
+    def _tier(self) -> RamTier:
+        """The RAM tier (caller holds the lock): in a DataLoader worker, its share of the budget."""
+        if not self._role_known:
+            info = torch.utils.data.get_worker_info()
+            if info is not None:
+                # Fresh: what the parent held stays readable through the stores.
+                self._ram = RamTier(self._budget // max(1, info.num_workers))
+            self._role_known = True
+        return self._ram
+
+    def _store(
+        self, name: str, state: _Dataset, fields: tuple[str, ...] | None
+    ) -> SpillCache | None:
+        """``name``'s store for ``fields`` (``None``: the fields known), opened on first use."""
+        known = self._fields.get(name)
+        if state.store is not None and (fields is None or fields == known):
+            return state.store
+        if fields is None and known is None:
+            return None  # nothing inserted yet and the config does not tell the fields
+        with self._opening:
+            if fields is not None and fields != self._fields.get(name):
+                self._switch_fields(name, state, fields)
+            if state.store is None and self._use_cache:
+                state.store = self._open(name, state)
+            return state.store
+
+    def _switch_fields(self, name: str, state: _Dataset, fields: tuple[str, ...]) -> None:
+        """Another field set is another store (caller holds ``_opening``)."""
+        if state.store is not None:
+            logger.warning(
+                "data set %r: samples with fields %s, not %s; they go to another store",
+                name,
+                list(fields),
+                list(self._fields.get(name) or ()),
+            )
+            with self._lock:
+                state.store = None
+                state.slot = next(self._slots)  # its RAM entries are of the other fields
+        self._fields[name] = fields
+        self._temporary.pop(name, None)
+
+    def _open(self, name: str, state: _Dataset) -> SpillCache:
+        fields = self._fields[name]
+        assert fields is not None
+        stem = store_name(state.identity, fields)
+        root = self.settings.cache_dir
+        path = Path(root) / stem if root is not None else self._temporary.get(name)
+        # A disk-only store that keeps the caller's objects: the RAM tier here holds samples,
+        # and Hyrax never changes one it inserted. Another cache of this process opening the
+        # same path shares its environment and writer (one LMDB environment per process).
+        store = SpillCache(
+            path,
+            ram_budget=0,
+            disk_budget=self.settings.cache_disk_budget,
+            fingerprint=stem.rsplit("-", 1)[1],
+            copy=False,
+        )
+        if root is None:
+            self._temporary[name] = store.path
+        self._held.append(store)
+        logger.info("data set %r: store %s", name, store.path)
+        return store
+
+    # -- fork ------------------------------------------------------------------------------------
+
+    def _before_fork(self) -> None:
+        self._lock.acquire()
+
+    def _after_fork_in_parent(self) -> None:
+        self._lock.release()
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+        self._opening = threading.Lock()
+        self._role_known = False
+
+
+def _release_all(held: list[SpillCache]) -> None:
+    for store in held:
+        store.close()
+    held.clear()
