@@ -134,6 +134,34 @@ def test_del_releases_a_preloaded_dataset_without_the_cycle_collector(
     assert _our_lock_fds(path) == []
 
 
+class Provider(Source):
+    """Hyrax's DataProvider as the 0.8 DataCache sees it."""
+
+    def resolve_data(self, i: int) -> dict[str, Any]:
+        return self[i]
+
+
+def test_del_releases_a_preloaded_hyrax_data_cache_without_the_cycle_collector(
+    tmp_path: Path, no_gc: None
+) -> None:
+    config = {
+        "data_set": {
+            "use_cache": True,
+            "preload_cache": True,
+            "preload_threads": 2,
+            "cache_dir": str(tmp_path),
+        }
+    }
+    cache = DataCache(config, Provider())
+    cache.start_preload_thread()
+    assert cache.wait_preload(TIMEOUT)
+    assert cache.try_fetch(5) is not None
+    (path,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    del cache
+    assert live_tier(path) is None
+    assert _our_lock_fds(path) == []
+
+
 def test_two_data_caches_from_one_hyrax_config(tmp_path: Path) -> None:
     config = {"data_set": {"use_cache": True, "cache_dir": str(tmp_path)}}
     a, b = DataCache(config, Source()), DataCache(config, Source())

@@ -245,14 +245,7 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
 
     def _source(self, i: int) -> Any:
         """``dataset[i]``, refusing None (which a cache cannot tell from a miss)."""
-        sample = self.dataset[i]
-        if sample is None:
-            raise TypeError(
-                f"the data set returned None for index {i} ({type(self.dataset).__name__}[{i}]); "
-                "a cache cannot store None, which stands for a miss: return a sample (an empty "
-                "dict if there is nothing to return)"
-            )
-        return sample
+        return _load(self.dataset, i)
 
     # -- preload ---------------------------------------------------------------------------------
 
@@ -288,7 +281,7 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
         self.stop_preload()
         self._preloader = Preloader(
             self.cache,
-            self._source,
+            functools.partial(_load, self.dataset),  # not a bound method: see stats= below
             indices,
             length=self._len,
             total=total,
@@ -458,6 +451,18 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
         return (
             f"CachedDataset({type(self.dataset).__name__}, len={self._len}, cache={self.cache!r})"
         )
+
+
+def _load(dataset: Any, i: int) -> Any:
+    """``dataset[i]``, refusing None (which a cache cannot tell from a miss)."""
+    sample = dataset[i]
+    if sample is None:
+        raise TypeError(
+            f"the data set returned None for index {i} ({type(dataset).__name__}[{i}]); "
+            "a cache cannot store None, which stands for a miss: return a sample (an empty "
+            "dict if there is nothing to return)"
+        )
+    return sample
 
 
 def _stats(cache: SpillCache, flights: SingleFlight, probe_errors: int) -> CacheStats:

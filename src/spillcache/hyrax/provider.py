@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -229,7 +230,8 @@ class ProviderDataCache(DataCache):
             threads=self.settings.preload_threads,
             flights=self._flights,
             progress=sys.stderr.isatty(),
-            stats=self.stats,
+            # Not self.stats: a bound method would keep this cache alive until gc.collect().
+            stats=functools.partial(_stats, cache, self._flights),
             summary=self._summary,
         )
         self._preloader.start()
@@ -255,8 +257,11 @@ class ProviderDataCache(DataCache):
     def stats(self) -> CacheStats:
         """The cache's statistics with the preload counters (zeros when caching is off)."""
         cache = self.cache
-        base = CacheStats() if cache is None else cache.stats()
-        return dataclasses.replace(base, **self._flights.counters())
+        return (
+            CacheStats(**self._flights.counters())
+            if cache is None
+            else _stats(cache, self._flights)
+        )
 
     def close(self) -> None:
         """Stop the preload and close the store (closing also happens at garbage collection)."""
@@ -265,3 +270,7 @@ class ProviderDataCache(DataCache):
             self._cache.close()
         if self._summary is not None:
             self._summary.close()
+
+
+def _stats(cache: SpillCache, flights: SingleFlight) -> CacheStats:
+    return dataclasses.replace(cache.stats(), **flights.counters())
