@@ -1060,6 +1060,10 @@ class DiskTier:
             if self._env is not None:
                 self._sync(self._env)
 
+    def commit(self) -> None:
+        """Commit everything queued (without syncing it to disk); return when done."""
+        self._commit_queued()
+
     def _commit_queued(self) -> None:
         """Return once the writes queued so far are committed (or the tier is closed)."""
         with self._state:
