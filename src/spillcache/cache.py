@@ -263,7 +263,7 @@ class SpillCache(Closing):
                 if value is not None:
                     self._ram_hits += 1
                     if self._watch:
-                        self._report()
+                        self._report(0, self._ram_hits)
                 else:
                     admits = self._may_admit() and self._ram.may_take(k)
                     if admits:
@@ -276,7 +276,7 @@ class SpillCache(Closing):
             with self._lock:
                 self._corrupt += 1
                 if self._watch:
-                    self._report()
+                    self._report_all()
             self._warn_once(
                 "corrupt",
                 f"a corrupt entry (key {k}) in the store at {str(self.path)!r} was ignored and "
@@ -294,20 +294,20 @@ class SpillCache(Closing):
                     self._done_reading(k)
                 self._misses += 1
                 if self._watch:
-                    self._report()
+                    self._report(2, self._misses)
             return None
         if not admits:
             with self._lock:
                 self._disk_hits += 1
                 if self._watch:
-                    self._report()
+                    self._report(1, self._disk_hits)
             return value
         nbytes = sample_nbytes(value) + ENTRY_OVERHEAD
         with self._lock:
             overtaken = self._done_reading(k)
             self._disk_hits += 1
             if self._watch:
-                self._report()
+                self._report(1, self._disk_hits)
             admitted = not overtaken and self._ram.admit(k, value, nbytes)
         # The RAM tier now owns ``value``; the caller gets its own copy.
         return replicate(value) if admitted and self._copy else value
@@ -424,7 +424,7 @@ class SpillCache(Closing):
         with self._lock:
             self._puts += 1
             if self._watch:
-                self._report()
+                self._report_all()  # with the disk tier's counters: a put may be rejected
             if k in self._reading:
                 self._overtaken.add(k)
             if fits:
@@ -457,8 +457,19 @@ class SpillCache(Closing):
             self._slot = attach(self._parent_block)
         self._role_known = True
 
-    def _report(self) -> None:
-        """Publish this worker's counts to its parent (caller holds the lock)."""
+    def _report(self, field: int, value: int) -> None:
+        """Publish counter ``field`` (now ``value``) to this worker's parent (under the lock).
+
+        One memory store: a request in a worker costs ~0.1 us more.
+        """
+        slot = self._slot
+        if slot is not None:
+            slot.words[field] = value - self._base[field]
+        else:
+            self._report_all()
+
+    def _report_all(self) -> None:
+        """Publish every counter to this worker's parent (caller holds the lock)."""
         if not self._role_known:
             self._learn_role()
         slot = self._slot
@@ -584,7 +595,7 @@ class SpillCache(Closing):
         self._disk.commit()
         if self._watch:
             with self._lock:
-                self._report()  # a failed commit counts write errors
+                self._report_all()  # a failed commit counts write errors
 
     def flush(self) -> None:
         """Commit every queued write and sync the store to disk."""
@@ -601,11 +612,11 @@ class SpillCache(Closing):
             # Kept: stats() after close still counts the workers.
             self._closed_totals = block.totals()
             block.close()
-        self._slot = None
-        self._watch = False
-        if slot is not None:
-            slot.close()
         with self._lock:
+            self._slot = None
+            self._watch = False
+            if slot is not None:
+                slot.close()  # under the lock: no request publishes into it meanwhile
             self._ram.clear()
 
     def __repr__(self) -> str:

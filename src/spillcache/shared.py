@@ -3,7 +3,7 @@
 A cache that may start workers owns one small memory-mapped file (in ``/dev/shm`` when there
 is one): a slot of counters per worker, each written only by its worker, without a lock or a
 system call, and summed by the owner. Only claiming a slot (once per worker) and summing take
-the file's ``flock``. The owner unlinks the file when its cache closes or is collected; files
+the file's lock. The owner unlinks the file when its cache closes or is collected; files
 left by killed owners are removed by the next owner that creates one.
 """
 
@@ -16,6 +16,7 @@ import mmap
 import os
 import secrets
 import tempfile
+import threading
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,16 +53,22 @@ def _alive(pid: int) -> bool:
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[memoryview]:
-    """The block's words, under its flock (an open file of our own: flock is per open file)."""
+    """The block's words, under its record lock.
+
+    A POSIX record lock, not a flock: a flock belongs to the open file, which a fork
+    duplicates, so a fork while a thread held it would leave the child holding it for good.
+    Record locks belong to a process (threads of one process do not exclude each other:
+    :class:`CounterBlock` serializes its own).
+    """
     fd = os.open(path, os.O_RDWR)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.lockf(fd, fcntl.LOCK_EX)
         with mmap.mmap(fd, _SIZE) as mm, memoryview(mm) as raw, raw.cast("q") as words:
             if words[0] != _MAGIC:
                 raise OSError(f"{path} is not a spillcache counter block")
             yield words
     finally:
-        os.close(fd)  # releases the flock
+        os.close(fd)  # releases the lock
 
 
 def _slot_offset(slot: int) -> int:
@@ -103,6 +110,7 @@ class CounterBlock:
             self.path.unlink()
             raise
         os.close(fd)
+        self._lock = threading.Lock()
         self._finalizer = weakref.finalize(self, _unlink, self.path, self.owner_pid)
 
     def totals(self) -> dict[str, int]:
@@ -111,7 +119,7 @@ class CounterBlock:
         if not self._finalizer.alive:
             return sums
         try:
-            with _locked(self.path) as words:
+            with self._lock, _locked(self.path) as words:
                 for slot in range(_SLOTS):
                     base = _slot_offset(slot) + 1
                     for j, name in enumerate(FIELDS):
@@ -144,12 +152,13 @@ class WorkerSlot:
         start = _slot_offset(slot) + 1
         self._views = [memoryview(mm)]
         self._views.append(self._views[0].cast("q"))
-        self._words = self._views[1][start : start + len(FIELDS)]
-        self._views.append(self._words)
+        #: The slot's counters, in :data:`FIELDS` order (a worker stores into them directly).
+        self.words = self._views[1][start : start + len(FIELDS)]
+        self._views.append(self.words)
 
     def publish(self, values: tuple[int, ...]) -> None:
         """Set the slot's counters to ``values`` (in :data:`FIELDS` order)."""
-        words = self._words
+        words = self.words
         for j, value in enumerate(values):
             words[j] = value
 
