@@ -361,3 +361,27 @@ def test_dataloader_uses_the_batched_source(tmp_path: Path, method: str, persist
         assert len(loads(tmp_path / "log")) == 32
         stats = ds.stats()
         assert (stats.misses, stats.requests) == (32, 64)
+
+
+def test_a_logging_data_set_handed_to_workers_is_still_collected(tmp_path: Path) -> None:
+    import gc
+    import weakref
+
+    writer = FakeWriter()
+    ds = CachedDataset(
+        Logged(8, tmp_path / "log"), tmp_path / "s", probes=0, summary_writer=writer, log_every=4
+    )
+    loader = DataLoader(ds, batch_size=4, num_workers=1, multiprocessing_context="fork")
+    assert epoch(loader) == list(range(8))
+    assert any(t.name == "spillcache-stats" for t in threading.enumerate())
+    collected = weakref.ref(ds)
+    del ds, loader
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline and (
+        collected() is not None or any(t.name == "spillcache-stats" for t in threading.enumerate())
+    ):
+        gc.collect()
+        time.sleep(0.05)
+    assert collected() is None  # the logging thread does not keep it alive...
+    assert not any(t.name == "spillcache-stats" for t in threading.enumerate())  # ...and ends
+    assert blocks(os.getpid()) == []

@@ -30,6 +30,7 @@ import atexit
 import contextlib
 import copy
 import dataclasses
+import inspect
 import itertools
 import logging
 import operator
@@ -633,14 +634,21 @@ class StatsLogger:
         self._lock = threading.Lock()
         self._stats_step = self._preloaded = 0
         self._last = CacheStats()
-        self._stats: Callable[[], CacheStats] | None = None
+        self._stats: Callable[[], Callable[[], CacheStats] | None] | None = None
         self._watcher: threading.Thread | None = None
         self._stop = threading.Event()
         forksafe.register(self)
 
     def follow(self, stats: Callable[[], CacheStats]) -> None:
-        """Set what :meth:`watch`'s thread logs (``stats()``, the data set's statistics)."""
-        self._stats = stats
+        """Set what :meth:`watch`'s thread logs (``stats()``, the data set's statistics).
+
+        A bound method is held weakly: the thread must not keep its data set alive (and
+        ends once the data set is gone).
+        """
+        if inspect.ismethod(stats):
+            self._stats = weakref.WeakMethod(stats)
+        else:
+            self._stats = lambda: stats
 
     def watch(self) -> None:
         """Start the thread that logs the requests of worker processes (once; idempotent)."""
@@ -654,16 +662,15 @@ class StatsLogger:
             )
             self._watcher.start()
 
-    def _watch(self, stats: Callable[[], CacheStats]) -> None:
+    def _watch(self, ref: Callable[[], Callable[[], CacheStats] | None]) -> None:
         while not self._stop.wait(_WATCH_SECONDS):
-            try:
-                current = stats()
-            except Exception as exc:  # the cache was closed under us: close() comes next
-                logger.debug("reading the statistics to log failed: %r", exc)
-                continue
-            with self._lock:
-                if current.requests // self.every > self._last.requests // self.every:
-                    self._log_locked(current)
+            current = _read(ref)  # no reference to the data set is kept while we wait
+            if current is None:  # the data set was collected
+                return
+            if isinstance(current, CacheStats):
+                with self._lock:
+                    if current.requests // self.every > self._last.requests // self.every:
+                        self._log_locked(current)
 
     def tick(self, stats: Callable[[], CacheStats]) -> None:
         """Count one request; every ``every``-th logs ``stats()`` (call outside any lock)."""
@@ -738,6 +745,18 @@ class StatsLogger:
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
         self._watcher = None
+
+
+def _read(ref: Callable[[], Callable[[], CacheStats] | None]) -> CacheStats | bool | None:
+    """``ref()()``: None if the data set is gone, False if reading failed."""
+    stats = ref()
+    if stats is None:
+        return None
+    try:
+        return stats()
+    except Exception as exc:  # the cache was closed under us: close() comes next
+        logger.debug("reading the statistics to log failed: %r", exc)
+        return False
 
 
 # -- the preloader ---------------------------------------------------------------------------
