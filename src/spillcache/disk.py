@@ -875,6 +875,9 @@ class DiskTier:
             with self._state:
                 deadline: float | None = None
                 while True:
+                    if self._inflight:  # commit() commits a batch in its own thread
+                        self._state.wait()
+                        continue
                     if self._queue:
                         now = time.monotonic()
                         deadline = deadline or now + _COMMIT_INTERVAL
@@ -1061,8 +1064,34 @@ class DiskTier:
                 self._sync(self._env)
 
     def commit(self) -> None:
-        """Commit everything queued (without syncing it to disk); return when done."""
-        self._commit_queued()
+        """Commit everything queued (without syncing it to disk); return when done.
+
+        The calling thread commits the batches the writer thread is not busy with itself: a
+        DataLoader worker that commits before it hands out each batch then waits for no
+        other thread (under CPU contention a hand-off can cost a scheduler slice).
+        """
+        with self._state:
+            target = self._enqueued
+        while True:
+            with self._state:
+                if self._done >= target or not (self._queue or self._inflight) or self._closed:
+                    return
+                if self._inflight or self._forking:
+                    self._urgent = True
+                    self._state.notify_all()
+                    self._state.wait()
+                    continue
+                self._inflight = batch = self._take_batch_locked()
+                taken = None if self._queue else self._enqueued
+            try:
+                self._commit(batch)
+            finally:
+                with self._state:
+                    self._inflight = {}
+                    self._recycle_locked(batch.values())
+                    if taken is not None:
+                        self._done = max(self._done, taken)
+                    self._state.notify_all()
 
     def _commit_queued(self) -> None:
         """Return once the writes queued so far are committed (or the tier is closed)."""
