@@ -385,3 +385,41 @@ def test_a_logging_data_set_handed_to_workers_is_still_collected(tmp_path: Path)
     assert collected() is None  # the logging thread does not keep it alive...
     assert not any(t.name == "spillcache-stats" for t in threading.enumerate())  # ...and ends
     assert blocks(os.getpid()) == []
+
+
+def test_commit_from_many_threads_while_the_writer_runs(tmp_path: Path) -> None:
+    """commit() in callers' threads and the writer thread never lose or reorder a write."""
+    import subprocess
+    import sys
+
+    cache = SpillCache(tmp_path / "s", ram_budget=0)
+
+    def work(t: int) -> None:
+        for i in range(150):
+            cache.put(t * 1000 + i, {"x": np.full(4096 * (1 + i % 40), i % 251, np.uint8)})
+            cache.put(t * 1000 + i, {"x": np.full(4096, t, np.uint8)})  # the last value wins
+            if i % 7 == 0:
+                cache.commit()
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT)
+    cache.commit()
+    check = (
+        "import sys; import numpy as np; from spillcache import SpillCache\n"
+        "c = SpillCache(sys.argv[1], ram_budget=0)\n"
+        "got = {k: c.get(k) for t in range(4) for k in range(t * 1000, t * 1000 + 150)}\n"
+        "bad = [k for k, s in got.items()\n"
+        "       if s is None or s['x'].size != 4096 or not (s['x'] == k // 1000).all()]\n"
+        "print(len(c), bad)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", check, str(tmp_path / "s")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.split(maxsplit=1) == ["600", "[]\n"]
+    cache.close()
