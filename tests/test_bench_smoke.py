@@ -78,3 +78,17 @@ def test_quick_run_results_are_complete_and_consistent(quick_run: Path) -> None:
     # Without MONAI the comparison with it is reported as not measured, not as passed.
     monai_rows = [r for r in results["targets"] if "MONAI" in r["target"]]
     assert monai_rows and all(r["measured"] is None and r["ok"] is None for r in monai_rows)
+
+
+def test_batched_benchmark_runs_and_batches(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchmarks import batched
+
+    monkeypatch.setattr(sys, "argv", ["batched", "--quick"])
+    batched.main()
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    # set-up, source calls per item, batched, seconds per item, batched
+    calls = {r.split("|")[1].strip(): r.split("|")[2:4] for r in rows[1:]}
+    assert [int(c) for c in calls["0 workers"]] == [128, 4]
+    assert [int(c) for c in calls["2 workers"]] == [128, 4]

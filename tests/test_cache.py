@@ -10,6 +10,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import lmdb
 import numpy as np
@@ -224,9 +225,9 @@ def _held_commits(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
     release = threading.Event()
     commit = disk_module.DiskTier._commit
 
-    def held(self: disk_module.DiskTier, batch: dict[int, disk_module.Value]) -> None:
+    def held(self: disk_module.DiskTier, batch: dict[int, disk_module.Value], *args: Any) -> None:
         release.wait(60)
-        commit(self, batch)
+        commit(self, batch, *args)
 
     monkeypatch.setattr(disk_module.DiskTier, "_commit", held)
     return release
@@ -319,10 +320,10 @@ def test_a_writer_that_fell_behind_commits_in_small_batches(
     batches: list[int] = []
     commit = disk_module.DiskTier._commit
 
-    def held(self: disk_module.DiskTier, batch: dict[int, disk_module.Value]) -> None:
+    def held(self: disk_module.DiskTier, batch: dict[int, disk_module.Value], *args: Any) -> None:
         release.wait(60)
         batches.append(sum(len(v) for v in batch.values()))
-        commit(self, batch)
+        commit(self, batch, *args)
 
     monkeypatch.setattr(disk_module.DiskTier, "_commit", held)
     with SpillCache(tmp_path / "s", ram_budget=0) as cache:

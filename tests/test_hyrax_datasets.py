@@ -409,7 +409,7 @@ def test_wrong_names_indices_and_augment_keys(tmp_path: Path) -> None:
         cache.insert_base("data", 5, {"image": np.zeros(1)})
     with pytest.raises(TypeError, match=r"BadKey.augment_cache_key returned str"):
         cache.insert_augmented("data", 1, np.int64(3), {"image": np.zeros(1)})
-    with pytest.raises(TypeError, match=r"sample\['bad'\]"):
+    with pytest.raises(TypeError, match=r"data\[1\]\['bad'\]"):
         cache.insert_base("data", 1, {"bad": object()})
     assert cache.try_fetch("data", np.int64(1)) == (None, False)
     cache.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -63,6 +64,9 @@ _LOADER_UNTIL_INTERRUPTED = """
 """
 
 
+_WORKER_GONE = ("resource_sharer", "exited unexpectedly")
+
+
 def _interrupt_after(
     code: str, path: Path, lines: int, rng: random.Random, *, group: bool
 ) -> list[str]:
@@ -77,7 +81,10 @@ def _interrupt_after(
     else:
         process.send_signal(signal.SIGINT)
     rest, err = process.communicate(timeout=60)  # a hang at exit fails here
-    assert "KeyboardInterrupt" in err, err
+    # With group=True the workers get the Ctrl-C too: the main process may then see it as a
+    # worker gone while handing over a batch (torch's fd sharer or its worker watchdog).
+    endings = ("KeyboardInterrupt",) + (_WORKER_GONE if group else ())
+    assert any(ending in err for ending in endings), err
     assert process.returncode in (1, -signal.SIGINT, 128 + signal.SIGINT), err
     return [line for line in out + rest.splitlines() if line.strip()]
 
@@ -99,7 +106,8 @@ def test_ctrl_c_during_a_fill_keeps_everything_put(tmp_path: Path) -> None:
 def test_ctrl_c_of_a_dataloader_with_workers(tmp_path: Path) -> None:
     path = tmp_path / "store"
     out = _interrupt_after(_LOADER_UNTIL_INTERRUPTED, path, 40, random.Random(), group=True)
-    received = {int(line.split()[1]) for line in out if line.startswith("got")}
+    # A line cut short by the Ctrl-C has no number: only whole lines count.
+    received = {int(line.split()[1]) for line in out if re.fullmatch(r"got \d+", line)}
     assert verify(path).ok
     present = check_store(path, max(received) + 100, fingerprint="fp")
     # A worker puts a sample before handing it over, and commits at its exit.

@@ -163,8 +163,10 @@ def test_flush_returns_while_other_threads_keep_writing(
     stop = threading.Event()
     real_commit = disk_module.DiskTier._commit
 
-    def commit_then_another_put(self: disk_module.DiskTier, batch: dict[int, bytes]) -> None:
-        real_commit(self, batch)
+    def commit_then_another_put(
+        self: disk_module.DiskTier, batch: dict[int, bytes], *args: Any
+    ) -> None:
+        real_commit(self, batch, *args)
         if not stop.is_set():
             threading.Thread(target=self.write, args=(max(batch) + 1, b"x")).start()
             time.sleep(0.01)  # that put lands before the flushing thread looks again

@@ -19,6 +19,7 @@ from .codec import Encoding, clone, decode, replicate, view
 from .disk import SpillCacheWarning, Value, open_tier
 from .errors import CodecError
 from .ram import RamTier
+from .shared import FIELDS, CounterBlock, WorkerSlot, attach
 from .sizing import (
     ENTRY_OVERHEAD,
     check_ram_budget,
@@ -159,6 +160,7 @@ class SpillCache(Closing):
         self._copy = copy
         self._fingerprint = fingerprint
         self._closed = False
+        self._parent_block: Path | None = None
         self._init_process_state()
         forksafe.register(self)
         try:
@@ -188,13 +190,27 @@ class SpillCache(Closing):
         self._reading: dict[int, int] = {}
         self._overtaken: set[int] = set()
         self._warned: set[str] = set()
+        # The workers' counters: the block this process owns (made when it may start
+        # workers), and, in a worker, its slot in its parent's block. ``_watch``: this process
+        # may be a worker (it then publishes its counts after each request); cleared once it
+        # turns out not to be one.
+        self._block: CounterBlock | None = None
+        self._closed_totals: dict[str, int] | None = None
+        self._slot: WorkerSlot | None = None
+        self._watch = True
+        self._base = (0,) * len(FIELDS)
 
     # -- pickling --------------------------------------------------------------------------------
 
     def __getstate__(self) -> dict[str, Any]:
         # The RAM tier, locks and the environment stay behind: the other process reopens the
         # store by path. A temporary store stays owned by the process that made it.
-        # Unpickled in the process that pickled it (or a deep copy), it shares the tier.
+        # Unpickled in the process that pickled it (or a deep copy), it shares the tier. A
+        # DataLoader worker that unpickles it counts its requests into our block, and finds
+        # what we put so far committed.
+        block = self._own_block()
+        if not self.closed:
+            self._disk.commit()
         return {
             "_ram_budget": self._ram_budget,
             "_copy": self._copy,
@@ -202,6 +218,7 @@ class SpillCache(Closing):
             "_generation": self._generation,
             "_closed": self._closed,
             "_disk": self._disk,
+            "_parent_block": None if block is None else block.path,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -284,6 +301,8 @@ class SpillCache(Closing):
                 value = self._ram.get(k)
                 if value is not None:
                     self._ram_hits += 1
+                    if self._watch:
+                        self._report(0, self._ram_hits)
                 else:
                     admits = self._may_admit() and self._ram.may_take(k)
                     if admits:
@@ -297,6 +316,8 @@ class SpillCache(Closing):
         except CodecError as exc:
             with self._lock:
                 self._corrupt += 1
+                if self._watch:
+                    self._report_all()
             self._warn_once(
                 "corrupt",
                 f"a corrupt entry (key {k}) in the store at {str(self.path)!r} was ignored and "
@@ -313,15 +334,21 @@ class SpillCache(Closing):
                 if admits:
                     self._done_reading(k)
                 self._misses += 1
+                if self._watch:
+                    self._report(2, self._misses)
             return None
         if not admits:
             with self._lock:
                 self._disk_hits += 1
+                if self._watch:
+                    self._report(1, self._disk_hits)
             return value
         nbytes = sample_nbytes(value) + ENTRY_OVERHEAD
         with self._lock:
             overtaken = self._done_reading(k)
             self._disk_hits += 1
+            if self._watch:
+                self._report(1, self._disk_hits)
             admitted = not overtaken and self._ram.admit(k, value, nbytes)
         # The RAM tier now owns ``value``; the caller gets its own copy.
         return replicate(value) if admitted and self._copy else value
@@ -447,6 +474,8 @@ class SpillCache(Closing):
         on_disk = self._disk.write(k, value, self._generation)
         with self._lock:
             self._puts += 1
+            if self._watch:
+                self._report_all()  # with the disk tier's counters: a put may be rejected
             if k in self._reading:
                 self._overtaken.add(k)
             if fits:
@@ -465,10 +494,73 @@ class SpillCache(Closing):
         not copied) and otherwise the LMDB pages in the OS page cache, which all processes share.
         """
         if not self._role_known:
-            # Checked at first use: a worker learns it is one only once its loop has started.
-            self._admits = self._ram_budget > 0 and torch.utils.data.get_worker_info() is None
-            self._role_known = True
+            self._learn_role()
         return self._admits
+
+    def _learn_role(self) -> None:
+        """Whether this process is a DataLoader worker; a worker claims its counter slot.
+
+        Learnt at first use: a worker learns it is one only once its loop has started.
+        """
+        worker = torch.utils.data.get_worker_info() is not None
+        self._admits = self._ram_budget > 0 and not worker
+        if worker and self._parent_block is not None and self._slot is None:
+            self._slot = attach(self._parent_block)
+        self._role_known = True
+
+    def _report(self, field: int, value: int) -> None:
+        """Publish counter ``field`` (now ``value``) to this worker's parent (under the lock).
+
+        One memory store: a request in a worker costs ~0.1 us more.
+        """
+        slot = self._slot
+        if slot is not None:
+            slot.words[field] = value - self._base[field]
+        else:
+            self._report_all()
+
+    def _report_all(self) -> None:
+        """Publish every counter to this worker's parent (caller holds the lock)."""
+        if not self._role_known:
+            self._learn_role()
+        slot = self._slot
+        if slot is None:
+            self._watch = False  # not a worker, or one that cannot report: stop asking
+            return
+        slot.publish(
+            tuple(now - then for now, then in zip(self._counts(), self._base, strict=True))
+        )
+
+    def _counts(self) -> tuple[int, ...]:
+        """This process's counters, in :data:`~spillcache.shared.FIELDS` order."""
+        disk = self._disk
+        return (
+            self._ram_hits,
+            self._disk_hits,
+            self._misses,
+            self._puts,
+            self._corrupt,
+            disk.rejected,
+            disk.write_errors,
+        )
+
+    def _own_block(self) -> CounterBlock | None:
+        """The counter block of this process's workers, made on first need."""
+        block = self._block
+        if block is not None and block.owned:
+            return block
+        if self.closed:
+            return None
+        try:
+            self._block = block = CounterBlock()
+        except OSError as exc:
+            self._warn_once(
+                "counters",
+                f"could not create the shared counters of DataLoader workers ({exc}); "
+                "stats() counts this process only",
+            )
+            self._block = None
+        return block if self._block is not None else None
 
     def _tier_of(self, key: int) -> Literal["ram", "disk"] | None:
         """Where ``key`` is, counting no request and recording no access (for the preload)."""
@@ -528,24 +620,38 @@ class SpillCache(Closing):
         return len(self._disk)
 
     def stats(self) -> CacheStats:
-        """A snapshot of this process's counters and the store's size."""
+        """A snapshot of the counters and the store's size.
+
+        The counters are those of this process plus those of the DataLoader workers it
+        started (any start method, running or exited); a worker counts itself only. The RAM
+        figures are this process's (workers keep no RAM tier of their own).
+        """
         with self._lock:
-            counters = {
-                "ram_hits": self._ram_hits,
-                "disk_hits": self._disk_hits,
-                "misses": self._misses,
-                "puts": self._puts,
-                "corrupt": self._corrupt,
-                "ram_bytes": self._ram.nbytes,
-                "ram_items": len(self._ram),
-            }
+            counters = dict(zip(FIELDS, self._counts(), strict=True))
+            ram = {"ram_bytes": self._ram.nbytes, "ram_items": len(self._ram)}
+        block = self._block
+        workers = self._closed_totals
+        if workers is None and block is not None and block.owned:
+            workers = block.totals()
+        if workers is not None:
+            counters = {name: counters[name] + workers[name] for name in FIELDS}
         return CacheStats(
             **counters,
+            **ram,
             disk_items=len(self._disk) if not self.closed else 0,
             disk_bytes=self._disk.file_bytes(),
-            rejected=self._disk.rejected,
-            write_errors=self._disk.write_errors,
         )
+
+    def commit(self) -> None:
+        """Make every put so far visible to other processes (committed, not synced).
+
+        What :meth:`flush` does without waiting for the disk: a DataLoader worker calls it
+        before handing out a batch it loaded, so that no sibling loads those samples again.
+        """
+        self._disk.commit()
+        if self._watch:
+            with self._lock:
+                self._report_all()  # a failed commit counts write errors
 
     def flush(self) -> None:
         """Commit every queued write and sync the store to disk."""
@@ -560,7 +666,16 @@ class SpillCache(Closing):
         """
         self._closed = True
         self._finalizer()
+        block, slot = self._block, self._slot
+        if block is not None and block.owned:
+            # Kept: stats() after close still counts the workers.
+            self._closed_totals = block.totals()
+            block.close()
         with self._lock:
+            self._slot = None
+            self._watch = False
+            if slot is not None:
+                slot.close()  # under the lock: no request publishes into it meanwhile
             self._ram.clear()
 
     def __repr__(self) -> str:
@@ -575,6 +690,8 @@ class SpillCache(Closing):
     # -- fork ------------------------------------------------------------------------------------
 
     def _before_fork(self) -> None:
+        # A forked DataLoader worker counts into the block of the process that forked it.
+        self._own_block()
         self._lock.acquire()
 
     def _after_fork_in_parent(self) -> None:
@@ -583,3 +700,11 @@ class SpillCache(Closing):
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
         self._role_known = False
+        block = self._block
+        self._parent_block = None if block is None else block.path
+        self._block = None  # the parent's: its object here must not remove the file
+        self._slot = None  # a slot belongs to the process that claimed it
+        self._closed_totals = None
+        self._watch = not self.closed
+        # The parent's counts came along: a worker reports only what it counts itself.
+        self._base = self._counts()

@@ -15,11 +15,12 @@ import torch.utils.data
 
 from .cache import SpillCache
 from .closing import Closing
-from .codec import digest, encode
+from .codec import clone, digest, encode
 from .disk import SpillCacheWarning
 from .errors import FingerprintMismatch
 from .indices import as_index, in_range
 from .preload import (
+    Flight,
     Preloader,
     SingleFlight,
     StatsLogger,
@@ -188,6 +189,7 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
         try:
             if summary_writer is not None:
                 self._summary = StatsLogger(summary_writer, log_every)
+                self._summary.follow(self.stats)
             if not vouched and probes and self._len:
                 self._check_probes(_probe_indices(self._len, probes), on_mismatch)
             if preload:
@@ -205,9 +207,115 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
         sample = self.cache.get(i)
         if sample is None:
             sample = self._fetch(i, stamp)
+            self._share()
         if self._summary is not None:
             self._summary.tick(self.stats)
         return sample if self.transform is None else self.transform(sample)
+
+    def __getitems__(self, indices: Sequence[int]) -> list[Any]:
+        """The samples of ``indices``, in order: what a ``DataLoader`` asks for per batch.
+
+        Hits come from the cache; the misses are loaded in one call of the wrapped data set's
+        ``__getitems__`` if it has one (else one ``dataset[i]`` each) and cached. A miss that
+        another thread or the preload is loading is waited for, not loaded again.
+
+        Parameters
+        ----------
+        indices : sequence of int
+            Indices of this data set (negative ones count from the end).
+
+        Raises
+        ------
+        ValueError
+            If the wrapped ``__getitems__`` returns a different number of samples.
+        """
+        keys = [self._normalize(index) for index in indices]
+        stamp = self.cache._stamp()
+        samples = [self.cache.get(k) for k in keys]
+        missed = [p for p, sample in enumerate(samples) if sample is None]
+        if missed:
+            self._fetch_many(keys, samples, missed, stamp)
+            self._share()
+        if self._summary is not None:
+            for _ in keys:
+                self._summary.tick(self.stats)
+        if self.transform is not None:
+            samples = [self.transform(sample) for sample in samples]
+        return samples
+
+    def _share(self) -> None:
+        """In a DataLoader worker: commit this request's puts before its samples leave.
+
+        The main process gets a batch only after the worker returned it, so every sample
+        it got is in the store before it can ask any worker for it again (next epoch).
+        """
+        if torch.utils.data.get_worker_info() is not None:
+            self.cache.commit()
+
+    def _fetch_many(
+        self, keys: list[int], samples: list[Any], missed: list[int], stamp: int
+    ) -> None:
+        """Fill ``samples`` at the positions ``missed``: one batched load, single flight."""
+        owned: dict[int, Flight | None] = {}
+        joined: list[tuple[int, Flight]] = []
+        for p in missed:
+            k = keys[p]
+            if k in owned:
+                continue  # twice in the batch: one load
+            flight, mine = self._flights.claim_or_join(k)
+            if flight is None or mine:
+                owned[k] = flight
+            else:
+                joined.append((p, flight))
+        loaded = self._load_owned(owned, stamp) if owned else {}
+        given: set[int] = set()
+        for p in missed:
+            k = keys[p]
+            if k in loaded:
+                sample = loaded[k]
+                samples[p] = clone(sample) if k in given and self._copy else sample
+                given.add(k)
+        for p, flight in joined:
+            samples[p] = self._await(flight, stamp)
+
+    def _load_owned(self, owned: dict[int, Flight | None], stamp: int) -> dict[int, Any]:
+        """Load and cache the claimed keys of ``owned``; end every claim whatever happens."""
+        loaded: dict[int, Any] = {}
+        try:
+            todo = []
+            for k in owned:
+                # Whoever held the claim before us may have stored it since our miss.
+                sample = self.cache._reread(k, stamp)
+                if sample is None:
+                    todo.append(k)
+                else:
+                    loaded[k] = sample
+            for k, sample in zip(todo, self._source_many(todo), strict=True):
+                self.cache.put(k, sample, name=f"dataset[{k}]")
+                loaded[k] = sample
+            for k, sample in loaded.items():
+                flight = owned[k]
+                if flight is not None:
+                    self._flights.land(flight, sample, stored=True)
+        except BaseException:
+            for flight in owned.values():
+                if flight is not None:
+                    self._flights.cancel(flight)  # no-op for those landed
+            raise
+        return loaded
+
+    def _await(self, flight: Flight, stamp: int) -> Any:
+        """The sample of a load joined in progress (or our own load if that one failed)."""
+        done, sample = self._flights.wait(flight)
+        if not done:
+            return self._fetch(flight.key, stamp)
+        if self._flights.adopt(flight) and not self.cache.closed:
+            self.cache.put(flight.key, sample)
+        return sample
+
+    def _source_many(self, keys: list[int]) -> list[Any]:
+        """``dataset[k]`` for each of ``keys``, in one call of its ``__getitems__`` if any."""
+        return _load_many(self.dataset, keys)
 
     def _fetch(self, i: int, stamp: int) -> Any:
         """Load a missed index once per process: join a load of it in progress, or claim it.
@@ -245,7 +353,7 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
 
     def _source(self, i: int) -> Any:
         """``dataset[i]``, refusing None (which a cache cannot tell from a miss)."""
-        return _load(self.dataset, i)
+        return _load_one(self.dataset, i)
 
     # -- preload ---------------------------------------------------------------------------------
 
@@ -279,10 +387,12 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
             raise ValueError("the cache is closed; cannot preload")
         indices, total = preview_order(order, self._len)
         self.stop_preload()
+        batched = callable(getattr(self.dataset, "__getitems__", None))
         self._preloader = Preloader(
             self.cache,
-            functools.partial(_load, self.dataset),  # not a bound method: see stats= below
+            functools.partial(_load_one, self.dataset),  # not a bound method: see stats= below
             indices,
+            load_many=functools.partial(_load_many, self.dataset) if batched else None,
             length=self._len,
             total=total,
             threads=self.preload_threads,
@@ -441,6 +551,8 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
         # starts with no preload and logs nothing.
         state = self.__dict__.copy()
         state.update(_flights=None, _preloader=None, _summary=None)
+        if self._summary is not None:
+            self._summary.watch()  # spawned workers may count requests from now on
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -453,9 +565,28 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
         )
 
 
-def _load(dataset: Any, i: int) -> Any:
+def _load_one(dataset: Any, i: int) -> Any:
     """``dataset[i]``, refusing None (which a cache cannot tell from a miss)."""
-    sample = dataset[i]
+    return _not_none(dataset, i, dataset[i])
+
+
+def _load_many(dataset: Any, keys: list[int]) -> list[Any]:
+    """``dataset[k]`` for each of ``keys``, in one call of its ``__getitems__`` if any."""
+    if not keys:
+        return []
+    many = getattr(dataset, "__getitems__", None)
+    if not callable(many):
+        return [_load_one(dataset, k) for k in keys]
+    samples = list(many(list(keys)))
+    if len(samples) != len(keys):
+        raise ValueError(
+            f"{type(dataset).__name__}.__getitems__ returned {len(samples)} samples "
+            f"for {len(keys)} indices; it must return one sample per index, in order"
+        )
+    return [_not_none(dataset, k, sample) for k, sample in zip(keys, samples, strict=True)]
+
+
+def _not_none(dataset: Any, i: int, sample: Any) -> Any:
     if sample is None:
         raise TypeError(
             f"the data set returned None for index {i} ({type(dataset).__name__}[{i}]); "

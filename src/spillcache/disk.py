@@ -605,7 +605,6 @@ class DiskTier:
         # Another process emptied the store since this process's view of it (rebuilt or
         # cleared): nothing more is written, nothing read is served.
         self._stale = False
-        self._inflight_generation: bytes | None = None
         self._init_runtime_state()
 
     def _register(self) -> None:
@@ -1247,6 +1246,9 @@ class DiskTier:
             with self._state:
                 deadline: float | None = None
                 while True:
+                    if self._inflight:  # commit() commits a batch in its own thread
+                        self._state.wait()
+                        continue
                     if self._queue:
                         now = time.monotonic()
                         deadline = deadline or now + _COMMIT_INTERVAL
@@ -1270,14 +1272,14 @@ class DiskTier:
                         self._state.notify_all()
                         return
                 self._inflight = batch = self._take_batch_locked()
-                self._inflight_generation = self.generation
+                generation = self.generation
                 # None: writes queued before this batch remain, and are committed next
                 # without waiting for more (they have waited already).
                 taken = None if self._queue else self._enqueued
                 self._urgent = bool(self._queue)
                 self._state.notify_all()
             try:
-                self._commit(batch)
+                self._commit(batch, generation)
             finally:
                 with self._state:
                     self._inflight = {}
@@ -1312,7 +1314,8 @@ class DiskTier:
         self._queued_bytes -= size
         return {key: queue.pop(key) for key in keys}
 
-    def _commit(self, batch: dict[int, Value]) -> None:
+    def _commit(self, batch: dict[int, Value], generation: bytes | None) -> None:
+        """Store ``batch``, taken from the queue while the store was at ``generation``."""
         try:
             items = self._stored_items(batch)
         except MemoryError as exc:
@@ -1323,7 +1326,6 @@ class DiskTier:
             if type(value) is memoryview:
                 seal(value)
         need = sum(len(v) for _, v in items)
-        generation = self._inflight_generation
         for _ in range(8):
             try:
                 with self._write_txn() as txn:
@@ -1522,6 +1524,37 @@ class DiskTier:
         with self._gate.shared():
             if self._env is not None:
                 self._sync(self._env)
+
+    def commit(self) -> None:
+        """Commit everything queued (without syncing it to disk); return when done.
+
+        The calling thread commits the batches the writer thread is not busy with itself: a
+        DataLoader worker that commits before it hands out each batch then waits for no
+        other thread (under CPU contention a hand-off can cost a scheduler slice).
+        """
+        with self._state:
+            target = self._enqueued
+        while True:
+            with self._state:
+                if self._done >= target or not (self._queue or self._inflight) or self._closed:
+                    return
+                if self._inflight or self._forking:
+                    self._urgent = True
+                    self._state.notify_all()
+                    self._state.wait()
+                    continue
+                self._inflight = batch = self._take_batch_locked()
+                generation = self.generation
+                taken = None if self._queue else self._enqueued
+            try:
+                self._commit(batch, generation)
+            finally:
+                with self._state:
+                    self._inflight = {}
+                    self._recycle_locked(batch.values())
+                    if taken is not None:
+                        self._done = max(self._done, taken)
+                    self._state.notify_all()
 
     def _commit_queued(self) -> None:
         """Return once the writes queued so far are committed (or the tier is closed)."""

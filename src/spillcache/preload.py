@@ -30,6 +30,7 @@ import atexit
 import contextlib
 import copy
 import dataclasses
+import inspect
 import itertools
 import logging
 import os
@@ -105,6 +106,10 @@ _WINDOW_SECONDS = 0.05
 _REFRESH_SECONDS = 0.25
 # Scalars are logged every ``log_every`` processed indices, and at least this often.
 _LOG_SECONDS = 10.0
+# How often a StatsLogger's thread looks at the counters (of DataLoader workers, mostly).
+_WATCH_SECONDS = 0.2
+# Indices a load thread of the preload asks a batched source (``__getitems__``) for at once.
+_PRELOAD_BATCH = 32
 # stop() waits this long for the coordinator to notice.
 _STOP_JOIN_SECONDS = 0.5
 # Tuner measurements kept in ``Preloader.tuning``.
@@ -598,8 +603,15 @@ class StatsLogger:
     """Writes cache statistics to TensorBoard, from the process that created it only.
 
     Each tag's steps only grow: the cache's statistics are logged at the number of requests
-    (:meth:`tick` calls) so far, also when a preload logs them, and a preload's own scalars
-    at the number of indices processed by all the preloads that logged here.
+    counted so far (``stats().requests``: this process's and its DataLoader workers'), also
+    when a preload logs them, and a preload's own scalars at the number of indices processed
+    by all the preloads that logged here. Hit rates are those of the requests since the
+    previous point (a warm epoch shows as 1.0), not since the start.
+
+    Requests of this process are logged every ``every`` :meth:`tick` calls; once
+    :meth:`watch` was called (the data set was handed to worker processes), a thread of this
+    process also looks at the counters every 0.2 s and logs whenever they crossed another
+    multiple of ``every`` requests.
 
     Parameters
     ----------
@@ -636,6 +648,44 @@ class StatsLogger:
         # threads log out of order.
         self._lock = threading.Lock()
         self._stats_step = self._preloaded = 0
+        self._last = CacheStats()
+        self._stats: Callable[[], Callable[[], CacheStats] | None] | None = None
+        self._watcher: threading.Thread | None = None
+        self._stop = threading.Event()
+        forksafe.register(self)
+
+    def follow(self, stats: Callable[[], CacheStats]) -> None:
+        """Set what :meth:`watch`'s thread logs (``stats()``, the data set's statistics).
+
+        A bound method is held weakly: the thread must not keep its data set alive (and
+        ends once the data set is gone).
+        """
+        if inspect.ismethod(stats):
+            self._stats = weakref.WeakMethod(stats)
+        else:
+            self._stats = lambda: stats
+
+    def watch(self) -> None:
+        """Start the thread that logs the requests of worker processes (once; idempotent)."""
+        if os.getpid() != self._pid or self._stats is None or self._stop.is_set():
+            return
+        with self._lock:
+            if self._watcher is not None:
+                return
+            self._watcher = threading.Thread(
+                target=self._watch, args=(self._stats,), name="spillcache-stats", daemon=True
+            )
+            self._watcher.start()
+
+    def _watch(self, ref: Callable[[], Callable[[], CacheStats] | None]) -> None:
+        while not self._stop.wait(_WATCH_SECONDS):
+            current = _read(ref)  # no reference to the data set is kept while we wait
+            if current is None:  # the data set was collected
+                return
+            if isinstance(current, CacheStats):
+                with self._lock:
+                    if current.requests // self.every > self._last.requests // self.every:
+                        self._log_locked(current)
 
     def tick(self, stats: Callable[[], CacheStats]) -> None:
         """Count one request; every ``every``-th logs ``stats()`` (call outside any lock)."""
@@ -648,9 +698,19 @@ class StatsLogger:
         # Checked before taking the lock, which a thread of the parent may have held at a fork.
         if os.getpid() != self._pid:
             return
-        scalars = {
-            "spillcache/hit_rate": stats.hit_rate,
-            "spillcache/ram_hit_rate": stats.ram_hit_rate,
+        with self._lock:
+            self._log_locked(stats)
+
+    def _log_locked(self, stats: CacheStats) -> None:
+        """Log ``stats`` with the hit rates since the previous point (caller holds the lock)."""
+        last, self._last = self._last, stats
+        scalars: dict[str, float] = {}
+        requests = stats.requests - last.requests
+        if requests > 0:  # no rate for an interval without requests (a preload's, say)
+            ram = stats.ram_hits - last.ram_hits
+            scalars["spillcache/hit_rate"] = (ram + stats.disk_hits - last.disk_hits) / requests
+            scalars["spillcache/ram_hit_rate"] = ram / requests
+        scalars |= {
             "spillcache/ram_bytes": stats.ram_bytes,
             "spillcache/ram_items": stats.ram_items,
             "spillcache/disk_bytes": stats.disk_bytes,
@@ -658,9 +718,8 @@ class StatsLogger:
             "spillcache/rejected": stats.rejected,
             "spillcache/preload_errors": stats.preload_errors,
         }
-        with self._lock:
-            self._stats_step = max(self._stats_step, self._requests)
-            self._write(scalars, self._stats_step)
+        self._stats_step = max(self._stats_step, stats.requests)
+        self._write(scalars, self._stats_step)
 
     def log_preload(self, scalars: dict[str, float], processed: int) -> None:
         """Log a preload's ``scalars`` after it processed ``processed`` more indices.
@@ -680,9 +739,39 @@ class StatsLogger:
             self._writer.add_scalar(tag, value, step)
 
     def close(self) -> None:
-        """Close the writer if this logger created it."""
-        if self._owned and os.getpid() == self._pid:
+        """Stop the thread of :meth:`watch`; close the writer if this logger created it."""
+        if os.getpid() != self._pid:
+            return
+        self._stop.set()
+        watcher = self._watcher
+        if watcher is not None and watcher is not threading.current_thread():
+            watcher.join()
+        if self._owned:
             self._writer.close()  # type: ignore[attr-defined]
+
+    # -- fork: a forked DataLoader worker counts its requests in our statistics --------------
+
+    def _before_fork(self) -> None:
+        pass
+
+    def _after_fork_in_parent(self) -> None:
+        self.watch()
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+        self._watcher = None
+
+
+def _read(ref: Callable[[], Callable[[], CacheStats] | None]) -> CacheStats | bool | None:
+    """``ref()()``: None if the data set is gone, False if reading failed."""
+    stats = ref()
+    if stats is None:
+        return None
+    try:
+        return stats()
+    except Exception as exc:  # the cache was closed under us: close() comes next
+        logger.debug("reading the statistics to log failed: %r", exc)
+        return False
 
 
 # -- the preloader ---------------------------------------------------------------------------
@@ -730,6 +819,9 @@ class Preloader:
         Returns the cache's statistics (for the bar and TensorBoard).
     summary : StatsLogger or None
         Where to log scalars, every ``summary.every`` processed indices.
+    load_many : callable or None
+        ``load_many(indices)`` returns their samples, in order (a batched source's
+        ``__getitems__``): each load thread then loads up to 32 indices per call.
 
     Attributes
     ----------
@@ -761,9 +853,11 @@ class Preloader:
         progress: bool,
         stats: Callable[[], CacheStats],
         summary: StatsLogger | None = None,
+        load_many: Callable[[list[int]], list[Any]] | None = None,
     ) -> None:
         self._cache = cache
         self._load = load
+        self._load_many = load_many
         self._indices = indices
         self._length = length
         self._total = total
@@ -976,24 +1070,73 @@ class Preloader:
 
     def _pass(self, slot: _Slot) -> None:
         # Whatever raises (the order's iterator, the store), the slot is given back.
-        completed, counter = False, None
+        completed, counter = 0, None
         try:
-            found = self._next_index()
-            if found is not None:
-                completed, counter = self._fill(*found)
+            if self._load_many is not None:
+                completed = self._fill_batch(self._load_many, self._next_batch())
+            else:
+                found = self._next_index()
+                if found is not None:
+                    completed, counter = self._fill(*found)
         finally:
             self._release(slot, completed=completed, counter=counter)
 
-    def _fill(self, index: int, flight: Flight) -> tuple[bool, str | None]:
+    def _next_batch(self) -> list[tuple[int, Flight]]:
+        """Up to ``_PRELOAD_BATCH`` indices to load, claimed (fewer at the end of the order)."""
+        batch: list[tuple[int, Flight]] = []
+        try:
+            while len(batch) < _PRELOAD_BATCH and (found := self._next_index()) is not None:
+                batch.append(found)
+        except BaseException:
+            for _, flight in batch:
+                self._flights.cancel(flight)
+            raise
+        return batch
+
+    def _fill_batch(
+        self, load_many: Callable[[list[int]], list[Any]], batch: list[tuple[int, Flight]]
+    ) -> int:
+        """Load ``batch`` in one call and store each sample; return how many completed.
+
+        Every flight of ``batch`` ends here, landed or cancelled.
+        """
+        if not batch:
+            return 0
+        started = 0
+        try:
+            indices = [index for index, _ in batch]
+            try:
+                samples = load_many(indices)
+                if len(samples) != len(batch):
+                    raise ValueError(
+                        f"__getitems__ returned {len(samples)} samples for {len(batch)} indices"
+                    )
+            except Exception as exc:
+                self._report_error(indices, exc)
+                self._flights.count("preload_errors", len(batch))
+                return len(batch)
+            for (index, flight), sample in zip(batch, samples, strict=True):
+                started += 1
+                _, counter = self._fill(index, flight, loaded=(sample,))
+                if counter is not None:
+                    self._flights.count(counter)
+        finally:
+            for _, flight in batch[started:]:
+                self._flights.cancel(flight)
+        return started
+
+    def _fill(
+        self, index: int, flight: Flight, loaded: tuple[object] | None = None
+    ) -> tuple[bool, str | None]:
         """Load and store ``index``; return whether it completed and the counter it adds to.
 
-        ``flight`` ends here whatever happens, landed or cancelled: training threads may be
-        waiting for it.
+        ``loaded``: its sample, loaded already (by a batched load). ``flight`` ends here
+        whatever happens, landed or cancelled: training threads may be waiting for it.
         """
         landed = False
         try:
             try:
-                sample = self._load(index)
+                sample = self._load(index) if loaded is None else loaded[0]
             except Exception as exc:
                 self._report_error(index, exc)
                 return True, "preload_errors"
@@ -1117,7 +1260,7 @@ class Preloader:
         with self._cond:
             self.processed += 1
 
-    def _release(self, slot: _Slot, *, completed: bool, counter: str | None = None) -> None:
+    def _release(self, slot: _Slot, *, completed: int, counter: str | None = None) -> None:
         if counter is not None:
             self._flights.count(counter)
         with self._cond:

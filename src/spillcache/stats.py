@@ -9,7 +9,11 @@ __all__ = ["CacheStats"]
 
 @dataclasses.dataclass(frozen=True)
 class CacheStats:
-    """A snapshot of a cache's counters (this process only).
+    """A snapshot of a cache's counters.
+
+    The request counters (hits, misses, puts, rejected, corrupt, write errors) are those of
+    the process that asks plus those of the DataLoader workers it started, running or
+    exited; the RAM figures are that process's; the disk figures describe the store.
 
     Attributes
     ----------

@@ -198,7 +198,7 @@ class DatasetsDataCache(DataCache):
         store = self._store(friendly_name, state, field_names(data))
         if store is None or not self._writes:
             return
-        store.put(idx, data)
+        store.put(idx, data, name=f"{friendly_name}[{idx}]")
         nbytes = sample_nbytes(data) + ENTRY_OVERHEAD if self._ram_on else 0
         with self._lock:
             self._puts += 1

@@ -195,7 +195,7 @@ class ProviderDataCache(DataCache):
         if cache is not None:
             i = self._check_index(idx)
             try:
-                cache.put(i, data)
+                cache.put(i, data, name=f"data_provider[{i}]")
             finally:
                 self._flights.release(i)
 
