@@ -92,3 +92,30 @@ def test_batched_benchmark_runs_and_batches(
     calls = {r.split("|")[1].strip(): r.split("|")[2:4] for r in rows[1:]}
     assert [int(c) for c in calls["0 workers"]] == [128, 4]
     assert [int(c) for c in calls["2 workers"]] == [128, 4]
+
+
+def test_compare_runs_both_trees_and_reports_every_figure(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchmarks import compare
+
+    src = str(REPO / "src")
+    argv = ["compare", "--old", src, "--new", src, "--quick", "--rounds", "1"]
+    monkeypatch.setattr(sys, "argv", argv)
+    chosen = compare.FIGURES[::2]  # one of each kind: RAM hit, disk hit, fill
+    monkeypatch.setattr(compare, "FIGURES", chosen)
+    calls: list[str] = []
+    measure = compare.measure
+
+    def counted(tree: Path, figure: str, *args: int) -> float:
+        calls.append(figure)
+        return measure(tree, figure, *args)
+
+    monkeypatch.setattr(compare, "measure", counted)
+    compare.main()
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:]
+    assert [r.split("|")[1].strip() for r in rows] == [f for f, _, _ in chosen]
+    assert len(calls) == 2 * len(rows)  # each figure once per tree in the one round
+    for row in rows:
+        old, new, ratio = (float(c.replace(",", "")) for c in row.split("|")[2:5])
+        assert old > 0 and new > 0 and ratio == pytest.approx(new / old, rel=0.01, abs=0.001)
