@@ -467,17 +467,29 @@ def full_disk_trainer(*, path: str, samples: int, file_size_limit: int | None, r
         source = SlowSource(samples)
         # A budget above the file system's size: the writes, not the budget, hit the limit.
         with CachedDataset(source, path, ram_budget=0, disk_budget="1TiB", fingerprint="fp") as ds:
+            stored_first: set[int] = set()
+            report["reloaded"] = []  # stored after epoch 1, loaded again in epoch 2
             for epoch in range(2):
                 for i in range(samples):
+                    before = source.loads
                     if (bad := verdict(i, ds[i], 0)) is not None:
                         report["wrong"].append(f"epoch {epoch}: {bad}")
+                    if epoch and (
+                        source.loads - before > 1 or (source.loads > before and i in stored_first)
+                    ):
+                        report["reloaded"].append((i, source.loads - before))
                     if i % 10 == 9:
                         ds.cache.flush()
                 ds.cache.flush()
-                report.setdefault("stored_after_first", ds.cache.stats().disk_items)
+                if not epoch:
+                    report["stored_after_first"] = ds.cache.stats().disk_items
+                    report["loads_first"] = source.loads
+                    stored_first = {k for k in range(samples) if k in ds.cache}
+                    report["stored_first_keys"] = len(stored_first)
             stats = ds.cache.stats()
         report["write_errors"] = stats.write_errors
         report["rejected"] = stats.rejected
+        report["corrupt"] = stats.corrupt
         report["loads"] = source.loads
         report["warnings"] = [f"{w.category.__name__}: {w.message}" for w in caught]
 

@@ -258,8 +258,13 @@ def test_full_file_system(tmp_path: Path) -> None:
         assert verify(path).ok
         stored = check_store(path, 400, fingerprint="fp")
         assert 0 < len(stored) < 400
-        # Epoch 2 loads what epoch 1 could not store; smaller samples may fit then.
-        assert report["loads"] == 400 + (400 - report["stored_after_first"])
+        # Epoch 2 loads what epoch 1 could not store; smaller samples may fit then. Should
+        # this fail, the figures say which part of the reckoning broke.
+        figures = {k: report[k] for k in ("loads_first", "stored_first_keys", "corrupt")}
+        assert report["reloaded"] == [], (report["reloaded"], figures)
+        assert report["loads_first"] == 400, figures
+        assert report["stored_first_keys"] == report["stored_after_first"], figures
+        assert report["loads"] == 400 + (400 - report["stored_after_first"]), figures
         assert len(stored) >= report["stored_after_first"]
 
 
