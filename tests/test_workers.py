@@ -71,6 +71,20 @@ def batched_calls(calls: Path) -> list[list[int]]:
     return [[int(v) for v in line.split()] for line in calls.read_text().splitlines()]
 
 
+def shuffled_loader(
+    ds: CachedDataset, batch_size: int, method: str, persistent: bool
+) -> DataLoader[Any]:
+    """Two workers of ``method`` over shuffled batches, as people train."""
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=2,
+        persistent_workers=persistent,
+        multiprocessing_context=method,
+    )
+
+
 def epoch(loader: DataLoader[Any]) -> list[int]:
     return sorted(int(v) for batch in loader for v in batch["label"])
 
@@ -88,14 +102,7 @@ def blocks(pid: int) -> list[Path]:
 def test_stats_count_the_workers(tmp_path: Path, method: str, persistent: bool) -> None:
     source = Logged(64, tmp_path / "log")
     with CachedDataset(source, tmp_path / "s", probes=0) as ds:
-        loader = DataLoader(
-            ds,
-            batch_size=4,
-            shuffle=True,
-            num_workers=2,
-            persistent_workers=persistent,
-            multiprocessing_context=method,
-        )
+        loader = shuffled_loader(ds, 4, method, persistent)
         for _ in range(2):
             assert epoch(loader) == list(range(64))
         del loader  # persistent workers exit: their counts stay
@@ -230,14 +237,7 @@ def test_later_epochs_never_reload(tmp_path: Path, method: str, persistent: bool
     for run in range(runs):
         log = tmp_path / f"log{run}"
         with CachedDataset(Logged(64, log), tmp_path / f"s{run}", probes=0) as ds:
-            loader = DataLoader(
-                ds,
-                batch_size=4,
-                shuffle=True,
-                num_workers=2,
-                persistent_workers=persistent,
-                multiprocessing_context=method,
-            )
+            loader = shuffled_loader(ds, 4, method, persistent)
             assert epoch(loader) == list(range(64))
             assert sorted(loads(log)) == list(range(64))
             for _ in range(2):
@@ -346,14 +346,7 @@ def test_preload_uses_the_batched_source(tmp_path: Path) -> None:
 def test_dataloader_uses_the_batched_source(tmp_path: Path, method: str, persistent: bool) -> None:
     source = Batched(32, tmp_path / "log", tmp_path / "calls")
     with CachedDataset(source, tmp_path / "s", probes=0) as ds:
-        loader = DataLoader(
-            ds,
-            batch_size=8,
-            shuffle=True,
-            num_workers=2,
-            persistent_workers=persistent,
-            multiprocessing_context=method,
-        )
+        loader = shuffled_loader(ds, 8, method, persistent)
         for _ in range(2):
             assert epoch(loader) == list(range(32))
         calls = batched_calls(tmp_path / "calls")
