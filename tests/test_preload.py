@@ -34,12 +34,13 @@ from torch.utils.data import (
     WeightedRandomSampler,
 )
 
-import spillcache.preload
+import spillcache.preload.engine
 from helpers import assert_sample_equal, hyrax_loop
 from spillcache import CachedDataset, DataCache, SpillCache
 from spillcache.admin import verify
 from spillcache.errors import StoreError
-from spillcache.preload import Preloader, _Tuner, preview_order
+from spillcache.preload import Preloader, preview_order
+from spillcache.preload.engine import _Tuner
 from spillcache.sizing import ENTRY_OVERHEAD, sample_nbytes
 
 # Generous: only reached when something is broken.
@@ -756,7 +757,7 @@ def test_a_failed_copy_for_waiters_does_not_strand_them(
         def no_room(value: object) -> object:
             raise MemoryError("no room for the waiters' copy")
 
-        monkeypatch.setattr(spillcache.preload, "clone", no_room)
+        monkeypatch.setattr(spillcache.preload.engine, "clone", no_room)
         gate.set()
         first.join(TIMEOUT)
         waiter.join(TIMEOUT)

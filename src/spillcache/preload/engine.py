@@ -53,24 +53,27 @@ from torch.utils.data import (
     WeightedRandomSampler,
 )
 
-from . import forksafe
-from .cache import SpillCache
-from .codec import clone
-from .indices import as_index, in_range
-from .stats import CacheStats
-from .userwarn import warn
+from .. import forksafe
+from ..cache import SpillCache
+from ..codec import clone
+from ..indices import as_index, in_range
+from ..stats import CacheStats
+from ..userwarn import warn
 
 __all__ = [
-    "AUTO_MAX_THREADS",
+    "Flight",
     "Preloader",
     "SingleFlight",
     "StatsLogger",
+    "SummaryWriterLike",
+    "Threads",
     "check_log_every",
     "check_threads",
     "preview_order",
 ]
 
-logger = logging.getLogger(__name__)
+# The package's name, not this module's: the logger users configure and filter by.
+logger = logging.getLogger("spillcache.preload")
 
 Threads = int | Literal["auto"]
 
