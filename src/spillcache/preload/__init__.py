@@ -9,8 +9,8 @@ from .engine import (
     Threads,
     check_log_every,
     check_threads,
-    preview_order,
 )
+from .order import preview_order
 
 __all__ = [
     "Flight",
