@@ -4,10 +4,7 @@ from .engine import (
     Flight,
     Preloader,
     SingleFlight,
-    StatsLogger,
-    SummaryWriterLike,
     Threads,
-    check_log_every,
     check_threads,
 )
 from .order import preview_order
@@ -16,10 +13,7 @@ __all__ = [
     "Flight",
     "Preloader",
     "SingleFlight",
-    "StatsLogger",
-    "SummaryWriterLike",
     "Threads",
-    "check_log_every",
     "check_threads",
     "preview_order",
 ]
