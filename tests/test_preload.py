@@ -39,8 +39,9 @@ from helpers import assert_sample_equal, hyrax_loop
 from spillcache import CachedDataset, DataCache, SpillCache
 from spillcache.admin import verify
 from spillcache.errors import StoreError
-from spillcache.preload import Preloader, preview_order
-from spillcache.preload.engine import _Tuner
+from spillcache.preload import preview_order
+from spillcache.preload.concurrency import Concurrency
+from spillcache.preload.tuner import Tuner
 from spillcache.sizing import ENTRY_OVERHEAD, sample_nbytes
 
 # Generous: only reached when something is broken.
@@ -1209,7 +1210,7 @@ def test_tensorboard_steps_of_every_tag_never_decrease(tmp_path: Path) -> None:
 )
 def test_tuner_converges(rate: Callable[[int], float], settles_at: int, peak: int) -> None:
     noise = np.random.default_rng(0).uniform(0.9, 1.1, 400)
-    tuner = _Tuner(64)
+    tuner = Tuner(64)
     limits = []
     for factor in noise:
         limits.append(tuner.limit)
@@ -1221,31 +1222,18 @@ def test_tuner_converges(rate: Callable[[int], float], settles_at: int, peak: in
     assert sum(1 for c in tail if c != settles_at) <= 8
 
 
-def test_a_coarse_clock_does_not_break_the_tuner(tmp_path: Path) -> None:
-    with open_ds(Source(4), tmp_path / "s") as ds:
-        preloader = Preloader(
-            ds.cache,
-            ds.dataset.__getitem__,
-            iter(()),
-            length=4,
-            total=0,
-            threads="auto",
-            flights=ds._flights,
-            progress=False,
-            stats=ds.stats,
-        )
-        tuner = preloader._tuner
-        assert tuner is not None
-        with preloader._cond:
-            preloader._start_window_locked(100.0)
-            # Ten loads that the clock saw take no time at all.
-            preloader._area, preloader._window_done = 1.0, 10
-            preloader._tune_locked(tuner, 101.0)
-            assert (preloader.tuning, preloader.limit) == ([], 1)  # the window stays open
-            preloader._window_busy = 0.5
-            preloader._tune_locked(tuner, 101.0)
-        assert preloader.tuning == [(101.0, 1, 20.0)]
-        assert preloader.limit == 2
+def test_a_coarse_clock_does_not_break_the_tuner() -> None:
+    slots = Concurrency(1, Tuner(64))
+    slots.release(slots.reserve(100.0), completed=1, now=100.0)  # settled: the window opens
+    held = slots.reserve(100.5)
+    # Ten loads that the clock saw take no time at all.
+    for _ in range(10):
+        assert not slots.release(slots.reserve(101.0), completed=1, now=101.0)
+    assert (slots.tuning, slots.limit) == ([], 1)  # the window stays open
+    assert slots.release(held, completed=1, now=101.0)
+    # 0.5 slots in flight on average, each held 0.5 s / 11 completions.
+    assert slots.tuning == [(101.0, 1, pytest.approx(11.0))]
+    assert slots.limit == 2
 
 
 # -- Hyrax -----------------------------------------------------------------------------------

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import dataclasses
 import logging
 import sys
 import threading
@@ -43,6 +42,8 @@ from ..codec import clone
 from ..indices import as_index, in_range
 from ..stats import CacheStats
 from ..summary import StatsLogger
+from .concurrency import Concurrency, Slot
+from .tuner import Tuner
 
 __all__ = [
     "Flight",
@@ -61,29 +62,6 @@ Threads = int | Literal["auto"]
 #: milliseconds of latency, few enough that a machine is never swamped (ask for more with an
 #: explicit count).
 AUTO_MAX_THREADS = 64
-# The tuner works on log2(concurrency): a doubling is kept when it brings at least this much
-# more throughput. Doubling gives 2x on storage that is latency-bound and 1x on storage that is
-# saturated; 1.2 is above the noise of a window and catches the partial gains of a machine
-# whose CPUs are shared with other work.
-_GROW = 1.2
-# A halving is kept when it costs at most this much throughput (fewer threads for the same
-# rate). Together with _GROW this leaves a dead band, so the tuner does not oscillate.
-_KEEP = 0.87
-# Windows at the chosen concurrency between two probes: the first probe after a climb comes
-# after _FIRST_PROBE_WINDOWS, the next after _HOLD_WINDOWS, doubling while probes change
-# nothing (a probe costs throughput) up to _MAX_HOLD_WINDOWS.
-_FIRST_PROBE_WINDOWS = 2
-_HOLD_WINDOWS = 8
-_MAX_HOLD_WINDOWS = 64
-# Windows in a row whose rate leaves the dead band around the held rate before the tuner
-# takes it for a change of the storage and probes at the short interval again.
-_DRIFT_WINDOWS = 3
-# A measurement window closes once it saw this many completions (and two per slot) and lasted
-# this long. After a change, a window starts only once every load begun under the previous
-# setting is done and then one load per slot more: the first loads at a new setting meet
-# queues (at a semaphore, at the GIL) that are still building up, and would look fast.
-_WINDOW_COMPLETIONS = 4
-_WINDOW_SECONDS = 0.05
 # How often the coordinator wakes up to refresh the progress bar and log, when nothing else
 # wakes it.
 _REFRESH_SECONDS = 0.25
@@ -93,8 +71,6 @@ _LOG_SECONDS = 10.0
 _PRELOAD_BATCH = 32
 # stop() waits this long for the coordinator to notice.
 _STOP_JOIN_SECONDS = 0.5
-# Tuner measurements kept in ``Preloader.tuning``.
-_TUNING_KEPT = 64
 # Share of the RAM budget in use from which the preload no longer promotes disk entries.
 _RAM_FULL = 0.95
 
@@ -341,105 +317,7 @@ class _Guard:
                 self._cond.wait()
 
 
-# -- adaptive concurrency --------------------------------------------------------------------
-
-
-class _Tuner:
-    """Hill climbing of the concurrency on a log2 scale, fed one throughput per window.
-
-    Starts at 1 and doubles while a doubling raises throughput by ``_GROW``. Then it holds
-    the best level and probes one step down (kept if it loses less than ``1 - _KEEP``:
-    fewer threads for the same rate) or up (kept, and climbing resumes, if it gains
-    ``_GROW``). The first probe after a climb goes down, soon, to undo a step that only
-    looked useful; later probes alternate, and each one that changes nothing doubles the
-    windows until the next, up to ``_MAX_HOLD_WINDOWS``. A rate that stays out of the dead
-    band for ``_DRIFT_WINDOWS`` windows brings the probes back to ``_HOLD_WINDOWS``. It never
-    runs more than twice the level it holds, and that only for one window.
-    """
-
-    def __init__(self, maximum: int) -> None:
-        self.limit = 1
-        self._max = maximum
-        self._base = 1
-        self._base_rate = self._reference = 0.0
-        self._phase: Literal["start", "grow", "hold", "up", "down"] = "start"
-        self._held = self._outside = 0
-        self._wait = self._interval = _HOLD_WINDOWS
-        self._up_next = False
-
-    def observe(self, rate: float) -> int:
-        """Take the throughput measured at ``self.limit``; return the next limit."""
-        phase = self._phase
-        if phase == "start":
-            self._base_rate = rate
-            self._climb()
-        elif phase in ("grow", "up"):
-            if rate >= self._base_rate * _GROW:
-                self._base, self._base_rate = self.limit, rate
-                self._interval = _HOLD_WINDOWS
-                self._climb()
-            elif phase == "grow":
-                self._hold(up_next=False, wait=_FIRST_PROBE_WINDOWS)
-            else:
-                self._hold(up_next=False, wait=self._backoff())
-        elif phase == "down":
-            if rate >= self._base_rate * _KEEP:
-                self._base, self._base_rate = self.limit, rate
-                self._interval = _HOLD_WINDOWS
-                self._hold(up_next=False, wait=_FIRST_PROBE_WINDOWS)
-            else:
-                self._hold(up_next=True, wait=self._backoff())
-        else:
-            # Follow a storage whose speed drifts; one window is too noisy to replace it.
-            self._base_rate = 0.5 * (self._base_rate + rate)
-            inside = self._reference * _KEEP <= rate <= self._reference * _GROW
-            self._outside = 0 if inside else self._outside + 1
-            # Several windows in a row: the one after a probe is often off, which is no drift.
-            if self._outside >= _DRIFT_WINDOWS:
-                self._reference = self._base_rate
-                self._interval = self._wait = _HOLD_WINDOWS
-            self._held += 1
-            if self._held >= self._wait:
-                self._probe()
-        return self.limit
-
-    def _climb(self) -> None:
-        if self._base < self._max:
-            self.limit = min(self._max, 2 * self._base)
-            self._phase = "grow"
-        else:
-            self._hold(up_next=False, wait=_FIRST_PROBE_WINDOWS)
-
-    def _backoff(self) -> int:
-        self._interval = min(_MAX_HOLD_WINDOWS, 2 * self._interval)
-        return self._interval
-
-    def _hold(self, *, up_next: bool, wait: int) -> None:
-        self.limit = self._base
-        self._phase = "hold"
-        self._reference = self._base_rate
-        self._held = self._outside = 0
-        self._wait = wait
-        self._up_next = up_next
-
-    def _probe(self) -> None:
-        can_up, can_down = self._base < self._max, self._base > 1
-        self._held = 0
-        if can_up and (self._up_next or not can_down):
-            self.limit, self._phase = min(self._max, 2 * self._base), "up"
-        elif can_down:
-            self.limit, self._phase = self._base // 2, "down"
-
-
 # -- the preloader ---------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class _Slot:
-    """One pass of a load thread: find the next index to load, load it, store it."""
-
-    epoch: int
-    reserved_at: float
 
 
 class Preloader:
@@ -522,7 +400,10 @@ class Preloader:
         self._progress = progress
         self._stats = stats
         self._summary = summary
-        self._tuner = _Tuner(AUTO_MAX_THREADS) if threads == "auto" else None
+        self._slots = Concurrency(
+            1 if threads == "auto" else threads,
+            Tuner(AUTO_MAX_THREADS) if threads == "auto" else None,
+        )
         self._cond = threading.Condition(threading.Lock())
         # Serializes the order's iterator (a generator cannot be advanced by two threads).
         self._order_lock = threading.Lock()
@@ -538,19 +419,8 @@ class Preloader:
         # The shared counters when this preload started: its summary reports the difference.
         self._counted = dict.fromkeys(_COUNTERS, 0)
         self._reported: set[type[BaseException]] = set()
-        self.limit = self.peak_limit = 1 if threads == "auto" else threads
         self.peak_threads = self._pool = 0
         self.processed = 0
-        self.tuning: list[tuple[float, int, float]] = []
-        # Slots in flight, and the tuner's measurement window: ``_area`` integrates the slots
-        # in flight over time since ``_window_start``; ``_window_busy`` sums the time each
-        # completed slot was held. A window starts only once the ``_old`` slots reserved under
-        # an earlier limit are all released, and ``_settling`` more slots after that.
-        self._active = 0
-        self._epoch = self._old = self._settling = 0
-        self._window_start: float | None = None
-        self._area = self._area_at = self._window_busy = 0.0
-        self._window_done = 0
         self._started_at = self._refreshed_at = self._logged_at = 0.0
         self._logged = 0
         forksafe.register(self)
@@ -565,6 +435,7 @@ class Preloader:
             self._started = True
             now = time.monotonic()
             self._started_at = self._refreshed_at = self._logged_at = now
+            self._slots.started_at = now
             self._counted = self._flights.counters()
         _live.add(self)
         self._coordinator = threading.Thread(
@@ -586,7 +457,22 @@ class Preloader:
     @property
     def in_flight(self) -> int:
         """Load threads at work on a sample right now."""
-        return self._active
+        return self._slots.active
+
+    @property
+    def limit(self) -> int:
+        """Loads allowed in flight now."""
+        return self._slots.limit
+
+    @property
+    def peak_limit(self) -> int:
+        """Highest limit so far."""
+        return self._slots.peak_limit
+
+    @property
+    def tuning(self) -> list[tuple[float, int, float]]:
+        """With ``threads="auto"``, the last measurements (see the class's attributes)."""
+        return self._slots.tuning
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until the preload is done or stopped; False if ``timeout`` expired first.
@@ -633,7 +519,7 @@ class Preloader:
                     ending = self._stopping or self._exhausted
                     if self._stopped or (ending and not self._pool):
                         break
-                    spawn = 0 if ending else max(0, self.limit - self._pool)
+                    spawn = 0 if ending else max(0, self._slots.limit - self._pool)
                     self._pool += spawn
                     self.peak_threads = max(self.peak_threads, self._pool)
                     if not spawn:
@@ -714,18 +600,16 @@ class Preloader:
         if first:
             logger.error("the preload failed: %r", exc, exc_info=exc)
 
-    def _reserve(self) -> _Slot | None:
+    def _reserve(self) -> Slot | None:
         """A slot for one more pass, or None when this thread must end (and has left)."""
         with self._cond:
-            if self._stopping or self._exhausted or self._pool > self.limit:
+            if self._stopping or self._exhausted or self._pool > self._slots.limit:
                 self._pool -= 1
                 self._cond.notify_all()
                 return None
-            now = time.monotonic()
-            self._add_active_locked(1, now)
-            return _Slot(self._epoch, now)
+            return self._slots.reserve(time.monotonic())
 
-    def _pass(self, slot: _Slot) -> None:
+    def _pass(self, slot: Slot) -> None:
         # Whatever raises (the order's iterator, the store), the slot is given back.
         completed, counter = 0, None
         try:
@@ -917,63 +801,13 @@ class Preloader:
         with self._cond:
             self.processed += 1
 
-    def _release(self, slot: _Slot, *, completed: int, counter: str | None = None) -> None:
+    def _release(self, slot: Slot, *, completed: int, counter: str | None = None) -> None:
         if counter is not None:
             self._flights.count(counter)
         with self._cond:
-            now = time.monotonic()
-            self._add_active_locked(-1, now)
             self.processed += completed
-            if slot.epoch != self._epoch:
-                self._old -= 1
-            elif self._window_start is None:
-                # Settling (the very first load, too, pays for opening the store and starting
-                # its writer).
-                self._settling -= 1
-                if self._settling <= 0 and not self._old:
-                    self._start_window_locked(now)
-            elif completed:
-                self._window_done += 1
-                self._window_busy += now - slot.reserved_at
-                if self._tuner is not None:
-                    self._tune_locked(self._tuner, now)
-
-    def _add_active_locked(self, delta: int, now: float) -> None:
-        self._area += self._active * (now - self._area_at)
-        self._area_at = now
-        self._active += delta
-
-    def _start_window_locked(self, now: float) -> None:
-        self._window_start = self._area_at = now
-        self._area = self._window_busy = 0.0
-        self._window_done = 0
-
-    def _tune_locked(self, tuner: _Tuner, now: float) -> None:
-        """Close a complete window and feed its throughput to the tuner.
-
-        By Little's law, throughput = mean number in flight / mean time in flight; both
-        means are smooth even when completions come in bursts.
-        """
-        start = self._window_start
-        # A coarse clock can give loads a duration of zero: wait until some time was measured.
-        if start is None or now - start < _WINDOW_SECONDS or self._window_busy <= 0:
-            return
-        if self._window_done < max(_WINDOW_COMPLETIONS, 2 * self.limit):
-            return
-        self._add_active_locked(0, now)
-        rate = (self._area / (now - start)) / (self._window_busy / self._window_done)
-        self.tuning.append((now - self._started_at, self.limit, rate))
-        del self.tuning[:-_TUNING_KEPT]
-        self._start_window_locked(now)
-        limit = tuner.observe(rate)
-        if limit != self.limit:
-            self.limit = limit
-            self.peak_limit = max(self.peak_limit, limit)
-            self._epoch += 1
-            self._old = self._active
-            self._settling = limit
-            self._window_start = None
-            self._cond.notify_all()  # the coordinator starts threads
+            if self._slots.release(slot, completed=completed, now=time.monotonic()):
+                self._cond.notify_all()  # the limit changed: the coordinator starts threads
 
     # -- visibility ------------------------------------------------------------------------------
 
@@ -1003,8 +837,8 @@ class Preloader:
             summary.log_preload(
                 {
                     "spillcache/preload_items_per_s": rate,
-                    "spillcache/preload_in_flight": self._active,
-                    "spillcache/preload_concurrency": self.limit,
+                    "spillcache/preload_in_flight": self._slots.active,
+                    "spillcache/preload_concurrency": self._slots.limit,
                     "spillcache/preload_processed": processed,
                 },
                 processed - self._logged,
@@ -1024,7 +858,7 @@ class Preloader:
                 ours["preload_skips"],
                 ours["preload_promotions"],
                 ours["preload_errors"],
-                self._describe_tuning(),
+                self._slots.describe(),
             )
 
     def _show(self, bar: Any, stats: CacheStats, processed: int) -> None:
@@ -1032,21 +866,10 @@ class Preloader:
         ram = f"RAM {100 * stats.ram_bytes / budget:.0f}%" if budget else "RAM off"
         bar.set_postfix_str(
             f"{ram}, disk {bar.format_sizeof(stats.disk_bytes, 'B', 1024)}, "
-            f"in flight {self._active}/{self.limit}",
+            f"in flight {self._slots.active}/{self._slots.limit}",
             refresh=False,
         )
         bar.update(processed - bar.n)
-
-    def _describe_tuning(self) -> str:
-        if self._tuner is None or not self.tuning:
-            return ""
-        by_level: dict[int, list[float]] = {}
-        for _, level, rate in self.tuning:
-            by_level.setdefault(level, []).append(rate)
-        rates = ", ".join(
-            f"{level}: {sorted(r)[len(r) // 2]:.0f}/s" for level, r in sorted(by_level.items())
-        )
-        return f"; loads in flight settled at {self.limit} (samples/s by loads in flight: {rates})"
 
     # -- fork ------------------------------------------------------------------------------------
 
@@ -1065,7 +888,7 @@ class Preloader:
         self._guard = _Guard()
         self._guard.closed = True
         self._started = self._stopping = self._stopped = True
-        self._pool = self._active = 0
+        self._pool = self._slots.active = 0
         self._coordinator = None
         self._finished = threading.Event()
         self._finished.set()

@@ -1,0 +1,153 @@
+"""The loads a preload has in flight: the limit, the slots held, and how the limit is tuned.
+
+Each pass of a load thread holds a *slot* from :meth:`Concurrency.reserve` to
+:meth:`Concurrency.release`. With a :class:`~.tuner.Tuner`, the releases also feed a
+measurement window: its throughput comes from Little's law (mean slots in flight / mean time
+a slot is held), which, unlike counting completions in a short window, is not fooled by
+loads that finish in waves.
+
+Not thread-safe: the preload calls every method with its lock held.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from .tuner import Tuner
+
+__all__ = ["Concurrency", "Slot"]
+
+# A measurement window closes once it saw this many completions (and two per slot) and lasted
+# this long. After a change, a window starts only once every load begun under the previous
+# setting is done and then one load per slot more: the first loads at a new setting meet
+# queues (at a semaphore, at the GIL) that are still building up, and would look fast.
+_WINDOW_COMPLETIONS = 4
+_WINDOW_SECONDS = 0.05
+# Tuner measurements kept in ``Concurrency.tuning``.
+_TUNING_KEPT = 64
+
+
+@dataclasses.dataclass
+class Slot:
+    """One pass of a load thread: find the next index to load, load it, store it."""
+
+    epoch: int
+    reserved_at: float
+
+
+class Concurrency:
+    """The limit of loads in flight, the slots held, and the tuner's measurement window.
+
+    Parameters
+    ----------
+    limit : int
+        Loads allowed in flight at first (1 with a tuner).
+    tuner : Tuner or None
+        Sets the limit from the measured throughput; ``None`` keeps ``limit``.
+
+    Attributes
+    ----------
+    limit : int
+        Loads allowed in flight now.
+    peak_limit : int
+        Highest limit so far.
+    active : int
+        Slots held now.
+    tuning : list of (float, int, float)
+        With a tuner, the last measurements: seconds since :attr:`started_at`, limit,
+        samples per second.
+    started_at : float
+        When the preload started (``time.monotonic()``), the origin of :attr:`tuning`.
+    """
+
+    def __init__(self, limit: int, tuner: Tuner | None) -> None:
+        self.limit = self.peak_limit = limit
+        self.tuner = tuner
+        self.active = 0
+        self.tuning: list[tuple[float, int, float]] = []
+        self.started_at = 0.0
+        # ``_area`` integrates the slots in flight over time since ``_window_start``;
+        # ``_window_busy`` sums the time each completed slot was held. A window starts only
+        # once the ``_old`` slots reserved under an earlier limit are all released, and
+        # ``_settling`` more slots after that.
+        self._epoch = self._old = self._settling = 0
+        self._window_start: float | None = None
+        self._area = self._area_at = self._window_busy = 0.0
+        self._window_done = 0
+
+    def reserve(self, now: float) -> Slot:
+        """Hold one more slot from ``now``."""
+        self._add_active(1, now)
+        return Slot(self._epoch, now)
+
+    def release(self, slot: Slot, *, completed: int, now: float) -> bool:
+        """Give ``slot`` back at ``now``; whether the limit changed.
+
+        ``completed``: how many indices the pass completed (0: it found nothing to do, which
+        the window does not count).
+        """
+        self._add_active(-1, now)
+        if slot.epoch != self._epoch:
+            self._old -= 1
+        elif self._window_start is None:
+            # Settling (the very first load, too, pays for opening the store and starting
+            # its writer).
+            self._settling -= 1
+            if self._settling <= 0 and not self._old:
+                self._start_window(now)
+        elif completed:
+            self._window_done += 1
+            self._window_busy += now - slot.reserved_at
+            if self.tuner is not None:
+                return self._tune(self.tuner, now)
+        return False
+
+    def describe(self) -> str:
+        """What the tuner settled at, for the preload's last log line ("" without one)."""
+        if self.tuner is None or not self.tuning:
+            return ""
+        by_level: dict[int, list[float]] = {}
+        for _, level, rate in self.tuning:
+            by_level.setdefault(level, []).append(rate)
+        rates = ", ".join(
+            f"{level}: {sorted(r)[len(r) // 2]:.0f}/s" for level, r in sorted(by_level.items())
+        )
+        return f"; loads in flight settled at {self.limit} (samples/s by loads in flight: {rates})"
+
+    def _add_active(self, delta: int, now: float) -> None:
+        self._area += self.active * (now - self._area_at)
+        self._area_at = now
+        self.active += delta
+
+    def _start_window(self, now: float) -> None:
+        self._window_start = self._area_at = now
+        self._area = self._window_busy = 0.0
+        self._window_done = 0
+
+    def _tune(self, tuner: Tuner, now: float) -> bool:
+        """Close a complete window and feed its throughput to the tuner; whether the limit changed.
+
+        By Little's law, throughput = mean number in flight / mean time in flight; both
+        means are smooth even when completions come in bursts.
+        """
+        start = self._window_start
+        # A coarse clock can give loads a duration of zero: wait until some time was measured.
+        if start is None or now - start < _WINDOW_SECONDS or self._window_busy <= 0:
+            return False
+        if self._window_done < max(_WINDOW_COMPLETIONS, 2 * self.limit):
+            return False
+        self._add_active(0, now)
+        rate = (self._area / (now - start)) / (self._window_busy / self._window_done)
+        self.tuning.append((now - self.started_at, self.limit, rate))
+        del self.tuning[:-_TUNING_KEPT]
+        self._start_window(now)
+        limit = tuner.observe(rate)
+        if limit == self.limit:
+            return False
+        self.limit = limit
+        self.peak_limit = max(self.peak_limit, limit)
+        self._epoch += 1
+        self._old = self.active
+        self._settling = limit
+        self._window_start = None
+        return True
