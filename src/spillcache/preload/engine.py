@@ -29,7 +29,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
-import sys
 import threading
 import time
 import weakref
@@ -43,6 +42,8 @@ from ..indices import as_index, in_range
 from ..stats import CacheStats
 from ..summary import StatsLogger
 from .concurrency import Concurrency, Slot
+from .guard import StoreGuard
+from .progress import COUNTERS, REFRESH_SECONDS, Failures, Progress, Status
 from .tuner import Tuner
 
 __all__ = [
@@ -62,11 +63,6 @@ Threads = int | Literal["auto"]
 #: milliseconds of latency, few enough that a machine is never swamped (ask for more with an
 #: explicit count).
 AUTO_MAX_THREADS = 64
-# How often the coordinator wakes up to refresh the progress bar and log, when nothing else
-# wakes it.
-_REFRESH_SECONDS = 0.25
-# Scalars are logged every ``log_every`` processed indices, and at least this often.
-_LOG_SECONDS = 10.0
 # Indices a load thread of the preload asks a batched source (``__getitems__``) for at once.
 _PRELOAD_BATCH = 32
 # stop() waits this long for the coordinator to notice.
@@ -153,7 +149,7 @@ class SingleFlight:
         self._copy = copy
         self._lock = threading.Lock()
         self._flights: dict[int, Flight] = {}
-        self._counters = dict.fromkeys(_COUNTERS, 0)
+        self._counters = dict.fromkeys(COUNTERS, 0)
         forksafe.register(self)
 
     def claim(self, key: int, *, by_preload: bool, waitable: bool = True) -> Flight | None:
@@ -277,46 +273,6 @@ class SingleFlight:
         self._flights = {}
 
 
-_COUNTERS = (
-    "preload_loads",
-    "preload_skips",
-    "preload_promotions",
-    "preload_errors",
-    "preload_waits",
-)
-
-
-class _Guard:
-    """Lets threads use the store until it is closed; closing waits for the current users."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._users = 0
-        self.closed = False
-
-    @contextlib.contextmanager
-    def open(self) -> Iterator[bool]:
-        """Yield whether the store may be used; it stays usable until the block ends."""
-        with self._cond:
-            entered = not self.closed
-            self._users += entered
-        try:
-            yield entered
-        finally:
-            if entered:
-                with self._cond:
-                    self._users -= 1
-                    if not self._users:
-                        self._cond.notify_all()
-
-    def close(self) -> None:
-        """Refuse new users and wait until the current ones are done (they never block long)."""
-        with self._cond:
-            self.closed = True
-            while self._users:
-                self._cond.wait()
-
-
 # -- the preloader ---------------------------------------------------------------------------
 
 
@@ -395,11 +351,12 @@ class Preloader:
         self._load_many = load_many
         self._indices = indices
         self._length = length
-        self._total = total
         self._flights = flights
-        self._progress = progress
         self._stats = stats
-        self._summary = summary
+        self._progress = Progress(
+            total=total, bar=progress, summary=summary, ram_budget=cache.ram_budget
+        )
+        self._failures = Failures(cache.path)
         self._slots = Concurrency(
             1 if threads == "auto" else threads,
             Tuner(AUTO_MAX_THREADS) if threads == "auto" else None,
@@ -407,22 +364,18 @@ class Preloader:
         self._cond = threading.Condition(threading.Lock())
         # Serializes the order's iterator (a generator cannot be advanced by two threads).
         self._order_lock = threading.Lock()
-        self._guard = _Guard()
+        self._guard = StoreGuard()
         self._finished = threading.Event()
         self._started = self._stopping = self._stopped = self._exhausted = False
         self._coordinator: threading.Thread | None = None
-        # The progress bar, if any (coordinator thread only).
-        self._bar: Any = None
         self.error: BaseException | None = None
         # Promote disk entries into RAM until it is (nearly) full.
         self._promoting = cache.ram_budget > 0
         # The shared counters when this preload started: its summary reports the difference.
-        self._counted = dict.fromkeys(_COUNTERS, 0)
-        self._reported: set[type[BaseException]] = set()
+        self._counted = dict.fromkeys(COUNTERS, 0)
         self.peak_threads = self._pool = 0
         self.processed = 0
-        self._started_at = self._refreshed_at = self._logged_at = 0.0
-        self._logged = 0
+        self._started_at = 0.0
         forksafe.register(self)
 
     # -- control ---------------------------------------------------------------------------------
@@ -434,8 +387,8 @@ class Preloader:
                 raise RuntimeError("a Preloader starts only once")
             self._started = True
             now = time.monotonic()
-            self._started_at = self._refreshed_at = self._logged_at = now
-            self._slots.started_at = now
+            self._started_at = self._slots.started_at = now
+            self._progress.begin(now)
             self._counted = self._flights.counters()
         _live.add(self)
         self._coordinator = threading.Thread(
@@ -512,8 +465,7 @@ class Preloader:
 
     def _run(self) -> None:
         try:
-            with self._bar_errors():
-                self._bar = self._open_bar()
+            self._progress.open()
             while True:
                 with self._cond:
                     ending = self._stopping or self._exhausted
@@ -523,7 +475,7 @@ class Preloader:
                     self._pool += spawn
                     self.peak_threads = max(self.peak_threads, self._pool)
                     if not spawn:
-                        self._cond.wait(_REFRESH_SECONDS)
+                        self._cond.wait(REFRESH_SECONDS)
                 for _ in range(spawn):
                     threading.Thread(
                         target=self._work, name="spillcache-preload-load", daemon=True
@@ -534,41 +486,10 @@ class Preloader:
         except Exception as exc:  # the summary writer failed, or a thread did not start
             self._abort(exc)
         finally:
-            bar, self._bar = self._bar, None
             try:
-                if bar is not None:
-                    with self._bar_errors():
-                        bar.close()
+                self._progress.close()
             finally:
                 self._finished.set()  # whatever happened: wait() must return
-
-    def _open_bar(self) -> Any:
-        if not self._progress:
-            return None
-        # Imported when needed: a tenth of a second that most runs (no TTY) never need.
-        from tqdm.auto import tqdm  # noqa: PLC0415
-
-        return tqdm(
-            total=self._total,
-            desc="spillcache preload",
-            unit=" samples",
-            file=sys.stderr,
-            dynamic_ncols=True,
-            mininterval=_REFRESH_SECONDS,
-            leave=False,
-        )
-
-    @contextlib.contextmanager
-    def _bar_errors(self) -> Iterator[None]:
-        """Drop the progress bar if the block fails: the preload goes on without it."""
-        try:
-            yield
-        except Exception as exc:  # e.g. EPIPE: stderr is a pipe nobody reads any more
-            bar, self._bar = self._bar, None
-            logger.warning("the preload's progress bar failed (%r); going on without it", exc)
-            if bar is not None:
-                with contextlib.suppress(Exception):
-                    bar.close()
 
     # -- the load threads ------------------------------------------------------------------------
 
@@ -777,22 +698,7 @@ class Preloader:
             )
 
     def _report_error(self, index: object, exc: BaseException) -> None:
-        kind = type(exc)
-        with self._cond:
-            first = kind not in self._reported
-            self._reported.add(kind)
-        if first:
-            logger.warning(
-                "preloading index %r failed with %s: %s; it is not cached in the store at %s, "
-                "and training loads it itself when it asks for it (further %s errors of this "
-                "preload are only counted in stats().preload_errors)",
-                index,
-                kind.__name__,
-                exc,
-                self._cache.path,
-                kind.__name__,
-                exc_info=exc,
-            )
+        self._failures.report(index, exc)
 
     # -- bookkeeping -----------------------------------------------------------------------------
 
@@ -813,63 +719,18 @@ class Preloader:
 
     def _refresh(self, *, final: bool = False) -> None:
         """Update the progress bar and log scalars when due (coordinator thread only)."""
-        now = time.monotonic()
-        processed = self.processed
-        summary = self._summary
-        due_log = summary is not None and (
-            final
-            or processed - self._logged >= summary.every
-            or now - self._logged_at >= _LOG_SECONDS
-        )
-        due_bar = self._bar is not None and now - self._refreshed_at >= _REFRESH_SECONDS
-        if not (final or due_log or due_bar):
-            return
-        with self._guard.open() as usable:
-            stats = self._stats() if usable else None
-        if stats is None:
-            return
-        self._refreshed_at = now
-        if self._bar is not None:
-            with self._bar_errors():
-                self._show(self._bar, stats, processed)
-        if due_log and summary is not None:
-            rate = (processed - self._logged) / max(now - self._logged_at, 1e-9)
-            summary.log_preload(
-                {
-                    "spillcache/preload_items_per_s": rate,
-                    "spillcache/preload_in_flight": self._slots.active,
-                    "spillcache/preload_concurrency": self._slots.limit,
-                    "spillcache/preload_processed": processed,
-                },
-                processed - self._logged,
-            )
-            summary.log_stats(stats)
-            self._logged_at, self._logged = now, processed
-        if final:
+        slots = self._slots
+        status = Status(time.monotonic(), self.processed, slots.active, slots.limit)
+        if self._progress.refresh(status, self._read_stats, final=final) and final:
             counters = self._flights.counters()
             ours = {name: counters[name] - self._counted[name] for name in counters}
             failed = self.error is not None
-            logger.log(
-                logging.WARNING if failed else logging.INFO,
-                "preload %s %.1f s: %d loaded, %d skipped, %d promoted, %d failed%s",
-                "failed after" if failed else "done in",
-                now - self._started_at,
-                ours["preload_loads"],
-                ours["preload_skips"],
-                ours["preload_promotions"],
-                ours["preload_errors"],
-                self._slots.describe(),
-            )
+            self._progress.report(ours, failed=failed, now=status.now, tuning=slots.describe())
 
-    def _show(self, bar: Any, stats: CacheStats, processed: int) -> None:
-        budget = self._cache.ram_budget
-        ram = f"RAM {100 * stats.ram_bytes / budget:.0f}%" if budget else "RAM off"
-        bar.set_postfix_str(
-            f"{ram}, disk {bar.format_sizeof(stats.disk_bytes, 'B', 1024)}, "
-            f"in flight {self._slots.active}/{self._slots.limit}",
-            refresh=False,
-        )
-        bar.update(processed - bar.n)
+    def _read_stats(self) -> CacheStats | None:
+        """The cache's statistics; None once the store may no longer be used."""
+        with self._guard.open() as usable:
+            return self._stats() if usable else None
 
     # -- fork ------------------------------------------------------------------------------------
 
@@ -885,8 +746,7 @@ class Preloader:
     def _after_fork_in_child(self) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._order_lock = threading.Lock()
-        self._guard = _Guard()
-        self._guard.closed = True
+        self._guard = StoreGuard(closed=True)
         self._started = self._stopping = self._stopped = True
         self._pool = self._slots.active = 0
         self._coordinator = None
