@@ -43,6 +43,7 @@ from ..stats import CacheStats
 from ..summary import StatsLogger
 from .concurrency import Concurrency, Slot
 from .guard import StoreGuard
+from .lifecycle import Lifecycle, State
 from .progress import COUNTERS, REFRESH_SECONDS, Failures, Progress, Status
 from .tuner import Tuner
 
@@ -365,8 +366,7 @@ class Preloader:
         # Serializes the order's iterator (a generator cannot be advanced by two threads).
         self._order_lock = threading.Lock()
         self._guard = StoreGuard()
-        self._finished = threading.Event()
-        self._started = self._stopping = self._stopped = self._exhausted = False
+        self._life = Lifecycle(self._cond)
         self._coordinator: threading.Thread | None = None
         self.error: BaseException | None = None
         # Promote disk entries into RAM until it is (nearly) full.
@@ -383,9 +383,7 @@ class Preloader:
     def start(self) -> None:
         """Start the coordinator thread (once)."""
         with self._cond:
-            if self._started:
-                raise RuntimeError("a Preloader starts only once")
-            self._started = True
+            self._life.start()
             now = time.monotonic()
             self._started_at = self._slots.started_at = now
             self._progress.begin(now)
@@ -405,7 +403,7 @@ class Preloader:
     @property
     def running(self) -> bool:
         """Whether the preload is still at work."""
-        return self._started and not self._finished.is_set()
+        return self._life.running
 
     @property
     def in_flight(self) -> int:
@@ -436,7 +434,7 @@ class Preloader:
             If the preload itself failed (e.g. iterating ``order`` raised); loads that raise
             are only counted.
         """
-        if not self._finished.wait(timeout):
+        if not self._life.wait(timeout):
             return False
         if self.error is not None:
             raise RuntimeError(f"the preload failed: {self.error!r}") from self.error
@@ -450,38 +448,24 @@ class Preloader:
         to the store. Idempotent.
         """
         with self._cond:
-            first = not self._stopped
-            self._stopped = self._stopping = True
-            self._cond.notify_all()
+            first = self._life.stop()
         # Every call waits here, not only the first: a second stop() (a second Ctrl-C, the
         # exit hook) must not return while the first still waits for a thread in the store.
         self._guard.close()
         coordinator = self._coordinator
         if first and coordinator is not None and coordinator is not threading.current_thread():
             coordinator.join(_STOP_JOIN_SECONDS)
-        self._finished.set()
+        with self._cond:
+            self._life.finish()
 
     # -- the coordinator -------------------------------------------------------------------------
 
     def _run(self) -> None:
         try:
             self._progress.open()
-            while True:
-                with self._cond:
-                    ending = self._stopping or self._exhausted
-                    if self._stopped or (ending and not self._pool):
-                        break
-                    spawn = 0 if ending else max(0, self._slots.limit - self._pool)
-                    self._pool += spawn
-                    self.peak_threads = max(self.peak_threads, self._pool)
-                    if not spawn:
-                        self._cond.wait(REFRESH_SECONDS)
-                for _ in range(spawn):
-                    threading.Thread(
-                        target=self._work, name="spillcache-preload-load", daemon=True
-                    ).start()
+            while self._coordinate():
                 self._refresh()
-            if not self._stopped:
+            if not self._life.stopped:
                 self._refresh(final=True)
         except Exception as exc:  # the summary writer failed, or a thread did not start
             self._abort(exc)
@@ -489,7 +473,27 @@ class Preloader:
             try:
                 self._progress.close()
             finally:
-                self._finished.set()  # whatever happened: wait() must return
+                with self._cond:
+                    self._life.finish()  # whatever happened: wait() must return
+
+    def _coordinate(self) -> bool:
+        """Start the load threads the limit allows, or wait a while; False once it ends.
+
+        A preload that ends on its own ends once its load threads are gone; a stopped one at
+        once.
+        """
+        with self._cond:
+            life = self._life
+            if life.stopped or (not life.takes_work and not self._pool):
+                return False
+            spawn = max(0, self._slots.limit - self._pool) if life.takes_work else 0
+            self._pool += spawn
+            self.peak_threads = max(self.peak_threads, self._pool)
+            if not spawn:
+                self._cond.wait(REFRESH_SECONDS)
+        for _ in range(spawn):
+            threading.Thread(target=self._work, name="spillcache-preload-load", daemon=True).start()
+        return True
 
     # -- the load threads ------------------------------------------------------------------------
 
@@ -516,15 +520,14 @@ class Preloader:
             if first:
                 self.error = exc
             # Published with the error: whoever sees the preload stop sees why.
-            self._stopping = True
-            self._cond.notify_all()
+            self._life.end_early()
         if first:
             logger.error("the preload failed: %r", exc, exc_info=exc)
 
     def _reserve(self) -> Slot | None:
         """A slot for one more pass, or None when this thread must end (and has left)."""
         with self._cond:
-            if self._stopping or self._exhausted or self._pool > self._slots.limit:
+            if not self._life.takes_work or self._pool > self._slots.limit:
                 self._pool -= 1
                 self._cond.notify_all()
                 return None
@@ -627,12 +630,13 @@ class Preloader:
         """The next index to load, claimed; None when the order is exhausted or we stop."""
         while True:
             with self._order_lock:
-                if self._stopping or self._exhausted:
+                if not self._life.takes_work:
                     return None
                 try:
                     raw = next(self._indices)
                 except StopIteration:
-                    self._exhausted = True
+                    with self._cond:
+                        self._life.exhaust()
                     return None
             found = self._offer(raw)
             if found is not None:
@@ -684,9 +688,7 @@ class Preloader:
 
     def _cache_full(self) -> None:
         with self._cond:
-            first = not self._stopping
-            self._stopping = True
-            self._cond.notify_all()
+            first = self._life.end_early()
         if first:
             logger.warning(
                 "the preload of the store at %s stopped early: the cache is full (the RAM tier "
@@ -747,11 +749,9 @@ class Preloader:
         self._cond = threading.Condition(threading.Lock())
         self._order_lock = threading.Lock()
         self._guard = StoreGuard(closed=True)
-        self._started = self._stopping = self._stopped = True
+        self._life = Lifecycle(self._cond, State.STOPPED)
         self._pool = self._slots.active = 0
         self._coordinator = None
-        self._finished = threading.Event()
-        self._finished.set()
 
 
 _live: weakref.WeakSet[Preloader] = weakref.WeakSet()
