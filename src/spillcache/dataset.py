@@ -19,9 +19,18 @@ from .codec import clone, digest, encode
 from .disk import SpillCacheWarning
 from .errors import FingerprintMismatch
 from .indices import as_index, in_range
-from .preload import Flight, Preloader, SingleFlight, Threads, check_threads, preview_order
+from .preload import (
+    Flight,
+    Preloader,
+    SingleFlight,
+    StatsLogger,
+    SummaryWriterLike,
+    Threads,
+    check_log_every,
+    check_threads,
+    preview_order,
+)
 from .stats import CacheStats
-from .summary import StatsLogger, SummaryWriterLike, check_log_every
 from .userwarn import warn
 
 __all__ = ["CachedDataset", "NondeterministicDataError", "default_fingerprint"]

@@ -70,7 +70,7 @@ class StatsLogger:
         self.every = check_log_every(every)
         self._owned = isinstance(writer, (str, os.PathLike))
         if isinstance(writer, (str, os.PathLike)):
-            # Imported when needed: importing tensorboardX takes seconds.
+            # Imported when needed: importing tensorboardX is slow (docs/design.rst).
             from tensorboardX import SummaryWriter  # noqa: PLC0415
 
             self._writer: SummaryWriterLike = SummaryWriter(

@@ -16,9 +16,8 @@ from typing import Any, Protocol
 from ..cache import SpillCache
 from ..config import CacheSettings, settings_from_config
 from ..indices import HyraxIndexError, as_index, in_range
-from ..preload import Preloader, SingleFlight, preview_order
+from ..preload import Preloader, SingleFlight, StatsLogger, SummaryWriterLike, preview_order
 from ..stats import CacheStats
-from ..summary import StatsLogger, SummaryWriterLike
 from .base import DataCache
 
 __all__ = ["ProviderDataCache"]

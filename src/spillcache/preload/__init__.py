@@ -1,19 +1,44 @@
-"""The preload: a background fill that follows the sampler and adapts to the storage."""
+"""The preload: a background fill that follows the sampler and adapts to the storage.
 
-from .engine import (
-    Flight,
-    Preloader,
-    SingleFlight,
-    Threads,
-    check_threads,
-)
+* :mod:`.order` turns a sampler into the indices it will yield without disturbing it (a
+  random sampler is previewed from a *copy* of its generator state).
+* :mod:`.engine` holds the :class:`Preloader` (load threads that each take the next index,
+  skip it if it is cached or being loaded, else load and store it; a coordinator that starts
+  them and reports) and :class:`SingleFlight`, which records the indices being loaded, by the
+  preload or by training, so that each is loaded once: training joins a preload load in
+  progress, and the preload skips what training is loading.
+* :mod:`.concurrency` and :mod:`.tuner` set the number of loads in flight
+  (``threads="auto"``): a hill-climbing tuner doubles it while the throughput grows, backs off
+  when it stops, and probes up and down now and then; throughput comes from Little's law
+  (mean number in flight / mean time a load holds its slot), which loads finishing in waves
+  cannot fool.
+* :mod:`.lifecycle` is the one state of a preload (new, running, exhausted, ending,
+  stopping, done, stopped); :mod:`.guard` keeps every thread of a stopped preload away from
+  the store: :meth:`Preloader.stop` returns at once, and a load stuck in user code finishes
+  on its own daemon thread, whose result reaches any training thread waiting for it (which
+  caches it), never the store from that thread.
+* :mod:`.progress`: the preload counters, the progress bar, TensorBoard scalars (through
+  :mod:`spillcache.summary`) and log lines.
+
+Memory stays flat: at most ``threads`` loaded samples exist outside the cache, the RAM tier
+only takes free space (it never evicts for the preload), and the disk tier's writer bounds
+what is queued.
+"""
+
+from ..summary import StatsLogger, SummaryWriterLike, check_log_every
+from .engine import Flight, Preloader, SingleFlight, Threads, check_threads
 from .order import preview_order
 
+# StatsLogger, SummaryWriterLike and check_log_every live in spillcache.summary; they are
+# re-exported while dataset.py and hyrax/provider.py import them from here.
 __all__ = [
     "Flight",
     "Preloader",
     "SingleFlight",
+    "StatsLogger",
+    "SummaryWriterLike",
     "Threads",
+    "check_log_every",
     "check_threads",
     "preview_order",
 ]

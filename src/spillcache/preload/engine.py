@@ -1,27 +1,12 @@
-"""The preload engine: a background fill that follows the sampler and adapts to the storage.
+"""The preload engine: the Preloader, its load threads and coordinator, and single flight.
 
-A :class:`Preloader` walks the indices a sampler is about to draw and has a pool of daemon
-threads load the ones neither tier holds, each sample inserted as soon as it is loaded. Its
-pieces:
-
-* :func:`preview_order` turns a sampler into the indices it will yield without disturbing it
-  (a random sampler is previewed from a *copy* of its generator state).
-* :class:`SingleFlight` records which indices are being loaded right now, by the preload or by
-  training, so that every index is loaded once: training joins a preload load in progress, and
-  the preload skips what training is loading.
-* A hill-climbing tuner sets the number of loads in flight (``threads="auto"``): it doubles
-  the count while the measured throughput grows, backs off when it stops, and probes up and
-  down now and then. Throughput comes from Little's law (mean number in flight / mean time a
-  load holds its slot), which, unlike counting completions in a short window, is not fooled by
-  loads that finish in waves.
-* Memory stays flat: at most ``threads`` loaded samples exist outside the cache, the RAM tier
-  only takes free space (it never evicts for the preload), and the disk tier's writer bounds
-  what is queued.
-* :meth:`Preloader.stop` returns at once: the rest of the order is dropped, and a load stuck
-  in user code is left to finish on its own daemon thread, whose result then reaches any
-  training thread waiting for it, which caches it, but never the store from that thread (a
-  guard keeps every thread of the preload away from the store once it is stopped, which
-  ``close()`` and interpreter exit always do first).
+A :class:`Preloader` walks the indices of an order (:mod:`.order`) and has up to ``limit``
+load threads (:mod:`.concurrency`, :mod:`.tuner`) load the ones neither tier holds, each
+sample inserted as soon as it is loaded; a coordinator thread starts the threads and reports
+(:mod:`.progress`). Its lifecycle is one state (:mod:`.lifecycle`); once it is stopped, a
+guard (:mod:`.guard`) keeps its threads away from the store. :class:`SingleFlight` records
+which indices are being loaded right now, by the preload or by training, so that each is
+loaded once.
 """
 
 from __future__ import annotations
@@ -317,22 +302,15 @@ class Preloader:
 
     Attributes
     ----------
-    limit : int
-        Loads allowed in flight now.
-    peak_limit, peak_threads : int
-        Highest limit and largest number of load threads so far.
+    peak_threads : int
+        Largest number of load threads so far.
     processed : int
         Indices done with: loaded, skipped, promoted or failed.
-    tuning : list of (float, int, float)
-        With ``threads="auto"``, the last measurements: seconds since the start,
-        concurrency, samples per second. They tell how the storage scales: rates that double
-        with the concurrency mean latency-bound storage; a rate that stops growing at some
-        concurrency means an IOPS or CPU limit.
     error : BaseException or None
         What ended the preload early, if anything did.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913, RUF100 - the data set's parts and settings, each by keyword
         self,
         cache: SpillCache,
         load: Callable[[int], object],
@@ -422,7 +400,13 @@ class Preloader:
 
     @property
     def tuning(self) -> list[tuple[float, int, float]]:
-        """With ``threads="auto"``, the last measurements (see the class's attributes)."""
+        """With ``threads="auto"``, the last measurements.
+
+        Each is (seconds since the start, loads in flight, samples per second).
+        They tell how the storage scales: rates that double with the concurrency mean
+        latency-bound storage; a rate that stops growing at some concurrency means an IOPS or
+        CPU limit.
+        """
         return self._slots.tuning
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -690,14 +674,7 @@ class Preloader:
         with self._cond:
             first = self._life.end_early()
         if first:
-            logger.warning(
-                "the preload of the store at %s stopped early: the cache is full (the RAM tier "
-                "is at ram_budget=%d bytes and the store refuses new entries: disk_budget=%s or "
-                "too little free disk space, see stats().rejected)",
-                self._cache.path,
-                self._cache.ram_budget,
-                self._cache.disk_budget,
-            )
+            self._failures.report_full(self._cache.ram_budget, self._cache.disk_budget)
 
     def _report_error(self, index: object, exc: BaseException) -> None:
         self._failures.report(index, exc)

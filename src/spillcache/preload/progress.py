@@ -3,7 +3,7 @@
 The counters (:data:`COUNTERS`, ``CacheStats`` field names) are kept by the data set's
 :class:`~.engine.SingleFlight`, shared by every preload of that data set. A
 :class:`Progress` shows one preload's bar on stderr and logs its scalars (from its
-coordinator thread only); :class:`Failures` warns once per kind of failed load.
+coordinator thread only); :class:`Failures` warns once per kind of failed load, and of a full cache.
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ class Progress:
     def _open_bar(self) -> Any:
         if not self._wants_bar:
             return None
-        # Imported when needed: a tenth of a second that most runs (no TTY) never need.
+        # Imported when needed: most runs (no TTY) show no bar (cost: docs/design.rst).
         from tqdm.auto import tqdm  # noqa: PLC0415
 
         return tqdm(
@@ -218,3 +218,14 @@ class Failures:
                 kind.__name__,
                 exc_info=exc,
             )
+
+    def report_full(self, ram_budget: int, disk_budget: object) -> None:
+        """Warn that a full cache stopped the preload early."""
+        logger.warning(
+            "the preload of the store at %s stopped early: the cache is full (the RAM tier "
+            "is at ram_budget=%d bytes and the store refuses new entries: disk_budget=%s or "
+            "too little free disk space, see stats().rejected)",
+            self._path,
+            ram_budget,
+            disk_budget,
+        )
