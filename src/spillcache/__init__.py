@@ -6,9 +6,13 @@ store on local disk that the next run, DataLoader workers and DDP ranks on the n
 
 from .admin import CacheInfo, cache_info, clear_cache, copy_cache
 from .cache import SpillCache
-from .dataset import CachedDataset, NondeterministicDataError
-from .disk import SpillCacheWarning
-from .errors import FingerprintMismatch, StoreError
+from .dataset import CachedDataset
+from .errors import (
+    FingerprintMismatch,
+    NondeterministicDataError,
+    SpillCacheWarning,
+    StoreError,
+)
 from .hyrax import DataCache
 from .stats import CacheStats
 

@@ -16,8 +16,8 @@ import torch
 from . import forksafe
 from .closing import Closing
 from .codec import Encoding, clone, decode, replicate, view
-from .disk import SpillCacheWarning, Value, open_tier
-from .errors import CodecError
+from .disk import Value, open_tier
+from .errors import CodecError, SpillCacheWarning
 from .ram import RamTier
 from .shared import FIELDS, CounterBlock, WorkerSlot, attach
 from .sizing import (

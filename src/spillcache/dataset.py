@@ -16,8 +16,7 @@ import torch.utils.data
 from .cache import SpillCache
 from .closing import Closing
 from .codec import clone, digest, encode
-from .disk import SpillCacheWarning
-from .errors import FingerprintMismatch
+from .errors import FingerprintMismatch, NondeterministicDataError, SpillCacheWarning
 from .indices import as_index, in_range
 from .preload import (
     Flight,
@@ -33,7 +32,7 @@ from .preload import (
 from .stats import CacheStats
 from .userwarn import warn
 
-__all__ = ["CachedDataset", "NondeterministicDataError", "default_fingerprint"]
+__all__ = ["CachedDataset", "default_fingerprint"]
 
 _PROBES_META = "probes"
 
@@ -42,14 +41,6 @@ class _MapDataset(Protocol):
     def __getitem__(self, index: int) -> Any: ...
 
     def __len__(self) -> int: ...
-
-
-class NondeterministicDataError(RuntimeError):
-    """The wrapped data set returned different samples for the same index.
-
-    A cache can only serve data sets whose ``dataset[i]`` is the same every time: random
-    augmentation belongs in ``CachedDataset(..., transform=...)``, which runs after the cache.
-    """
 
 
 def default_fingerprint(dataset: object) -> str:

@@ -44,7 +44,7 @@ from numpy.typing import NDArray
 
 from . import forksafe
 from .codec import FORMAT_VERSION, Buffer, Encoding, seal
-from .errors import FingerprintMismatch, StoreError
+from .errors import FingerprintMismatch, SpillCacheWarning, StoreError
 from .growth import Growth
 from .userwarn import warn
 
@@ -52,7 +52,6 @@ __all__ = [
     "LOCK_FILE",
     "MARKER",
     "DiskTier",
-    "SpillCacheWarning",
     "Value",
     "filesystem_type",
     "inspected",
@@ -146,10 +145,6 @@ def _fits(buffer: Buffer, size: int, keep: bool) -> bool:
     unused bytes at the end of a kept buffer would be memory nobody accounts for.
     """
     return len(buffer) == size if keep else size <= len(buffer) <= 2 * size
-
-
-class SpillCacheWarning(RuntimeWarning):
-    """A storage fault that spillcache survived (corrupt entry, full disk, rebuilt store)."""
 
 
 class _Stale(Exception):

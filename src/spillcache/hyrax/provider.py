@@ -15,7 +15,8 @@ from typing import Any, Protocol
 
 from ..cache import SpillCache
 from ..config import CacheSettings, settings_from_config
-from ..indices import HyraxIndexError, as_index, in_range
+from ..errors import HyraxIndexError
+from ..indices import as_index, in_range
 from ..preload import Preloader, SingleFlight, StatsLogger, SummaryWriterLike, preview_order
 from ..stats import CacheStats
 from .base import DataCache
