@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from helpers import assert_sample_equal
 from spillcache import codec
+from spillcache.budget import sample_nbytes
 from spillcache.codec import (
     FORMAT_VERSION,
     Encoding,
@@ -35,7 +36,6 @@ from spillcache.codec import (
     view,
 )
 from spillcache.errors import CodecError
-from spillcache.sizing import sample_nbytes
 
 pytestmark = pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental:UserWarning")
 

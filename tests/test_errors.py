@@ -22,10 +22,10 @@ import xxhash
 from torch.utils.data import DataLoader
 
 import spillcache
+import spillcache.budget
 import spillcache.cli
 import spillcache.demo
 import spillcache.errors
-import spillcache.sizing
 from spillcache import (
     CachedDataset,
     DataCache,
@@ -281,7 +281,7 @@ def test_wrong_types_raise_type_error_and_wrong_values_value_error(
 def test_a_ram_budget_above_the_memory_limit_warns_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(spillcache.sizing, "_warned_ram_budget", False)
+    monkeypatch.setattr(spillcache.budget, "_warned_ram_budget", False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         SpillCache(tmp_path / "a", ram_budget=10**30).close()  # too big a budget here

@@ -38,9 +38,9 @@ import spillcache.preload
 from helpers import assert_sample_equal, hyrax_loop
 from spillcache import CachedDataset, DataCache, SpillCache
 from spillcache.admin import verify
+from spillcache.budget import ENTRY_OVERHEAD, sample_nbytes
 from spillcache.errors import StoreError
 from spillcache.preload import Preloader, _Tuner, preview_order
-from spillcache.sizing import ENTRY_OVERHEAD, sample_nbytes
 
 # Generous: only reached when something is broken.
 TIMEOUT = 30.0

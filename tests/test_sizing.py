@@ -1,4 +1,4 @@
-"""Tests of spillcache.sizing: budget parsing, memory and disk totals, sample byte counts."""
+"""Tests of spillcache.budget: budget parsing, memory and disk totals, sample byte counts."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from spillcache.sizing import (
+from spillcache.budget import (
     _cgroup_limit,
     _memory_limit,
     _slurm_limit,
@@ -362,7 +362,7 @@ _ACCURACY_SCRIPT = textwrap.dedent(
     import ctypes, gc, json, struct, sys
     import numpy as np
     import torch
-    from spillcache.sizing import ENTRY_OVERHEAD, sample_nbytes
+    from spillcache.budget import ENTRY_OVERHEAD, sample_nbytes
 
     def rss_anon():
         with open("/proc/self/status") as status:

@@ -14,13 +14,7 @@ import numpy as np
 import torch
 
 from . import forksafe
-from .closing import Closing
-from .codec import Encoding, clone, decode, replicate, view
-from .disk import Value, open_tier
-from .errors import CodecError, SpillCacheWarning
-from .ram import RamTier
-from .shared import FIELDS, CounterBlock, WorkerSlot, attach
-from .sizing import (
+from .budget import (
     ENTRY_OVERHEAD,
     check_ram_budget,
     filesystem_size,
@@ -28,6 +22,12 @@ from .sizing import (
     parse_budget,
     sample_nbytes,
 )
+from .closing import Closing
+from .codec import Encoding, clone, decode, replicate, view
+from .disk import Value, open_tier
+from .errors import CodecError, SpillCacheWarning
+from .ram import RamTier
+from .shared import FIELDS, CounterBlock, WorkerSlot, attach
 from .stats import CacheStats
 from .userwarn import warn
 

@@ -6,8 +6,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from .budget import memory_limit, parse_budget
 from .preload import check_threads
-from .sizing import memory_limit, parse_budget
 
 __all__ = ["DEFAULTS", "DISABLE_MODES", "CacheSettings", "settings_from_config"]
 
