@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from spillcache import SpillCache
-from spillcache.budget import sample_nbytes
 from spillcache.codec import clone
+from spillcache.footprint import sample_nbytes
 
 
 def small_sample(i: int) -> dict[str, object]:

@@ -26,8 +26,8 @@ from spillcache import (
     cache_info,
 )
 from spillcache import disk as disk_module
-from spillcache.budget import sample_nbytes
 from spillcache.codec import Encoding
+from spillcache.footprint import sample_nbytes
 
 
 def sample(i: int, side: int = 8) -> dict[str, object]:

@@ -24,7 +24,6 @@ from hypothesis import strategies as st
 
 from helpers import assert_sample_equal
 from spillcache import codec
-from spillcache.budget import sample_nbytes
 from spillcache.codec import (
     FORMAT_VERSION,
     Encoding,
@@ -36,6 +35,7 @@ from spillcache.codec import (
     view,
 )
 from spillcache.errors import CodecError
+from spillcache.footprint import sample_nbytes
 
 pytestmark = pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental:UserWarning")
 

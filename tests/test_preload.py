@@ -38,8 +38,8 @@ import spillcache.preload
 from helpers import assert_sample_equal, hyrax_loop
 from spillcache import CachedDataset, DataCache, SpillCache
 from spillcache.admin import verify
-from spillcache.budget import ENTRY_OVERHEAD, sample_nbytes
 from spillcache.errors import StoreError
+from spillcache.footprint import ENTRY_OVERHEAD, sample_nbytes
 from spillcache.preload import Preloader, _Tuner, preview_order
 
 # Generous: only reached when something is broken.

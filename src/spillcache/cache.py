@@ -14,18 +14,12 @@ import numpy as np
 import torch
 
 from . import forksafe
-from .budget import (
-    ENTRY_OVERHEAD,
-    check_ram_budget,
-    filesystem_size,
-    memory_limit,
-    parse_budget,
-    sample_nbytes,
-)
+from .budget import check_ram_budget, filesystem_size, memory_limit, parse_budget
 from .closing import Closing
 from .codec import Encoding, clone, decode, replicate, view
 from .disk import Value, open_tier
 from .errors import CodecError, SpillCacheWarning
+from .footprint import ENTRY_OVERHEAD, sample_nbytes
 from .ram import RamTier
 from .shared import FIELDS, CounterBlock, WorkerSlot, attach
 from .stats import CacheStats

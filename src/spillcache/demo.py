@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .budget import ENTRY_OVERHEAD, sample_nbytes
 from .dataset import CachedDataset
+from .footprint import ENTRY_OVERHEAD, sample_nbytes
 from .stats import CacheStats
 
 __all__ = ["EpochReport", "SlowDataset", "run_demo"]

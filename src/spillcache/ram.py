@@ -224,7 +224,7 @@ class RamTier:
     many distinct keys go by (keys are hashed, never stored).  With more entries than the cap
     can track, the sketch ages faster, so admission falls back towards "keep what is
     resident", which never thrashes.  Each resident also costs 208-257 bytes of dict and list
-    slots; :class:`~spillcache.SpillCache` adds ``budget.ENTRY_OVERHEAD`` to every size it
+    slots; :class:`~spillcache.SpillCache` adds ``footprint.ENTRY_OVERHEAD`` to every size it
     states, so its ``nbytes`` includes them.
     """
 

@@ -15,9 +15,10 @@ import numpy as np
 import torch
 
 from .. import forksafe
-from ..budget import ENTRY_OVERHEAD, memory_limit, parse_budget, sample_nbytes
+from ..budget import memory_limit, parse_budget
 from ..cache import SpillCache, check_key
 from ..config import CacheSettings, settings_from_config
+from ..footprint import ENTRY_OVERHEAD, sample_nbytes
 from ..ram import RamTier
 from ..stats import CacheStats
 from .base import FORMS, DataCache
