@@ -9,7 +9,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import torch.utils.data
 
@@ -24,10 +24,19 @@ from .preload import (
     SingleFlight,
     StatsLogger,
     SummaryWriterLike,
+    preview_order,
+)
+from .settings import (
+    COPY,
+    LOG_EVERY,
+    ON_MISMATCH,
+    RAM_BUDGET,
+    READAHEAD,
+    THREADS,
+    OnMismatch,
     Threads,
     check_log_every,
     check_threads,
-    preview_order,
 )
 from .stats import CacheStats
 from .userwarn import warn
@@ -120,19 +129,19 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
         dataset: _MapDataset,
         path: str | os.PathLike[str] | None = None,
         *,
-        ram_budget: int | str = "1GiB",
+        ram_budget: int | str = RAM_BUDGET,
         disk_budget: int | str | None = None,
         fingerprint: str | None = None,
         transform: Callable[[Any], Any] | None = None,
         probes: int = 2,
-        on_mismatch: Literal["rebuild", "error"] = "rebuild",
-        copy: bool = True,
-        readahead: bool = True,
+        on_mismatch: OnMismatch = ON_MISMATCH,
+        copy: bool = COPY,
+        readahead: bool = READAHEAD,
         preload: bool = False,
-        preload_threads: Threads = "auto",
+        preload_threads: Threads = THREADS,
         progress: bool | None = None,
         summary_writer: SummaryWriterLike | str | os.PathLike[str] | None = None,
-        log_every: int = 1000,
+        log_every: int = LOG_EVERY,
     ) -> None:
         if isinstance(dataset, torch.utils.data.IterableDataset):
             raise TypeError(
