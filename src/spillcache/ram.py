@@ -234,12 +234,11 @@ class RamTier:
         """Whether a value of unknown size for ``key`` is worth measuring for :meth:`admit`.
 
         Measuring a sample costs about as much as reading it from the store, so a full tier
-        asks this before measuring what it read: with a RAM budget half the data, warm epochs
-        of 4 KiB samples were slower than with no RAM tier at all, every disk hit measured in
-        vain. True while free space of the mean entry's size remains. Otherwise the key must be
+        asks this before measuring what it read, rather than measure every disk hit in vain.
+        True while free space of the mean entry's size remains. Otherwise the key must be
         at least the admission margin more frequent than one resident drawn at random: a
         pre-test of the one :meth:`admit` makes with the least frequent of three residents per
-        victim (one draw costs ~2 us, three ~6); a key much more frequent than the residents,
+        victim, at a third of its cost; a key much more frequent than the residents,
         which is what admission is for, passes both. With samples of one size free space
         decides as in :meth:`would_admit`; with mixed sizes a cold sample smaller than the
         mean is not fitted into a gap, which leaves less than one mean entry of the budget idle.

@@ -38,8 +38,8 @@ class FrequencySketch:
     ``period`` increments all counters are halved, so frequency means "recent frequency".
 
     A key's four counters lie in one 64-byte block (one CPU cache line), one in each 16-byte
-    quarter, as in Caffeine's sketch: a lookup then costs one cache miss instead of four,
-    ~1 us of a 10 us RAM hit with 8 MiB of counters.  The quarters play the four rows.
+    quarter, as in Caffeine's sketch: a lookup then costs one cache miss instead of four (a
+    share of a RAM hit that matters, see design.rst).  The quarters play the four rows.
     """
 
     __slots__ = ("_adds", "_mask", "_max_width", "_period", "_table", "capacity")
@@ -114,7 +114,7 @@ class FrequencySketch:
         x = key * _MUL >> 40
         t = self._table
         block = (x & self._mask) << 6
-        # Counter bits in a one-digit int: shifts of the wide product cost ~25 ns each.
+        # Counter bits in a one-digit int: each shift of the wide product allocates a long int.
         y = (x >> 24) & 0xFFFF
         i0 = block | (y & 15)
         i1 = block | 16 | ((y >> 4) & 15)
@@ -124,7 +124,7 @@ class FrequencySketch:
         c1 = t[i1]
         c2 = t[i2]
         c3 = t[i3]
-        # Comparisons rather than min(): the call alone would make get() 0.2 us slower.
+        # Comparisons rather than min(): a builtin call costs a visible share of get().
         low01 = c0 if c0 < c1 else c1
         low23 = c2 if c2 < c3 else c3
         low = low01 if low01 < low23 else low23
