@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from spillcache import SpillCache
-from spillcache.sizing import memory_limit
+from spillcache.budget import memory_limit
 
 from .workloads import (
     Sample,

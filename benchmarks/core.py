@@ -20,7 +20,7 @@ import torch
 
 from spillcache import SpillCache
 from spillcache.codec import clone
-from spillcache.sizing import sample_nbytes
+from spillcache.footprint import sample_nbytes
 
 
 def small_sample(i: int) -> dict[str, object]:

@@ -44,7 +44,7 @@ def rss_anon() -> int:
 def per_sample_bytes(workload: Workload) -> int:
     """Bytes the RAM tier accounts for one sample of ``workload``."""
     from spillcache.codec import decode, encode
-    from spillcache.sizing import ENTRY_OVERHEAD, sample_nbytes
+    from spillcache.footprint import ENTRY_OVERHEAD, sample_nbytes
 
     return sample_nbytes(decode(encode(workload.make(0)))) + ENTRY_OVERHEAD
 

@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import RandomSampler
 
 from spillcache.dataset import CachedDataset
-from spillcache.preload import Threads
+from spillcache.settings import Threads
 
 FIXED: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
 LOAD_SECONDS = 0.02

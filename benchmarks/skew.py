@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import WeightedRandomSampler
 
 from spillcache import SpillCache
-from spillcache.sizing import ENTRY_OVERHEAD, sample_nbytes
+from spillcache.footprint import ENTRY_OVERHEAD, sample_nbytes
 
 from .workloads import Sample, Workload
 

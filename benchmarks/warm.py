@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from spillcache import SpillCache
-from spillcache.sizing import ENTRY_OVERHEAD, sample_nbytes
+from spillcache.footprint import ENTRY_OVERHEAD, sample_nbytes
 
 from .contenders import Contender, Unavailable, require, timed_fill
 from .workloads import Sample, Workload, monai_identity_random, monai_transform

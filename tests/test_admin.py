@@ -178,3 +178,24 @@ def test_copy_a_cache_dir_and_refuse_a_full_destination(tmp_path: Path) -> None:
     assert [cache_info(p).items for p in find_stores(tmp_path / "out")] == [5, 2]
     with pytest.raises(StoreError, match="dst="):
         copy_cache(tmp_path / "cache", tmp_path / "out")
+
+
+def test_inspection_never_meets_a_fingerprint_mismatch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # #16 made FingerprintMismatch a StoreError. The `except StoreError` of `spillcache verify`
+    # (prints DAMAGED), of copy_cache (wraps it) and of clear_cache's retiring (suppresses it)
+    # would now take a mismatch too; they never see one because inspection checks no identity,
+    # whichever fingerprint the store was built for or is open with in this process.
+    closed = make_store(tmp_path / "closed", 3, fingerprint="a")
+    with SpillCache(tmp_path / "open", fingerprint="b", on_mismatch="error") as live:
+        live.put(0, {"x": 0})
+        live.flush()
+        for store, fingerprint in ((closed, "a"), (tmp_path / "open", "b")):
+            assert cache_info(store).fingerprint == fingerprint
+            assert verify(store).ok
+            assert main(["verify", str(store)]) == 0
+            assert copy_cache(store, tmp_path / f"copy-{fingerprint}")
+        assert "DAMAGED" not in capsys.readouterr().out
+        assert clear_cache(tmp_path / "open", force=True) == [tmp_path / "open"]
+    assert cache_info(tmp_path / "copy-a").items == 3

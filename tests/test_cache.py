@@ -27,7 +27,7 @@ from spillcache import (
 )
 from spillcache import disk as disk_module
 from spillcache.codec import Encoding
-from spillcache.sizing import sample_nbytes
+from spillcache.footprint import sample_nbytes
 
 
 def sample(i: int, side: int = 8) -> dict[str, object]:

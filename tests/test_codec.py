@@ -35,7 +35,7 @@ from spillcache.codec import (
     view,
 )
 from spillcache.errors import CodecError
-from spillcache.sizing import sample_nbytes
+from spillcache.footprint import sample_nbytes
 
 pytestmark = pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental:UserWarning")
 

@@ -22,14 +22,17 @@ import xxhash
 from torch.utils.data import DataLoader
 
 import spillcache
+import spillcache.budget
+import spillcache.cli
 import spillcache.demo
-import spillcache.sizing
+import spillcache.errors
 from spillcache import (
     CachedDataset,
     DataCache,
     FingerprintMismatch,
     SpillCache,
     SpillCacheWarning,
+    StoreError,
     clear_cache,
     copy_cache,
 )
@@ -278,7 +281,7 @@ def test_wrong_types_raise_type_error_and_wrong_values_value_error(
 def test_a_ram_budget_above_the_memory_limit_warns_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(spillcache.sizing, "_warned_ram_budget", False)
+    monkeypatch.setattr(spillcache.budget, "_warned_ram_budget", False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         SpillCache(tmp_path / "a", ram_budget=10**30).close()  # too big a budget here
@@ -627,3 +630,44 @@ def test_the_demo_shows_warm_epochs_preload_and_a_second_run(tmp_path: Path) -> 
         samples=40, sample_kib=4, latency=0.002, epochs=1, path=tmp_path / "s", echo=lines.append
     )
     assert again[0].what == "warm: a past run's store" and again[0].miss_rate == 0
+
+
+# -- 12. one module of errors (#16) --------------------------------------------------------------
+
+
+def test_every_exception_and_warning_is_defined_in_errors() -> None:
+    for name in spillcache.errors.__all__:
+        cls = getattr(spillcache.errors, name)
+        assert cls.__module__ == "spillcache.errors", name
+        if name in spillcache.__all__:
+            assert getattr(spillcache, name) is cls, name
+    assert spillcache.errors.__all__ == sorted(spillcache.errors.__all__)
+
+
+def test_a_fingerprint_mismatch_is_a_store_error(tmp_path: Path) -> None:
+    SpillCache(tmp_path / "s", fingerprint="a").close()
+    try:
+        SpillCache(tmp_path / "s", fingerprint="b", on_mismatch="error")
+    except StoreError as exc:  # since #16: the store cannot be used as asked
+        caught: StoreError = exc
+    assert type(caught) is FingerprintMismatch
+    assert "on_mismatch='rebuild'" in str(caught)
+    CachedDataset(Source(), tmp_path / "d").close()
+    with pytest.raises(StoreError) as probed:  # a probe's mismatch too
+        CachedDataset(Source(bad={7: {"x": 0}}), tmp_path / "d", on_mismatch="error")
+    assert type(probed.value) is FingerprintMismatch
+
+
+def test_cli_a_fingerprint_mismatch_is_one_line_and_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `main` catches StoreError (which a mismatch is since #16) where it caught both.
+    mismatch = FingerprintMismatch(str(tmp_path / "s"), "fingerprint 'a'", "fingerprint 'b'")
+
+    def fail(path: object) -> None:
+        raise mismatch
+
+    SpillCache(tmp_path / "s").close()
+    monkeypatch.setattr(spillcache.cli, "cache_info", fail)
+    assert spillcache.cli.main(["info", str(tmp_path / "s")]) == 2
+    assert capsys.readouterr().err == f"spillcache: error: {mismatch}\n"

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from spillcache import SpillCache
-from spillcache.sizing import sample_nbytes
+from spillcache.footprint import sample_nbytes
 
 
 def make_samples(n: int, rng: np.random.Generator) -> list[dict[str, object]]:

@@ -39,10 +39,10 @@ from helpers import assert_sample_equal, hyrax_loop
 from spillcache import CachedDataset, DataCache, SpillCache
 from spillcache.admin import verify
 from spillcache.errors import StoreError
+from spillcache.footprint import ENTRY_OVERHEAD, sample_nbytes
 from spillcache.preload import preview_order
 from spillcache.preload.concurrency import Concurrency
 from spillcache.preload.tuner import Tuner
-from spillcache.sizing import ENTRY_OVERHEAD, sample_nbytes
 
 # Generous: only reached when something is broken.
 TIMEOUT = 30.0

@@ -1,4 +1,7 @@
-"""Tests of spillcache.sizing: budget parsing, memory and disk totals, sample byte counts."""
+"""Tests of spillcache.budget and spillcache.footprint.
+
+Budget parsing, memory and disk totals, sample byte counts.
+"""
 
 from __future__ import annotations
 
@@ -14,15 +17,15 @@ import numpy as np
 import pytest
 import torch
 
-from spillcache.sizing import (
+from spillcache.budget import (
     _cgroup_limit,
     _memory_limit,
     _slurm_limit,
     filesystem_size,
     memory_limit,
     parse_budget,
-    sample_nbytes,
 )
+from spillcache.footprint import sample_nbytes
 
 KIB, MIB, GIB, TIB = 1024, 1024**2, 1024**3, 1024**4
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -362,7 +365,7 @@ _ACCURACY_SCRIPT = textwrap.dedent(
     import ctypes, gc, json, struct, sys
     import numpy as np
     import torch
-    from spillcache.sizing import ENTRY_OVERHEAD, sample_nbytes
+    from spillcache.footprint import ENTRY_OVERHEAD, sample_nbytes
 
     def rss_anon():
         with open("/proc/self/status") as status:

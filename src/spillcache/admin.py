@@ -28,7 +28,6 @@ from .errors import CodecError, StoreError
 
 __all__ = [
     "CacheInfo",
-    "VerifyReport",
     "cache_info",
     "clear_cache",
     "copy_cache",

@@ -14,20 +14,15 @@ import numpy as np
 import torch
 
 from . import forksafe
+from .budget import check_ram_budget, filesystem_size, memory_limit, parse_budget
 from .closing import Closing
 from .codec import Encoding, clone, decode, replicate, view
-from .disk import SpillCacheWarning, Value, open_tier
-from .errors import CodecError
+from .disk import Value, open_tier
+from .errors import CodecError, SpillCacheWarning
+from .footprint import ENTRY_OVERHEAD, sample_nbytes
 from .ram import RamTier
+from .settings import COPY, ON_MISMATCH, RAM_BUDGET, READAHEAD, OnMismatch
 from .shared import FIELDS, CounterBlock, WorkerSlot, attach
-from .sizing import (
-    ENTRY_OVERHEAD,
-    check_ram_budget,
-    filesystem_size,
-    memory_limit,
-    parse_budget,
-    sample_nbytes,
-)
 from .stats import CacheStats
 from .userwarn import warn
 
@@ -122,12 +117,12 @@ class SpillCache(Closing):
         self,
         path: str | os.PathLike[str] | None = None,
         *,
-        ram_budget: int | str = "1GiB",
+        ram_budget: int | str = RAM_BUDGET,
         disk_budget: int | str | None = None,
         fingerprint: str | None = None,
-        on_mismatch: Literal["rebuild", "error"] = "rebuild",
-        copy: bool = True,
-        readahead: bool = True,
+        on_mismatch: OnMismatch = ON_MISMATCH,
+        copy: bool = COPY,
+        readahead: bool = READAHEAD,
         allow_remote_fs: bool = False,
     ) -> None:
         if not isinstance(on_mismatch, str):

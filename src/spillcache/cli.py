@@ -12,7 +12,7 @@ from . import __version__
 from .admin import cache_info, clear_cache, copy_cache, find_stores, verify
 from .demo import run_demo
 from .disk import store_files_size
-from .errors import FingerprintMismatch, StoreError
+from .errors import StoreError
 
 __all__ = ["main"]
 
@@ -205,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return int(args.run(args))
-    except (StoreError, FingerprintMismatch, OSError) as exc:
+    except (StoreError, OSError) as exc:  # FingerprintMismatch is a StoreError
         print(f"spillcache: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

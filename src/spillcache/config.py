@@ -4,27 +4,34 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
-from .preload import check_threads
-from .sizing import memory_limit, parse_budget
+from .budget import memory_limit
+from .settings import (
+    DISABLE,
+    DISABLE_MODES,
+    RAM_BUDGET,
+    THREADS,
+    DisableMode,
+    Threads,
+    check_budget,
+    check_threads,
+)
 
-__all__ = ["DEFAULTS", "DISABLE_MODES", "CacheSettings", "settings_from_config"]
+__all__ = ["DEFAULTS", "CacheSettings", "settings_from_config"]
 
-# TOML (Hyrax's config format) has no null: ``false`` or ``""`` mean "not set" for optional keys.
+# The defaults of spillcache.settings under Hyrax's key names. TOML (Hyrax's config format) has
+# no null: ``false`` or ``""`` mean "not set" for optional keys.
 DEFAULTS: dict[str, Any] = {
     "use_cache": True,
     "preload_cache": False,
-    "preload_threads": "auto",
+    "preload_threads": THREADS,
     "cache_dir": False,
-    "cache_ram_budget": "1GiB",
+    "cache_ram_budget": RAM_BUDGET,
     "cache_disk_budget": False,
     "cache_fingerprint": False,
-    "cache_disable": "read_only",
+    "cache_disable": DISABLE,
 }
-
-# What ``DataCache.disable()`` does (Hyrax 0.9+ interface; Hyrax's infer verb calls it).
-DISABLE_MODES = ("read_only", "disk_only", "off")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,12 +40,12 @@ class CacheSettings:
 
     use_cache: bool
     preload_cache: bool
-    preload_threads: int | Literal["auto"]
+    preload_threads: Threads
     cache_dir: str | None
     cache_ram_budget: int | str
     cache_disk_budget: int | str | None
     cache_fingerprint: str | None
-    cache_disable: Literal["read_only", "disk_only", "off"] = "read_only"
+    cache_disable: DisableMode = DISABLE
 
 
 def _key(name: str) -> str:
@@ -62,17 +69,9 @@ def _optional_str(section: Mapping[str, Any], name: str) -> str | None:
 
 
 def _budget(section: Mapping[str, Any], name: str) -> int | str:
-    value: object = section.get(name, DEFAULTS[name])
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise TypeError(
-            f"{_key(name)} = {value!r} must be a size: bytes (int), a string like '4GiB', or a "
-            "percentage like '25%'"
-        )
-    # Validate now, so a typo fails when the config is read rather than at the first sample.
     # A percentage of the disk is checked against the real file system when the store opens.
     total = memory_limit if name == "cache_ram_budget" else (lambda: 1 << 40)
-    parse_budget(value, name=_key(name), total=total)
-    return value
+    return check_budget(section.get(name, DEFAULTS[name]), _key(name), total)
 
 
 def _optional_budget(section: Mapping[str, Any], name: str) -> int | str | None:
@@ -82,13 +81,13 @@ def _optional_budget(section: Mapping[str, Any], name: str) -> int | str | None:
     return _budget(section, name)
 
 
-def _disable_mode(section: Mapping[str, Any]) -> Literal["read_only", "disk_only", "off"]:
+def _disable_mode(section: Mapping[str, Any]) -> DisableMode:
     value = section.get("cache_disable", DEFAULTS["cache_disable"])
     if not isinstance(value, str):
         raise TypeError(
             f"{_key('cache_disable')} = {value!r} must be a string: one of {DISABLE_MODES}"
         )
-    for mode in ("read_only", "disk_only", "off"):
+    for mode in DISABLE_MODES:
         if value == mode:
             return mode
     raise ValueError(f"{_key('cache_disable')} = {value!r} is not one of {DISABLE_MODES}")

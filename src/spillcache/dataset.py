@@ -9,31 +9,33 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import torch.utils.data
 
 from .cache import SpillCache
 from .closing import Closing
 from .codec import clone, digest, encode
-from .disk import SpillCacheWarning
-from .errors import FingerprintMismatch
+from .errors import FingerprintMismatch, NondeterministicDataError, SpillCacheWarning
 from .indices import as_index, in_range
-from .preload import (
-    Flight,
-    Preloader,
-    SingleFlight,
-    StatsLogger,
-    SummaryWriterLike,
+from .preload import Flight, Preloader, SingleFlight, preview_order
+from .settings import (
+    COPY,
+    LOG_EVERY,
+    ON_MISMATCH,
+    RAM_BUDGET,
+    READAHEAD,
+    THREADS,
+    OnMismatch,
     Threads,
     check_log_every,
     check_threads,
-    preview_order,
 )
 from .stats import CacheStats
+from .summary import StatsLogger, SummaryWriterLike
 from .userwarn import warn
 
-__all__ = ["CachedDataset", "NondeterministicDataError", "default_fingerprint"]
+__all__ = ["CachedDataset", "default_fingerprint"]
 
 _PROBES_META = "probes"
 
@@ -42,14 +44,6 @@ class _MapDataset(Protocol):
     def __getitem__(self, index: int) -> Any: ...
 
     def __len__(self) -> int: ...
-
-
-class NondeterministicDataError(RuntimeError):
-    """The wrapped data set returned different samples for the same index.
-
-    A cache can only serve data sets whose ``dataset[i]`` is the same every time: random
-    augmentation belongs in ``CachedDataset(..., transform=...)``, which runs after the cache.
-    """
 
 
 def default_fingerprint(dataset: object) -> str:
@@ -129,19 +123,19 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
         dataset: _MapDataset,
         path: str | os.PathLike[str] | None = None,
         *,
-        ram_budget: int | str = "1GiB",
+        ram_budget: int | str = RAM_BUDGET,
         disk_budget: int | str | None = None,
         fingerprint: str | None = None,
         transform: Callable[[Any], Any] | None = None,
         probes: int = 2,
-        on_mismatch: Literal["rebuild", "error"] = "rebuild",
-        copy: bool = True,
-        readahead: bool = True,
+        on_mismatch: OnMismatch = ON_MISMATCH,
+        copy: bool = COPY,
+        readahead: bool = READAHEAD,
         preload: bool = False,
-        preload_threads: Threads = "auto",
+        preload_threads: Threads = THREADS,
         progress: bool | None = None,
         summary_writer: SummaryWriterLike | str | os.PathLike[str] | None = None,
-        log_every: int = 1000,
+        log_every: int = LOG_EVERY,
     ) -> None:
         if isinstance(dataset, torch.utils.data.IterableDataset):
             raise TypeError(

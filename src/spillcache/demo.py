@@ -15,10 +15,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from .dataset import CachedDataset
-from .sizing import ENTRY_OVERHEAD, sample_nbytes
+from .footprint import ENTRY_OVERHEAD, sample_nbytes
 from .stats import CacheStats
 
-__all__ = ["EpochReport", "SlowDataset", "run_demo"]
+__all__ = ["run_demo"]
 
 
 class SlowDataset(torch.utils.data.Dataset[dict[str, Any]]):
@@ -89,7 +89,7 @@ _HEADER = (
 )
 
 
-def run_demo(
+def run_demo(  # noqa: PLR0913, RUF100 - keyword-only knobs mirroring `spillcache demo`'s options
     *,
     samples: int = 1200,
     sample_kib: int = 128,
@@ -127,29 +127,35 @@ def run_demo(
     )
     echo(_HEADER)
     reports: list[EpochReport] = []
+
+    def record(report: EpochReport) -> None:
+        reports.append(report)
+        echo(_line(report))
+
     with tempfile.TemporaryDirectory(prefix="spillcache-demo-") as scratch:
         store = Path(scratch, "store") if path is None else Path(path).expanduser()
         with CachedDataset(source, store, ram_budget=budget) as dataset:
             for epoch in range(1, epochs + 1):
-                what = None if epoch == 1 else "warm: RAM + store"
-                reports.append(_epoch(dataset, 1, epoch, what, echo))
+                record(_epoch(dataset, 1, epoch, None if epoch == 1 else "warm: RAM + store"))
         # A new CachedDataset on the same directory: what the next training job does.
         with CachedDataset(source, store, ram_budget=budget) as dataset:
-            reports.append(_epoch(dataset, 2, 1, "reused store from disk", echo))
+            record(_epoch(dataset, 2, 1, "reused store from disk"))
         with CachedDataset(source, Path(scratch, "preload"), ram_budget=budget) as dataset:
-            reports.append(_epoch(dataset, 3, 1, "fresh store + preload", echo, preload=True))
+            record(_epoch(dataset, 3, 1, "fresh store + preload", preload=True))
     _summary(reports, echo)
     return reports
 
 
+def _line(r: EpochReport) -> str:
+    """One row of the table under :data:`_HEADER`."""
+    return (
+        f"{r.run:>3} {r.epoch:>5}  {r.what:<22} {r.seconds:>7.2f} {r.samples / r.seconds:>9.0f} "
+        f"{r.ram_hit_rate:>8.1%} {r.disk_hit_rate:>9.1%} {r.miss_rate:>7.1%}"
+    )
+
+
 def _epoch(
-    dataset: CachedDataset,
-    run: int,
-    epoch: int,
-    what: str | None,
-    echo: Callable[[str], None],
-    *,
-    preload: bool = False,
+    dataset: CachedDataset, run: int, epoch: int, what: str | None, *, preload: bool = False
 ) -> EpochReport:
     """Train one epoch through a shuffling DataLoader and report it (``what``: by its misses)."""
     loader = DataLoader(
@@ -164,10 +170,6 @@ def _epoch(
     ram, disk, miss = _delta(dataset.stats(), before)
     if what is None:  # a store given with --path may be warm from an earlier demo
         what = "cold: the slow source" if miss > 0.5 else "warm: a past run's store"
-    echo(
-        f"{run:>3} {epoch:>5}  {what:<22} {seconds:>7.2f} {seen / seconds:>9.0f} {ram:>8.1%} "
-        f"{disk:>9.1%} {miss:>7.1%}"
-    )
     return EpochReport(epoch, seconds, seen, ram, disk, miss, run, what)
 
 

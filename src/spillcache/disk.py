@@ -44,15 +44,15 @@ from numpy.typing import NDArray
 
 from . import forksafe
 from .codec import FORMAT_VERSION, Buffer, Encoding, seal
-from .errors import FingerprintMismatch, StoreError
+from .errors import FingerprintMismatch, SpillCacheWarning, StoreError
 from .growth import Growth
+from .settings import ON_MISMATCH, READAHEAD, OnMismatch
 from .userwarn import warn
 
 __all__ = [
     "LOCK_FILE",
     "MARKER",
     "DiskTier",
-    "SpillCacheWarning",
     "Value",
     "filesystem_type",
     "inspected",
@@ -68,7 +68,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _Txn = TypeVar("_Txn", bound="lmdb.Transaction[Any]")
-OnMismatch = Literal["rebuild", "error"]
 # An encoded value: bytes, or a view of a recycled buffer (see DiskTier.buffer) that the
 # writer seals (codec.seal) before storing it, off the thread of the put, or an Encoding that
 # the writer copies into such a buffer first (the put's caller vouches for the sample).
@@ -146,10 +145,6 @@ def _fits(buffer: Buffer, size: int, keep: bool) -> bool:
     unused bytes at the end of a kept buffer would be memory nobody accounts for.
     """
     return len(buffer) == size if keep else size <= len(buffer) <= 2 * size
-
-
-class SpillCacheWarning(RuntimeWarning):
-    """A storage fault that spillcache survived (corrupt entry, full disk, rebuilt store)."""
 
 
 class _Stale(Exception):
@@ -536,9 +531,9 @@ class DiskTier:
         path: str | os.PathLike[str],
         *,
         fingerprint: str | None,
-        on_mismatch: OnMismatch = "rebuild",
+        on_mismatch: OnMismatch = ON_MISMATCH,
         budget: int | None = None,
-        readahead: bool = True,
+        readahead: bool = READAHEAD,
         allow_remote_fs: bool = False,
         check_identity: bool = True,
         temporary: bool = False,
@@ -1709,9 +1704,9 @@ def open_tier(
     path: str | os.PathLike[str],
     *,
     fingerprint: str | None,
-    on_mismatch: OnMismatch = "rebuild",
+    on_mismatch: OnMismatch = ON_MISMATCH,
     budget: int | None = None,
-    readahead: bool = True,
+    readahead: bool = READAHEAD,
     allow_remote_fs: bool = False,
     check_identity: bool = True,
     temporary: bool = False,

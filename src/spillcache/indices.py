@@ -5,15 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["HyraxIndexError", "as_index", "in_range"]
-
-
-class HyraxIndexError(TypeError, RuntimeError):
-    """A non-integer index given to :class:`~spillcache.DataCache`.
-
-    A ``TypeError`` like everywhere else in spillcache, and a ``RuntimeError`` because that is
-    what Hyrax's ``DataCache`` raised, so that code written for Hyrax keeps working.
-    """
+__all__ = ["as_index", "in_range"]
 
 
 def as_index(index: object, what: str) -> int:

@@ -4,29 +4,13 @@ from __future__ import annotations
 
 import random
 
+from .sketch import FrequencySketch
+
 __all__ = ["RamTier"]
 
-# Odd 128-bit multiplier (golden-ratio and splitmix64 digits).  The product of a key with it
-# mixes every key bit into the bits above 40; its disjoint slices (see
-# ``_FrequencySketch.frequency``) pick a key's block and its four counters in the block.
-# Dense, strided and 2**62-offset keys collide no more than random ones (measured), at the
-# cost of one multiplication.
-_MUL = 0x9E3779B97F4A7C15F39CC0605CEDC835
-_MAX_WIDTH = 1 << 22  # counters per row: a 16 MiB table; block numbers may use bits 40-63
-_HALVE = bytes(c >> 1 for c in range(256))
-_SATURATED = 255
-_MIN_WIDTH = 1024
-# Counters per sketch row for each resident entry.  The rows must be several times wider than
-# the number of keys whose counts matter (residents plus their challengers, e.g. 3x for a data
-# set of 3x the budget), or collisions make cold keys look warm: at 4 per entry about 2 % of
-# keys were over-estimated in a uniform pass and shuffled epochs lost 4-7 % of their hits, at 8
-# about 0.2 % and under 1 %.
-_WIDTH_PER_ENTRY = 8
-# Halve all counters after this many recorded accesses per resident entry (TinyLFU's sample
-# size W = 10 x cache size): long enough to see reuse across a few epochs, short enough that
-# a hot set that is no longer drawn fades.
-_AGING_PER_ENTRY = 10
-# Sketch memory is capped at min(_SKETCH_CAP, _SKETCH_FLOOR + budget // _SKETCH_BUDGET_DIV).
+# Sketch memory is capped at min(_SKETCH_CAP, _SKETCH_FLOOR + budget // _SKETCH_BUDGET_DIV):
+# the policy's own memory stays a small share of the budget (2 % past a 1 MiB floor that any
+# tier can afford), and never exceeds the 16 MiB that the sketch's widest rows can use.
 _SKETCH_CAP = 16 << 20
 _SKETCH_FLOOR = 1 << 20
 _SKETCH_BUDGET_DIV = 50
@@ -44,123 +28,6 @@ _MARGIN = 3
 # the sample, and in the skew simulation 3 came within 0.02 of 5 (and 1 within 0.1) in every
 # warm epoch.
 _SAMPLE = 3
-
-
-class _FrequencySketch:
-    """Approximate access counts: a blocked 4-row count-min sketch of 8-bit saturating counters.
-
-    Counts are only ever over-estimated (collisions add, never subtract).  Conservative update
-    (raise only the counters at the current minimum) keeps that over-estimate small.  Every
-    ``period`` increments all counters are halved, so frequency means "recent frequency".
-
-    A key's four counters lie in one 64-byte block (one CPU cache line), one in each 16-byte
-    quarter, as in Caffeine's sketch: a lookup then costs one cache miss instead of four,
-    ~1 us of a 10 us RAM hit with 8 MiB of counters.  The quarters play the four rows.
-    """
-
-    __slots__ = ("_adds", "_mask", "_max_width", "_period", "_table", "capacity")
-
-    def __init__(self, max_bytes: int) -> None:
-        self._max_width = min(_MAX_WIDTH, max(_MIN_WIDTH, 1 << ((max_bytes // 4).bit_length() - 1)))
-        self.capacity = 0
-        self._table = bytearray(4 * _MIN_WIDTH)
-        self._mask = self._block_mask()
-        self._period = _AGING_PER_ENTRY * _MIN_WIDTH // _WIDTH_PER_ENTRY
-        self._adds = 0
-
-    def _block_mask(self) -> int:
-        """Block numbers are ``hash & mask``; the table holds ``mask + 1`` blocks of 64."""
-        return len(self._table) // 64 - 1
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by the counters."""
-        return len(self._table)
-
-    def reserve(self, entries: int) -> None:
-        """Size the sketch for at least ``entries`` residents (amortized: doubles at least).
-
-        Parameters
-        ----------
-        entries : int
-            Number of resident entries whose frequencies must stay distinguishable.
-        """
-        first = self.capacity == 0
-        self.capacity = max(entries, 2 * self.capacity)
-        target = min(self._max_width, _WIDTH_PER_ENTRY * self.capacity)
-        # A key's block is ``hash & (blocks - 1)``; after doubling, it is its old block or
-        # that block + old count, and both copies hold the old counts, so every estimate stays
-        # an upper bound of the true count.  The copies a key does not use are noise for later
-        # keys, though, which is why the tier sizes the sketch for the full budget up front.
-        width = factor = len(self._table) // 4
-        while factor < target:
-            factor *= 2
-        if first:
-            # Sized at the first admission, when next to nothing is counted yet: a fresh
-            # zeroed table costs no page until a counter on it is used (a 16 MiB sketch is not
-            # touched in full by a cache that holds a handful of samples).
-            self._table = bytearray(4 * factor)
-        elif factor > width:
-            # Tiling once by a power of two equals doubling repeatedly, in one copy.
-            self._table = self._table * (factor // width)
-        self._mask = self._block_mask()
-        # Past the memory cap, age as if the cache were only as large as the sketch can track:
-        # counters then stay low instead of filling up with collisions, and admission degrades
-        # to the scan-safe "keep what is resident" rather than to random churn.
-        self._period = _AGING_PER_ENTRY * min(self.capacity, target // _WIDTH_PER_ENTRY)
-
-    def frequency(self, key: int, record: bool) -> int:
-        """Estimated recent access count of ``key`` (never below the true count).
-
-        One method both reads and records, so that the hot path (:meth:`RamTier.get`) hashes
-        once without further calls.
-
-        Parameters
-        ----------
-        key : int
-            Sample index.
-        record : bool
-            Count one access of ``key`` first.
-
-        Returns
-        -------
-        int
-            The estimate, including the access just recorded.
-        """
-        x = key * _MUL >> 40
-        t = self._table
-        block = (x & self._mask) << 6
-        # Counter bits in a one-digit int: shifts of the wide product cost ~25 ns each.
-        y = (x >> 24) & 0xFFFF
-        i0 = block | (y & 15)
-        i1 = block | 16 | ((y >> 4) & 15)
-        i2 = block | 32 | ((y >> 8) & 15)
-        i3 = block | 48 | (y >> 12)
-        c0 = t[i0]
-        c1 = t[i1]
-        c2 = t[i2]
-        c3 = t[i3]
-        # Comparisons rather than min(): the call alone would make get() 0.2 us slower.
-        low01 = c0 if c0 < c1 else c1
-        low23 = c2 if c2 < c3 else c3
-        low = low01 if low01 < low23 else low23
-        if not record:
-            return low
-        if low < _SATURATED:
-            low += 1
-            if c0 < low:
-                t[i0] = low
-            if c1 < low:
-                t[i1] = low
-            if c2 < low:
-                t[i2] = low
-            if c3 < low:
-                t[i3] = low
-        self._adds += 1
-        if self._adds >= self._period:
-            self._adds = 0
-            self._table = self._table.translate(_HALVE)
-        return low
 
 
 class RamTier:
@@ -224,7 +91,7 @@ class RamTier:
     many distinct keys go by (keys are hashed, never stored).  With more entries than the cap
     can track, the sketch ages faster, so admission falls back towards "keep what is
     resident", which never thrashes.  Each resident also costs 208-257 bytes of dict and list
-    slots; :class:`~spillcache.SpillCache` adds ``sizing.ENTRY_OVERHEAD`` to every size it
+    slots; :class:`~spillcache.SpillCache` adds ``footprint.ENTRY_OVERHEAD`` to every size it
     states, so its ``nbytes`` includes them.
     """
 
@@ -243,10 +110,10 @@ class RamTier:
         # Fixed seed: the same access sequence always yields the same residents.
         self._random = random.Random(0x5EED).random
 
-    def _new_sketch(self) -> _FrequencySketch | None:
+    def _new_sketch(self) -> FrequencySketch | None:
         if self.budget == 0:
             return None
-        return _FrequencySketch(min(_SKETCH_CAP, _SKETCH_FLOOR + self.budget // _SKETCH_BUDGET_DIV))
+        return FrequencySketch(min(_SKETCH_CAP, _SKETCH_FLOOR + self.budget // _SKETCH_BUDGET_DIV))
 
     @property
     def policy_nbytes(self) -> int:
@@ -367,12 +234,11 @@ class RamTier:
         """Whether a value of unknown size for ``key`` is worth measuring for :meth:`admit`.
 
         Measuring a sample costs about as much as reading it from the store, so a full tier
-        asks this before measuring what it read: with a RAM budget half the data, warm epochs
-        of 4 KiB samples were slower than with no RAM tier at all, every disk hit measured in
-        vain. True while free space of the mean entry's size remains. Otherwise the key must be
+        asks this before measuring what it read, rather than measure every disk hit in vain.
+        True while free space of the mean entry's size remains. Otherwise the key must be
         at least the admission margin more frequent than one resident drawn at random: a
         pre-test of the one :meth:`admit` makes with the least frequent of three residents per
-        victim (one draw costs ~2 us, three ~6); a key much more frequent than the residents,
+        victim, at a third of its cost; a key much more frequent than the residents,
         which is what admission is for, passes both. With samples of one size free space
         decides as in :meth:`would_admit`; with mixed sizes a cold sample smaller than the
         mean is not fitted into a gap, which leaves less than one mean entry of the budget idle.
@@ -433,7 +299,7 @@ class RamTier:
         del self._values[key]
 
     def _weakest(
-        self, sketch: _FrequencySketch, threshold: int, open_: int, draws: int = _SAMPLE
+        self, sketch: FrequencySketch, threshold: int, open_: int, draws: int = _SAMPLE
     ) -> int:
         """A victim for a candidate of frequency ``threshold + _MARGIN``, or -1.
 

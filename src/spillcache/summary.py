@@ -17,23 +17,15 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from . import forksafe
+from .settings import check_log_every
 from .stats import CacheStats
 
-__all__ = ["StatsLogger", "SummaryWriterLike", "check_log_every"]
+__all__ = ["StatsLogger", "SummaryWriterLike"]
 
 logger = logging.getLogger(__name__)
 
 # How often a StatsLogger's thread looks at the counters (of DataLoader workers, mostly).
 _WATCH_SECONDS = 0.2
-
-
-def check_log_every(every: object) -> int:
-    """``every`` if it is a positive int (``TypeError`` for other types, else ``ValueError``)."""
-    if isinstance(every, bool) or not isinstance(every, int):
-        raise TypeError(f"log_every={every!r} is not an int; use a positive int")
-    if every < 1:
-        raise ValueError(f"log_every={every!r} is invalid; use a positive int")
-    return every
 
 
 class SummaryWriterLike(Protocol):

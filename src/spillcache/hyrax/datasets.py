@@ -15,10 +15,11 @@ import numpy as np
 import torch
 
 from .. import forksafe
+from ..budget import memory_limit, parse_budget
 from ..cache import SpillCache, check_key
 from ..config import CacheSettings, settings_from_config
+from ..footprint import ENTRY_OVERHEAD, sample_nbytes
 from ..ram import RamTier
-from ..sizing import ENTRY_OVERHEAD, memory_limit, parse_budget, sample_nbytes
 from ..stats import CacheStats
 from .base import FORMS, DataCache
 from .identity import dataset_identity, expected_fields, field_names, store_name

@@ -15,15 +15,15 @@ from typing import Any, Protocol
 
 from ..cache import SpillCache
 from ..config import CacheSettings, settings_from_config
-from ..indices import HyraxIndexError, as_index, in_range
-from ..preload import Preloader, SingleFlight, StatsLogger, SummaryWriterLike, preview_order
+from ..errors import HyraxIndexError
+from ..indices import as_index, in_range
+from ..preload import Preloader, SingleFlight, preview_order
+from ..settings import LOG_EVERY
 from ..stats import CacheStats
+from ..summary import StatsLogger, SummaryWriterLike
 from .base import DataCache
 
 __all__ = ["ProviderDataCache"]
-
-# try_fetch calls between two logs of the statistics (Hyrax logged every 1000 inserts).
-_LOG_EVERY = 1000
 
 
 class DataProvider(Protocol):
@@ -91,7 +91,7 @@ class ProviderDataCache(DataCache):
         self._cache: SpillCache | None = None
         self._init_process_state()
         if summary_writer is not None:
-            self._summary = StatsLogger(summary_writer, _LOG_EVERY)
+            self._summary = StatsLogger(summary_writer, LOG_EVERY)
 
     def _init_process_state(self) -> None:
         self._opening = threading.Lock()

@@ -25,20 +25,7 @@ only takes free space (it never evicts for the preload), and the disk tier's wri
 what is queued.
 """
 
-from ..summary import StatsLogger, SummaryWriterLike, check_log_every
-from .engine import Flight, Preloader, SingleFlight, Threads, check_threads
+from .engine import Flight, Preloader, SingleFlight
 from .order import preview_order
 
-# StatsLogger, SummaryWriterLike and check_log_every live in spillcache.summary; they are
-# re-exported while dataset.py and hyrax/provider.py import them from here.
-__all__ = [
-    "Flight",
-    "Preloader",
-    "SingleFlight",
-    "StatsLogger",
-    "SummaryWriterLike",
-    "Threads",
-    "check_log_every",
-    "check_threads",
-    "preview_order",
-]
+__all__ = ["Flight", "Preloader", "SingleFlight", "preview_order"]

@@ -18,12 +18,13 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from typing import Any, Literal
+from typing import Any
 
 from .. import forksafe
 from ..cache import SpillCache
 from ..codec import clone
 from ..indices import as_index, in_range
+from ..settings import AUTO_MAX_THREADS, Threads
 from ..stats import CacheStats
 from ..summary import StatsLogger
 from .concurrency import Concurrency, Slot
@@ -36,40 +37,17 @@ __all__ = [
     "Flight",
     "Preloader",
     "SingleFlight",
-    "Threads",
-    "check_threads",
 ]
 
 # The package's name, not this module's: the logger users configure and filter by.
 logger = logging.getLogger("spillcache.preload")
 
-Threads = int | Literal["auto"]
-
-#: Upper bound of ``threads="auto"``: enough for a network file system with tens of
-#: milliseconds of latency, few enough that a machine is never swamped (ask for more with an
-#: explicit count).
-AUTO_MAX_THREADS = 64
 # Indices a load thread of the preload asks a batched source (``__getitems__``) for at once.
 _PRELOAD_BATCH = 32
 # stop() waits this long for the coordinator to notice.
 _STOP_JOIN_SECONDS = 0.5
 # Share of the RAM budget in use from which the preload no longer promotes disk entries.
 _RAM_FULL = 0.95
-
-
-def check_threads(value: object, name: str = "preload_threads") -> Threads:
-    """``value`` if it is a positive int or ``"auto"``.
-
-    Raises ``TypeError`` for other types (``bool``, ``float``, ...) and ``ValueError`` for other
-    values (``0``, ``"fast"``).
-    """
-    if value == "auto":
-        return "auto"
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise TypeError(f'{name}={value!r} is not an int; use a positive int or "auto"')
-    if isinstance(value, str) or value < 1:
-        raise ValueError(f'{name}={value!r} is invalid; use a positive int or "auto"')
-    return value
 
 
 # -- single flight ---------------------------------------------------------------------------
