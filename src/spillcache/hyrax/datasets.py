@@ -15,8 +15,9 @@ import numpy as np
 import torch
 
 from .. import forksafe
-from ..cache import SpillCache, check_key
+from ..cache import SpillCache
 from ..config import CacheSettings, settings_from_config
+from ..indices import check_key
 from ..ram import RamTier
 from ..sizing import ENTRY_OVERHEAD, memory_limit, parse_budget, sample_nbytes
 from ..stats import CacheStats
