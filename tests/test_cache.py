@@ -89,10 +89,10 @@ def test_metadata_is_committed_after_the_writes_queued_before_it(
     with SpillCache(tmp_path / "s", ram_budget=0) as cache:
         cache.put(7, {"v": 7})
         assert 7 in cache._disk._queue  # small: waits for more, up to the commit interval
-        cache._set_meta("probes", b"{}")
+        cache.set_meta("probes", b"{}")
         assert not cache._disk._queue and not cache._disk._inflight
         assert cache.get(7) == {"v": 7}  # from the store: nothing is queued any more
-        assert cache._get_meta("probes") == b"{}"
+        assert cache.get_meta("probes") == b"{}"
 
 
 def test_a_full_ram_tier_measures_only_disk_hits_it_may_take(

@@ -182,11 +182,12 @@ def test_a_miss_reads_the_store_once_unless_a_put_landed_meanwhile(
         assert reads == list(range(20))  # the miss, and no second look: nothing was put since
         # A put landing between the miss and the claim (another thread's load) is found by
         # the second look instead of being loaded again.
-        stamp = ds.cache._stamp()
+        stamp = ds.cache._puts
         assert ds.cache.get(20 - 1) is not None
         ds.cache.put(5, {"x": torch.zeros(4), "id": "other", "label": -5})
         reads.clear()
-        assert ds._fetch(5, stamp)["label"] == -5
+        misses = ds.cache._request(stamp, "dataset")  # the state of get_or_load's miss
+        assert misses.load(5, source.__getitem__)["label"] == -5
         assert reads == [5]
         assert sorted(source.loads) == list(range(20))
 

@@ -34,7 +34,7 @@ from torch.utils.data import (
     WeightedRandomSampler,
 )
 
-import spillcache.preload.engine
+import spillcache.flight
 from helpers import assert_sample_equal, hyrax_loop
 from spillcache import CachedDataset, DataCache, SpillCache
 from spillcache.admin import verify
@@ -341,7 +341,7 @@ def test_training_waits_for_the_preload_load_in_progress(tmp_path: Path) -> None
         got: list[Any] = []
         training = threading.Thread(target=lambda: got.append(ds[5]))
         training.start()
-        wait_until(lambda: ds._flights._flights[5].waiters == 1)
+        wait_until(lambda: ds.cache.flights._flights[5].waiters == 1)
         gate.set()
         training.join(TIMEOUT)
         assert_sample_equal(got[0], sample(5))
@@ -471,8 +471,8 @@ def test_one_sample_too_big_for_ram_does_not_end_the_promotions(tmp_path: Path) 
         assert ds.wait_preload(TIMEOUT)
         stats = ds.stats()
         assert (stats.preload_promotions, stats.ram_items) == (10, 10)
-        assert ds.cache._tier_of(0) == "disk"
-        assert [ds.cache._tier_of(i) for i in range(1, 11)] == ["ram"] * 10
+        assert ds.cache.where(0) == "disk"
+        assert [ds.cache.where(i) for i in range(1, 11)] == ["ram"] * 10
 
 
 def test_at_most_threads_samples_exist_outside_the_cache(tmp_path: Path) -> None:
@@ -678,19 +678,19 @@ def test_a_store_error_while_looking_up_an_index_ends_the_preload_cleanly(
 ) -> None:
     source = Source(5)
     with open_ds(source, tmp_path / "s", preload_threads=1) as ds:
-        tier_of = ds.cache._tier_of
+        where = ds.cache.where
 
-        def failing_tier_of(key: int) -> Any:
+        def failing_where(key: int) -> Any:
             if key == 2:
                 raise StoreError("lmdb: input/output error")
-            return tier_of(key)
+            return where(key)
 
-        ds.cache._tier_of = failing_tier_of  # type: ignore[method-assign]
+        ds.cache.where = failing_where  # type: ignore[method-assign]
         ds.start_preload()
         with pytest.raises(RuntimeError, match="input/output error"):
             ds.wait_preload(TIMEOUT)
         assert ds.preloader is not None and ds.preloader.in_flight == 0
-        assert ds._flights._flights == {}
+        assert ds.cache.flights._flights == {}
         assert_sample_equal(ds[2], sample(2))
         assert source.loads == [0, 1, 2]
 
@@ -721,7 +721,7 @@ def test_a_base_exception_from_the_store_does_not_strand_waiters(
         got: list[Any] = []
         training = threading.Thread(target=lambda: got.append(ds[4]), daemon=True)
         training.start()
-        wait_until(lambda: ds._flights._flights[4].waiters == 1)
+        wait_until(lambda: ds.cache.flights._flights[4].waiters == 1)
         gate.set()
         training.join(TIMEOUT)
         assert not training.is_alive(), "training waits forever for the failed preload load"
@@ -753,12 +753,12 @@ def test_a_failed_copy_for_waiters_does_not_strand_them(
         got: list[Any] = []
         waiter = threading.Thread(target=lambda: got.append(ds[6]), daemon=True)
         waiter.start()
-        wait_until(lambda: ds._flights._flights[6].waiters == 1)
+        wait_until(lambda: ds.cache.flights._flights[6].waiters == 1)
 
         def no_room(value: object) -> object:
             raise MemoryError("no room for the waiters' copy")
 
-        monkeypatch.setattr(spillcache.preload.engine, "clone", no_room)
+        monkeypatch.setattr(spillcache.flight, "clone", no_room)
         gate.set()
         first.join(TIMEOUT)
         waiter.join(TIMEOUT)
@@ -810,7 +810,9 @@ def test_stop_and_close_return_at_once_with_slow_loads_in_flight(tmp_path: Path)
         got: list[Any] = []
         training = threading.Thread(target=lambda: got.append(ds[0]))
         training.start()  # joins the stuck preload load of index 0
-        wait_until(lambda: 0 in ds._flights._flights and ds._flights._flights[0].waiters == 1)
+        wait_until(
+            lambda: 0 in ds.cache.flights._flights and ds.cache.flights._flights[0].waiters == 1
+        )
         begin = time.monotonic()
         ds.stop_preload()
         stopped = time.monotonic() - begin
@@ -841,7 +843,7 @@ def test_a_load_joined_after_stop_is_cached_by_its_waiter(tmp_path: Path) -> Non
         got: list[Any] = []
         training = threading.Thread(target=lambda: got.append(ds[3]))
         training.start()  # joins the stopped preload's load
-        wait_until(lambda: ds._flights._flights[3].waiters == 1)
+        wait_until(lambda: ds.cache.flights._flights[3].waiters == 1)
         gate.set()
         training.join(TIMEOUT)
         assert_sample_equal(got[0], sample(3))
@@ -1078,7 +1080,8 @@ def test_a_dataset_pickles_while_preloading(tmp_path: Path) -> None:
             assert ds.preloading
             assert pickle.dumps(ds)  # no thread, lock or writer in it
             state = ds.__getstate__()
-            assert (state["_preloader"], state["_flights"], state["_summary"]) == (None,) * 3
+            assert (state["_preload"].preloader, state["_summary"]) == (None, None)
+            assert "_flights" not in ds.cache.__getstate__()
         finally:
             _PICKLE_GATE.set()
 
@@ -1294,7 +1297,7 @@ def test_hyrax_single_flight(tmp_path: Path) -> None:
         got: list[Any] = []
         training = threading.Thread(target=lambda: got.append(hyrax_loop(cache, provider, 4)))
         training.start()
-        wait_until(lambda: cache._flights._flights[4].waiters == 1)
+        wait_until(lambda: cache.cache.flights._flights[4].waiters == 1)
         gate.set()
         training.join(TIMEOUT)
         assert_sample_equal(got[0], sample(4))
@@ -1315,7 +1318,7 @@ def test_hyrax_fetch_joined_after_stop_caches_the_sample(tmp_path: Path) -> None
         got: list[Any] = []
         training = threading.Thread(target=lambda: got.append(hyrax_loop(cache, provider, 3)))
         training.start()  # try_fetch joins the preload's load...
-        wait_until(lambda: cache._flights._flights[3].waiters == 1)
+        wait_until(lambda: cache.cache.flights._flights[3].waiters == 1)
         cache.stop_preload()  # ...which goes on, but the preload may no longer store it
         gate.set()
         training.join(TIMEOUT)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
 import threading
 import weakref
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 
 from . import forksafe
@@ -19,55 +20,17 @@ from .closing import Closing
 from .codec import Encoding, clone, decode, replicate, view
 from .disk import Value, open_tier
 from .errors import CodecError, SpillCacheWarning
+from .flight import SingleFlight
 from .footprint import ENTRY_OVERHEAD, sample_nbytes
+from .indices import MAX_KEY, check_key
+from .loading import Misses
 from .ram import RamTier
 from .settings import COPY, ON_MISMATCH, RAM_BUDGET, READAHEAD, OnMismatch
 from .shared import FIELDS, CounterBlock, WorkerSlot, attach
 from .stats import CacheStats
 from .userwarn import warn
 
-__all__ = ["SpillCache", "check_key"]
-
-_MAX_KEY = (1 << 64) - 1
-
-
-def check_key(key: object) -> int:
-    """``key`` as a Python int, or raise for keys a store cannot hold.
-
-    Parameters
-    ----------
-    key : int, numpy integer or 0-d integer tensor
-        Non-negative and below 2**64.
-
-    Raises
-    ------
-    TypeError
-        For any other type (floats, strings, bools, tensors with more than one element, ...).
-    ValueError
-        For negative keys or keys of 2**64 and more.
-    """
-    if type(key) is int:
-        k = key
-    elif isinstance(key, np.integer):
-        k = int(key)
-    elif (
-        isinstance(key, torch.Tensor)
-        and key.ndim == 0
-        and not key.is_floating_point()
-        and not key.is_complex()
-        and key.dtype is not torch.bool
-    ):
-        k = int(key.item())
-    elif isinstance(key, int) and not isinstance(key, bool):
-        k = int(key)
-    else:
-        raise TypeError(
-            f"cache keys must be non-negative integers (int, numpy integer or 0-d integer "
-            f"tensor), not {type(key).__name__}"
-        )
-    if not 0 <= k <= _MAX_KEY:
-        raise ValueError(f"cache keys must be in [0, 2**64), got {k}")
-    return k
+__all__ = ["SpillCache"]
 
 
 class SpillCache(Closing):
@@ -113,7 +76,7 @@ class SpillCache(Closing):
         memory maps are not coherent there, so a store on one is refused unless you set this.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913, RUF100 - the store's settings, each a keyword
         self,
         path: str | os.PathLike[str] | None = None,
         *,
@@ -185,6 +148,7 @@ class SpillCache(Closing):
         self._reading: dict[int, int] = {}
         self._overtaken: set[int] = set()
         self._warned: set[str] = set()
+        self._flights = SingleFlight(copy=self._copy)
         # The workers' counters: the block this process owns (made when it may start
         # workers), and, in a worker, its slot in its parent's block. ``_watch``: this process
         # may be a worker (it then publishes its counts after each request); cleared once it
@@ -287,7 +251,7 @@ class SpillCache(Closing):
             including an entry found corrupt (counted in ``stats().corrupt``).
         """
         # The usual key, an int in range, skips the call: a RAM hit takes a few microseconds.
-        k = key if type(key) is int and 0 <= key <= _MAX_KEY else check_key(key)
+        k = key if type(key) is int and 0 <= key <= MAX_KEY else check_key(key)
         # Only a process that admits what it reads needs to know whether a put overtook the
         # read; the others (RAM off, DataLoader workers) skip that bookkeeping.
         admits = False
@@ -348,15 +312,128 @@ class SpillCache(Closing):
         # The RAM tier now owns ``value``; the caller gets its own copy.
         return replicate(value) if admitted and self._copy else value
 
-    def _stamp(self) -> int:
-        """What :meth:`_reread` needs to tell whether a put landed since (taken before a get)."""
-        return self._puts
+    # -- the miss hook ---------------------------------------------------------------------------
+
+    def get_or_load(
+        self, key: object, load: Callable[[int], Any], *, source: str | None = None
+    ) -> Any:
+        """The sample under ``key``; on a miss, ``load(key)``, cached and returned.
+
+        Each key is loaded once per cache object, however many threads ask (single flight):
+        a caller that finds ``key`` being loaded, by another thread or by a preload, waits for
+        that load and gets its sample (a copy, unless ``copy=False``); if that load fails, the
+        caller loads it itself. A load a stopped preload could no longer store is stored by
+        the first caller that gets its sample. In a DataLoader worker, what was loaded is
+        committed before the call returns: the samples a worker hands out are in the store
+        before its siblings can ask for them.
+
+        Parameters
+        ----------
+        key : int, numpy integer or 0-d integer tensor
+            A non-negative integer.
+        load : callable
+            ``load(key)`` returns the sample to cache (``dataset[key]``); called only on a miss.
+        source : str or None
+            What error messages call the source, e.g. ``"dataset"``: the sample of key 5 is
+            then ``dataset[5]`` (see ``put``'s ``name``).
+
+        Returns
+        -------
+        object
+            As :meth:`get` returns it, or the loaded sample.
+
+        Raises
+        ------
+        TypeError
+            If ``load`` returns ``None`` (a cache cannot tell it from a miss), or a sample that
+            cannot be stored; whatever ``load`` raises propagates, and nothing is cached.
+        """
+        k = key if type(key) is int and 0 <= key <= MAX_KEY else check_key(key)
+        stamp = self._puts
+        sample = self.get(k)
+        if sample is None:
+            sample = self._request(stamp, source).load(k, load)
+            self._hand_out()
+        return sample
+
+    def get_or_load_many(
+        self,
+        keys: Sequence[object],
+        load_many: Callable[[list[int]], Sequence[Any]],
+        *,
+        source: str | None = None,
+    ) -> list[Any]:
+        """The samples under ``keys``, in order: hits from the cache, the misses in one call.
+
+        ``load_many(missed)`` gets each missed key once, however often it appears in ``keys``
+        (each position gets its own copy, unless ``copy=False``), and without the keys other
+        threads or a preload are loading: those loads are waited for, as in
+        :meth:`get_or_load`.
+
+        Parameters
+        ----------
+        keys : sequence of int
+            Non-negative integers.
+        load_many : callable
+            ``load_many(missed)`` returns their samples, in the same order (a data set's
+            ``__getitems__``).
+        source : str or None
+            As for :meth:`get_or_load`.
+
+        Raises
+        ------
+        TypeError
+            If ``load_many`` returns ``None`` for a key, or a sample that cannot be stored.
+        ValueError
+            If ``load_many`` returns another number of samples than it was given keys.
+        """
+        ks = [k if type(k) is int and 0 <= k <= MAX_KEY else check_key(k) for k in keys]
+        stamp = self._puts
+        samples = [self.get(k) for k in ks]
+        if self._request(stamp, source).load_many(ks, samples, load_many):
+            self._hand_out()
+        return samples
+
+    def get_or_reserve(self, key: object) -> Any | None:
+        """The sample under ``key``, the sample of a load of it in progress, or ``None``.
+
+        For callers that load and :meth:`put` samples themselves (Hyrax's ``try_fetch``
+        followed by ``insert_into_cache``): ``None`` reserves ``key`` for the caller, until
+        :meth:`release`; meanwhile a preload skips it and nobody waits for it.
+        """
+        k = key if type(key) is int and 0 <= key <= MAX_KEY else check_key(key)
+        stamp = self._puts
+        sample = self.get(k)
+        return sample if sample is not None else self._request(stamp, None).load(k, None)
+
+    def release(self, key: object) -> None:
+        """End the reservation of ``key`` by :meth:`get_or_reserve`, if any."""
+        self._flights.release(check_key(key))
+
+    def _request(self, stamp: int, source: str | None) -> Misses:
+        """The misses of a request that began when ``self._puts`` was ``stamp``."""
+        return Misses(
+            self,
+            self._flights,
+            functools.partial(self._reread, since=stamp),
+            copy=self._copy,
+            source=source,
+        )
+
+    def _hand_out(self) -> None:
+        """In a DataLoader worker: commit this request's puts before its samples leave.
+
+        The main process gets a batch only after the worker returned it, so every sample
+        it got is in the store before it can ask any worker for it again (next epoch).
+        """
+        if torch.utils.data.get_worker_info() is not None:
+            self.commit()
 
     def _reread(self, key: int, since: int) -> Any | None:
         """The sample under ``key`` for a second look right after a counted miss, or None.
 
-        ``since`` is the :meth:`_stamp` taken before the miss: if no put landed in this process
-        since, the look is skipped (a disk read, ~5 % of a first epoch's overhead); puts of
+        ``since`` is ``self._puts`` taken before the miss: if no put landed in this process
+        since, the look is skipped (a disk read saved: see "One miss hook" in design.rst); puts of
         other processes are not waited for anyway (single flight is per process).  Counts
         nothing and admits nothing: the miss was this request's count.  A corrupt entry is
         None without a second warning or count (the miss that found it counted it).
@@ -557,17 +634,36 @@ class SpillCache(Closing):
             self._block = None
         return block if self._block is not None else None
 
-    def _tier_of(self, key: int) -> Literal["ram", "disk"] | None:
-        """Where ``key`` is, counting no request and recording no access (for the preload)."""
+    # -- for a preloader and for the probes of a data set ---------------------------------------
+
+    @property
+    def flights(self) -> SingleFlight:
+        """The loads in progress on this cache object (in this process), one per key.
+
+        :meth:`get_or_load` claims, joins and lands them; a preloader claims the keys it loads
+        here too (``flights.claim(key, by_preload=True)``), so that each key is loaded once.
+        It also holds the preload counters of this cache object.
+        """
+        return self._flights
+
+    def where(self, key: int) -> Literal["ram", "disk"] | None:
+        """The tier holding ``key``, or ``None``; counts no request and records no access.
+
+        For a preloader, which must not disturb the statistics or the RAM tier's policy.
+        """
         with self._lock:
             if key in self._ram:
                 return "ram"
         return "disk" if self._current() and self._disk.contains(key) else None
 
-    def _promote(self, key: int) -> bool | None:
+    def promote(self, key: int) -> bool | None:
         """Copy ``key`` from disk into free RAM, counting nothing (a warm restart's preload).
 
-        Returns whether it now is in RAM; ``None`` if the entry is missing or unreadable.
+        Returns
+        -------
+        bool or None
+            Whether it now is in RAM (never evicting for it); ``None`` if the entry is missing
+            or unreadable.
         """
         with self._lock:
             self._start_reading(key)
@@ -589,15 +685,21 @@ class SpillCache(Closing):
                 return None
             return admits and not overtaken and self._ram.admit(key, value, nbytes, evict=False)
 
-    def _get_meta(self, name: str) -> bytes | None:
+    def get_meta(self, name: str) -> bytes | None:
+        """The store's metadata record ``name`` (e.g. a data set's probe digests), or ``None``."""
         return self._disk.get_meta(name) if self._current() else None
 
-    def _set_meta(self, name: str, value: bytes) -> None:
+    def set_meta(self, name: str, value: bytes) -> None:
+        """Record ``value`` as the store's metadata ``name``, committed with what was put so far."""
         if self._current():
             self._disk.set_meta(name, value)
 
-    def _reset(self, reason: str) -> None:
-        """Empty both tiers (the store in one transaction)."""
+    def reset(self, reason: str) -> None:
+        """Empty both tiers (the store in one transaction), warning once with ``reason``.
+
+        For a check that found the store holding other data than its fingerprint says (a data
+        set's probe digests differ).
+        """
         self._current()
         with self._lock:
             self._ram.clear()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import json
@@ -15,10 +14,12 @@ import torch.utils.data
 
 from .cache import SpillCache
 from .closing import Closing
-from .codec import clone, digest, encode
+from .codec import digest, encode
 from .errors import FingerprintMismatch, NondeterministicDataError, SpillCacheWarning
-from .indices import as_index, in_range
-from .preload import Flight, Preloader, SingleFlight, preview_order
+from .hosting import PreloadHost, preload_stats
+from .indices import check_index
+from .loading import not_none
+from .preload import Preloader
 from .settings import (
     COPY,
     LOG_EVERY,
@@ -118,7 +119,7 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
         When a probed index loads differently twice.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913, RUF100 - SpillCache's settings plus the data set's
         self,
         dataset: _MapDataset,
         path: str | os.PathLike[str] | None = None,
@@ -137,37 +138,16 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
         summary_writer: SummaryWriterLike | str | os.PathLike[str] | None = None,
         log_every: int = LOG_EVERY,
     ) -> None:
-        if isinstance(dataset, torch.utils.data.IterableDataset):
-            raise TypeError(
-                f"dataset ({type(dataset).__name__}) is an IterableDataset: CachedDataset "
-                "supports only map-style data sets (dataset[i] and len(dataset)), because a cache "
-                "looks samples up by index and an IterableDataset's samples have none; cache "
-                "the map-style data set the stream reads from, or make one"
-            )
-        if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
-            raise TypeError(
-                f"dataset must be a map-style data set (with __getitem__ and __len__), not "
-                f"{type(dataset).__name__}"
-            )
-        if transform is not None and not callable(transform):
-            raise TypeError(f"transform must be callable or None, not {type(transform).__name__}")
-        if isinstance(probes, bool) or not isinstance(probes, int):
-            raise TypeError(f"probes={probes!r} is not an int; use a non-negative int (0 = off)")
-        if probes < 0:
-            raise ValueError(f"probes={probes!r} is invalid; use a non-negative int (0 = off)")
+        _check_dataset(dataset)
+        _check_options(transform, probes)
         self.preload_threads: Threads = check_threads(preload_threads)
-        if progress is not None and not isinstance(progress, bool):
-            raise TypeError(f"progress={progress!r} is invalid; use True, False or None")
-        if not isinstance(preload, bool):
-            raise TypeError(f"preload={preload!r} is invalid; use True or False")
+        _check_flags(progress, preload)
         check_log_every(log_every)
         self.progress = progress
         self.dataset = dataset
         self.transform = transform
         self._len = len(dataset)
-        self._copy = bool(copy)
-        self._flights = SingleFlight(copy=self._copy)
-        self._preloader: Preloader | None = None
+        self._preload = PreloadHost()
         self._summary: StatsLogger | None = None
         self._probe_errors = 0
         vouched = fingerprint is not None
@@ -196,12 +176,9 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
         return self._len
 
     def __getitem__(self, index: int) -> Any:
-        i = self._normalize(index)
-        stamp = self.cache._stamp()
-        sample = self.cache.get(i)
-        if sample is None:
-            sample = self._fetch(i, stamp)
-            self._share()
+        sample = self.cache.get_or_load(
+            self._normalize(index), self.dataset.__getitem__, source="dataset"
+        )
         if self._summary is not None:
             self._summary.tick(self.stats)
         return sample if self.transform is None else self.transform(sample)
@@ -224,130 +201,15 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
             If the wrapped ``__getitems__`` returns a different number of samples.
         """
         keys = [self._normalize(index) for index in indices]
-        stamp = self.cache._stamp()
-        samples = [self.cache.get(k) for k in keys]
-        missed = [p for p, sample in enumerate(samples) if sample is None]
-        if missed:
-            self._fetch_many(keys, samples, missed, stamp)
-            self._share()
+        samples = self.cache.get_or_load_many(
+            keys, functools.partial(_load_many, self.dataset), source="dataset"
+        )
         if self._summary is not None:
             for _ in keys:
                 self._summary.tick(self.stats)
         if self.transform is not None:
             samples = [self.transform(sample) for sample in samples]
         return samples
-
-    def _share(self) -> None:
-        """In a DataLoader worker: commit this request's puts before its samples leave.
-
-        The main process gets a batch only after the worker returned it, so every sample
-        it got is in the store before it can ask any worker for it again (next epoch).
-        """
-        if torch.utils.data.get_worker_info() is not None:
-            self.cache.commit()
-
-    def _fetch_many(
-        self, keys: list[int], samples: list[Any], missed: list[int], stamp: int
-    ) -> None:
-        """Fill ``samples`` at the positions ``missed``: one batched load, single flight."""
-        owned: dict[int, Flight | None] = {}
-        joined: list[tuple[int, Flight]] = []
-        for p in missed:
-            k = keys[p]
-            if k in owned:
-                continue  # twice in the batch: one load
-            flight, mine = self._flights.claim_or_join(k)
-            if flight is None or mine:
-                owned[k] = flight
-            else:
-                joined.append((p, flight))
-        loaded = self._load_owned(owned, stamp) if owned else {}
-        given: set[int] = set()
-        for p in missed:
-            k = keys[p]
-            if k in loaded:
-                sample = loaded[k]
-                samples[p] = clone(sample) if k in given and self._copy else sample
-                given.add(k)
-        for p, flight in joined:
-            samples[p] = self._await(flight, stamp)
-
-    def _load_owned(self, owned: dict[int, Flight | None], stamp: int) -> dict[int, Any]:
-        """Load and cache the claimed keys of ``owned``; end every claim whatever happens."""
-        loaded: dict[int, Any] = {}
-        try:
-            todo = []
-            for k in owned:
-                # Whoever held the claim before us may have stored it since our miss.
-                sample = self.cache._reread(k, stamp)
-                if sample is None:
-                    todo.append(k)
-                else:
-                    loaded[k] = sample
-            for k, sample in zip(todo, self._source_many(todo), strict=True):
-                self.cache.put(k, sample, name=f"dataset[{k}]")
-                loaded[k] = sample
-            for k, sample in loaded.items():
-                flight = owned[k]
-                if flight is not None:
-                    self._flights.land(flight, sample, stored=True)
-        except BaseException:
-            for flight in owned.values():
-                if flight is not None:
-                    self._flights.cancel(flight)  # no-op for those landed
-            raise
-        return loaded
-
-    def _await(self, flight: Flight, stamp: int) -> Any:
-        """The sample of a load joined in progress (or our own load if that one failed)."""
-        done, sample = self._flights.wait(flight)
-        if not done:
-            return self._fetch(flight.key, stamp)
-        if self._flights.adopt(flight) and not self.cache.closed:
-            self.cache.put(flight.key, sample)
-        return sample
-
-    def _source_many(self, keys: list[int]) -> list[Any]:
-        """``dataset[k]`` for each of ``keys``, in one call of its ``__getitems__`` if any."""
-        return _load_many(self.dataset, keys)
-
-    def _fetch(self, i: int, stamp: int) -> Any:
-        """Load a missed index once per process: join a load of it in progress, or claim it.
-
-        ``stamp``: the cache's :meth:`~SpillCache._stamp` taken before the miss.
-        """
-        while True:
-            flight, owned = self._flights.claim_or_join(i)
-            if flight is None:
-                return self._load(i)
-            if not owned:
-                done, sample = self._flights.wait(flight)
-                if not done:
-                    continue  # that load failed or stopped: look again
-                # A preload stopped during the load left it uncached: store it, or it would be
-                # loaded again (unless the cache was closed meanwhile, like the preload).
-                if self._flights.adopt(flight) and not self.cache.closed:
-                    self.cache.put(i, sample)
-                return sample
-            try:
-                # Whoever held the claim before us may have stored it since our miss.
-                sample = self.cache._reread(i, stamp)
-                if sample is None:
-                    sample = self._load(i)
-            except BaseException:
-                self._flights.cancel(flight)
-                raise
-            self._flights.land(flight, sample, stored=True)
-            return sample
-
-    def _load(self, i: int) -> Any:
-        sample = self._source(i)
-        self.cache.put(i, sample, name=f"dataset[{i}]")
-        return sample
-
-    def _source(self, i: int) -> Any:
-        """``dataset[i]``, refusing None (which a cache cannot tell from a miss)."""
-        return _load_one(self.dataset, i)
 
     # -- preload ---------------------------------------------------------------------------------
 
@@ -379,25 +241,18 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
         """
         if self.cache.closed:
             raise ValueError("the cache is closed; cannot preload")
-        indices, total = preview_order(order, self._len)
-        self.stop_preload()
         batched = callable(getattr(self.dataset, "__getitems__", None))
-        self._preloader = Preloader(
+        self._preload.start(
             self.cache,
-            functools.partial(_load_one, self.dataset),  # not a bound method: see stats= below
-            indices,
+            functools.partial(_load_one, self.dataset),  # not a bound method: see preload_stats
+            order,
             load_many=functools.partial(_load_many, self.dataset) if batched else None,
             length=self._len,
-            total=total,
             threads=self.preload_threads,
-            flights=self._flights,
             progress=sys.stderr.isatty() if self.progress is None else self.progress,
-            # Not the bound method: the preload must not keep this object alive (a reference
-            # cycle would hold the store open after ``del ds`` until the cycle collector ran).
-            stats=functools.partial(_stats, self.cache, self._flights, self._probe_errors),
+            stats=functools.partial(preload_stats, self.cache, self._probe_errors),
             summary=self._summary,
         )
-        self._preloader.start()
 
     def wait_preload(self, timeout: float | None = None) -> bool:
         """Wait for the preload to finish; False if ``timeout`` seconds passed first.
@@ -410,8 +265,7 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
             If the preload broke down (e.g. iterating ``order`` raised). Samples whose load
             raised do not count: they are skipped and counted in ``stats().preload_errors``.
         """
-        preloader = self._preloader
-        return True if preloader is None else preloader.wait(timeout)
+        return self._preload.wait(timeout)
 
     def stop_preload(self) -> None:
         """Stop the preload without waiting for loads in progress, however slow.
@@ -420,31 +274,30 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
         and its sample is handed to a training thread waiting for it, if any, which caches
         it; with nobody waiting, it is dropped. What was cached stays cached.
         """
-        if self._preloader is not None:
-            self._preloader.stop()
+        self._preload.stop()
 
     @property
     def preloading(self) -> bool:
         """Whether a preload is running in this process."""
-        return self._preloader is not None and self._preloader.running
+        return self._preload.running
 
     @property
     def preloader(self) -> Preloader | None:
         """The current or last preload (its ``limit``, ``in_flight``, ``processed``, ...)."""
-        return self._preloader
+        return self._preload.preloader
 
     def stats(self) -> CacheStats:
         """The cache's statistics with this data set's preload counters."""
-        return _stats(self.cache, self._flights, self._probe_errors)
+        return preload_stats(self.cache, self._probe_errors)
 
     def _normalize(self, index: object) -> int:
-        return in_range(as_index(index, "CachedDataset"), self._len, index)
+        return check_index(index, self._len, "CachedDataset")
 
     # -- the sample probes -----------------------------------------------------------------------
 
     def _check_probes(self, indices: Sequence[int], on_mismatch: str) -> None:
         """Tell data sets of equal class and length apart by a few sample digests."""
-        recorded = self.cache._get_meta(_PROBES_META)
+        recorded = self.cache.get_meta(_PROBES_META)
         if recorded is not None:
             stored = {int(k): v for k, v in json.loads(recorded).items()}
             changed = []
@@ -480,13 +333,13 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
                         f"`spillcache clear {path}`"
                     ),
                 )
-            self.cache._reset(reason)
+            self.cache.reset(reason)
         digests = {}
         for i in indices:
-            sample = self._source(i)
+            sample = _load_one(self.dataset, i)
             self.cache.put(i, sample, name=f"dataset[{i}]")
             digests[str(i)] = _probe_digest(sample)
-        self.cache._set_meta(_PROBES_META, json.dumps(digests).encode())
+        self.cache.set_meta(_PROBES_META, json.dumps(digests).encode())
 
     def _unchecked(self, index: int, exc: Exception, on_mismatch: str) -> None:
         """Serve a store whose probe ``index`` could not be loaded; or raise, if asked to."""
@@ -518,10 +371,10 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
         """Digest of ``dataset[index]`` (None past the end), loading twice if it differs."""
         if index >= self._len:
             return None
-        first = _probe_digest(self._source(index))
+        first = _probe_digest(_load_one(self.dataset, index))
         if first == recorded:
             return first
-        if _probe_digest(self._source(index)) != first:
+        if _probe_digest(_load_one(self.dataset, index)) != first:
             raise NondeterministicDataError(
                 f"{type(self.dataset).__name__}[{index}] returned different samples on two "
                 "loads; a cache needs a deterministic data set: move random augmentation into "
@@ -544,14 +397,10 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
         # Threads, locks and the TensorBoard writer stay in this process; a worker process
         # starts with no preload and logs nothing.
         state = self.__dict__.copy()
-        state.update(_flights=None, _preloader=None, _summary=None)
+        state.update(_preload=PreloadHost(), _summary=None)
         if self._summary is not None:
             self._summary.watch()  # spawned workers may count requests from now on
         return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._flights = SingleFlight(copy=self._copy)
 
     def __repr__(self) -> str:
         return (
@@ -559,9 +408,40 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
         )
 
 
+def _check_dataset(dataset: object) -> None:
+    if isinstance(dataset, torch.utils.data.IterableDataset):
+        raise TypeError(
+            f"dataset ({type(dataset).__name__}) is an IterableDataset: CachedDataset "
+            "supports only map-style data sets (dataset[i] and len(dataset)), because a cache "
+            "looks samples up by index and an IterableDataset's samples have none; cache "
+            "the map-style data set the stream reads from, or make one"
+        )
+    if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
+        raise TypeError(
+            f"dataset must be a map-style data set (with __getitem__ and __len__), not "
+            f"{type(dataset).__name__}"
+        )
+
+
+def _check_options(transform: object, probes: object) -> None:
+    if transform is not None and not callable(transform):
+        raise TypeError(f"transform must be callable or None, not {type(transform).__name__}")
+    if isinstance(probes, bool) or not isinstance(probes, int):
+        raise TypeError(f"probes={probes!r} is not an int; use a non-negative int (0 = off)")
+    if probes < 0:
+        raise ValueError(f"probes={probes!r} is invalid; use a non-negative int (0 = off)")
+
+
+def _check_flags(progress: object, preload: object) -> None:
+    if progress is not None and not isinstance(progress, bool):
+        raise TypeError(f"progress={progress!r} is invalid; use True, False or None")
+    if not isinstance(preload, bool):
+        raise TypeError(f"preload={preload!r} is invalid; use True or False")
+
+
 def _load_one(dataset: Any, i: int) -> Any:
     """``dataset[i]``, refusing None (which a cache cannot tell from a miss)."""
-    return _not_none(dataset, i, dataset[i])
+    return not_none(dataset[i], i, "dataset")
 
 
 def _load_many(dataset: Any, keys: list[int]) -> list[Any]:
@@ -577,21 +457,7 @@ def _load_many(dataset: Any, keys: list[int]) -> list[Any]:
             f"{type(dataset).__name__}.__getitems__ returned {len(samples)} samples "
             f"for {len(keys)} indices; it must return one sample per index, in order"
         )
-    return [_not_none(dataset, k, sample) for k, sample in zip(keys, samples, strict=True)]
-
-
-def _not_none(dataset: Any, i: int, sample: Any) -> Any:
-    if sample is None:
-        raise TypeError(
-            f"the data set returned None for index {i} ({type(dataset).__name__}[{i}]); "
-            "a cache cannot store None, which stands for a miss: return a sample (an empty "
-            "dict if there is nothing to return)"
-        )
-    return sample
-
-
-def _stats(cache: SpillCache, flights: SingleFlight, probe_errors: int) -> CacheStats:
-    return dataclasses.replace(cache.stats(), **flights.counters(), probe_errors=probe_errors)
+    return [not_none(sample, k, "dataset") for k, sample in zip(keys, samples, strict=True)]
 
 
 def _probe_indices(n: int, count: int) -> list[int]:

@@ -16,9 +16,10 @@ import torch
 
 from .. import forksafe
 from ..budget import memory_limit, parse_budget
-from ..cache import SpillCache, check_key
+from ..cache import SpillCache
 from ..config import CacheSettings, settings_from_config
 from ..footprint import ENTRY_OVERHEAD, sample_nbytes
+from ..indices import check_key
 from ..ram import RamTier
 from ..stats import CacheStats
 from .base import FORMS, DataCache

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import json
@@ -16,8 +15,8 @@ from typing import Any, Protocol
 from ..cache import SpillCache
 from ..config import CacheSettings, settings_from_config
 from ..errors import HyraxIndexError
-from ..indices import as_index, in_range
-from ..preload import Preloader, SingleFlight, preview_order
+from ..hosting import PreloadHost, preload_stats
+from ..indices import check_index
 from ..settings import LOG_EVERY
 from ..stats import CacheStats
 from ..summary import StatsLogger, SummaryWriterLike
@@ -75,7 +74,6 @@ class ProviderDataCache(DataCache):
         When a cache key of ``config["data_set"]`` has an invalid value.
     """
 
-    _preloader: Preloader | None
     _summary: StatsLogger | None
 
     def __init__(
@@ -95,8 +93,7 @@ class ProviderDataCache(DataCache):
 
     def _init_process_state(self) -> None:
         self._opening = threading.Lock()
-        self._flights = SingleFlight(copy=True)
-        self._preloader = None
+        self._preload = PreloadHost()
         self._summary = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -142,11 +139,9 @@ class ProviderDataCache(DataCache):
         return self._cache
 
     def _check_index(self, idx: object) -> int:
-        try:
-            i = as_index(idx, "DataCache")
-        except TypeError as exc:
-            raise HyraxIndexError(str(exc)) from None
-        return in_range(i, len(self._provider), idx, negative=False)
+        return check_index(
+            idx, len(self._provider), "DataCache", negative=False, type_error=HyraxIndexError
+        )
 
     def try_fetch(self, idx: int) -> Any | None:
         """The cached sample for ``idx``, or ``None`` (always ``None`` when caching is off).
@@ -157,37 +152,12 @@ class ProviderDataCache(DataCache):
         if cache is None:
             return None
         i = self._check_index(idx)
-        stamp = cache._stamp()
-        sample = cache.get(i)
-        if sample is None and self.preloading:
-            sample = self._join_preload(cache, i, stamp)
+        # While a preload runs, a miss joins its load of ``i`` or reserves ``i`` for the
+        # caller's insert (not waitable: nothing guarantees the caller ever inserts it).
+        sample = cache.get_or_reserve(i) if self.preloading else cache.get(i)
         if self._summary is not None:
             self._summary.tick(self.stats)
         return sample
-
-    def _join_preload(self, cache: SpillCache, i: int, stamp: int) -> Any | None:
-        """Wait for the preload's load of ``i``, or reserve ``i`` for the caller's insert.
-
-        ``stamp``: the cache's :meth:`~SpillCache._stamp` taken before the miss.
-        """
-        while True:
-            # Not waitable: nothing guarantees the caller ever inserts what it reserved.
-            flight, owned = self._flights.claim_or_join(i, waitable=False)
-            if flight is None:  # another caller reserved it: behave as without a preload
-                return None
-            if owned:
-                # The preload may have stored it between our miss and our claim.
-                sample = cache._reread(i, stamp)
-                if sample is not None:
-                    self._flights.cancel(flight)
-                return sample
-            done, sample = self._flights.wait(flight)
-            if done:
-                # A preload stopped during the load left it uncached, and Hyrax inserts only
-                # after a miss: store it here, or it would be loaded again.
-                if self._flights.adopt(flight) and not cache.closed:
-                    cache.put(i, sample)
-                return sample
 
     def insert_into_cache(self, idx: int, data: Any) -> None:
         """Cache ``data`` as the sample of ``idx`` (does nothing when caching is off)."""
@@ -197,7 +167,7 @@ class ProviderDataCache(DataCache):
             try:
                 cache.put(i, data, name=f"data_provider[{i}]")
             finally:
-                self._flights.release(i)
+                cache.release(i)
 
     # -- preload ---------------------------------------------------------------------------------
 
@@ -219,49 +189,38 @@ class ProviderDataCache(DataCache):
         cache = self.cache  # None when use_cache is false
         if cache is None or not self.settings.preload_cache:
             return
-        indices, total = preview_order(order, len(self._provider))
-        self.stop_preload()
-        self._preloader = Preloader(
+        self._preload.start(
             cache,
             self._provider.resolve_data,
-            indices,
+            order,
             length=len(self._provider),
-            total=total,
             threads=self.settings.preload_threads,
-            flights=self._flights,
             progress=sys.stderr.isatty(),
             # Not self.stats: a bound method would keep this cache alive until gc.collect().
-            stats=functools.partial(_stats, cache, self._flights),
+            stats=functools.partial(preload_stats, cache),
             summary=self._summary,
         )
-        self._preloader.start()
 
     def wait_preload(self, timeout: float | None = None) -> bool:
         """Wait for the preload to finish; False if ``timeout`` seconds passed first.
 
         True at once when no preload runs. Raises ``RuntimeError`` if the preload broke down.
         """
-        preloader = self._preloader
-        return True if preloader is None else preloader.wait(timeout)
+        return self._preload.wait(timeout)
 
     def stop_preload(self) -> None:
         """Stop the preload without waiting for loads in progress (see ``CachedDataset``)."""
-        if self._preloader is not None:
-            self._preloader.stop()
+        self._preload.stop()
 
     @property
     def preloading(self) -> bool:
         """Whether a preload is running in this process."""
-        return self._preloader is not None and self._preloader.running
+        return self._preload.running
 
     def stats(self) -> CacheStats:
         """The cache's statistics with the preload counters (zeros when caching is off)."""
         cache = self.cache
-        return (
-            CacheStats(**self._flights.counters())
-            if cache is None
-            else _stats(cache, self._flights)
-        )
+        return CacheStats() if cache is None else preload_stats(cache)
 
     def close(self) -> None:
         """Stop the preload and close the store (closing also happens at garbage collection)."""
@@ -270,7 +229,3 @@ class ProviderDataCache(DataCache):
             self._cache.close()
         if self._summary is not None:
             self._summary.close()
-
-
-def _stats(cache: SpillCache, flights: SingleFlight) -> CacheStats:
-    return dataclasses.replace(cache.stats(), **flights.counters())

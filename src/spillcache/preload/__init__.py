@@ -4,9 +4,9 @@
   random sampler is previewed from a *copy* of its generator state).
 * :mod:`.engine` holds the :class:`Preloader` (load threads that each take the next index,
   skip it if it is cached or being loaded, else load and store it; a coordinator that starts
-  them and reports) and :class:`SingleFlight`, which records the indices being loaded, by the
-  preload or by training, so that each is loaded once: training joins a preload load in
-  progress, and the preload skips what training is loading.
+  them and reports); it claims each index in the cache's
+  :class:`~spillcache.flight.SingleFlight`, so that each is loaded once: training joins a
+  preload load in progress, and the preload skips what training is loading.
 * :mod:`.concurrency` and :mod:`.tuner` set the number of loads in flight
   (``threads="auto"``): a hill-climbing tuner doubles it while the throughput grows, backs off
   when it stops, and probes up and down now and then; throughput comes from Little's law
@@ -25,7 +25,7 @@ only takes free space (it never evicts for the preload), and the disk tier's wri
 what is queued.
 """
 
-from .engine import Flight, Preloader, SingleFlight
+from .engine import Preloader
 from .order import preview_order
 
-__all__ = ["Flight", "Preloader", "SingleFlight", "preview_order"]
+__all__ = ["Preloader", "preview_order"]

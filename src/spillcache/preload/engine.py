@@ -4,9 +4,9 @@ A :class:`Preloader` walks the indices of an order (:mod:`.order`) and has up to
 load threads (:mod:`.concurrency`, :mod:`.tuner`) load the ones neither tier holds, each
 sample inserted as soon as it is loaded; a coordinator thread starts the threads and reports
 (:mod:`.progress`). Its lifecycle is one state (:mod:`.lifecycle`); once it is stopped, a
-guard (:mod:`.guard`) keeps its threads away from the store. :class:`SingleFlight` records
-which indices are being loaded right now, by the preload or by training, so that each is
-loaded once.
+guard (:mod:`.guard`) keeps its threads away from the store. The cache's
+:class:`~spillcache.flight.SingleFlight` records which indices are being loaded right now, by
+the preload or by training, so that each is loaded once.
 """
 
 from __future__ import annotations
@@ -22,22 +22,18 @@ from typing import Any
 
 from .. import forksafe
 from ..cache import SpillCache
-from ..codec import clone
-from ..indices import as_index, in_range
+from ..flight import PRELOAD_COUNTERS, Flight, SingleFlight
+from ..indices import check_index
 from ..settings import AUTO_MAX_THREADS, Threads
 from ..stats import CacheStats
 from ..summary import StatsLogger
 from .concurrency import Concurrency, Slot
 from .guard import StoreGuard
 from .lifecycle import Lifecycle, State
-from .progress import COUNTERS, REFRESH_SECONDS, Failures, Progress, Status
+from .progress import REFRESH_SECONDS, Failures, Progress, Status
 from .tuner import Tuner
 
-__all__ = [
-    "Flight",
-    "Preloader",
-    "SingleFlight",
-]
+__all__ = ["Preloader"]
 
 # The package's name, not this module's: the logger users configure and filter by.
 logger = logging.getLogger("spillcache.preload")
@@ -48,193 +44,6 @@ _PRELOAD_BATCH = 32
 _STOP_JOIN_SECONDS = 0.5
 # Share of the RAM budget in use from which the preload no longer promotes disk entries.
 _RAM_FULL = 0.95
-
-
-# -- single flight ---------------------------------------------------------------------------
-
-
-class Flight:
-    """One load of one index in progress; others may wait for its result.
-
-    Attributes
-    ----------
-    key : int
-        The index being loaded.
-    by_preload : bool
-        Whether the preload loads it (as opposed to training).
-    waitable : bool
-        Whether others may wait for it (``False`` for claims whose owner may never report
-        back, like Hyrax's ``try_fetch`` that is followed by an ``insert_into_cache``).
-    stored : bool
-        Whether the value is taken care of in the cache: its owner stored it, or a waiter
-        adopted it (:meth:`SingleFlight.adopt`).
-    """
-
-    __slots__ = (
-        "by_preload",
-        "done",
-        "key",
-        "ok",
-        "stored",
-        "taken",
-        "value",
-        "waitable",
-        "waiters",
-    )
-
-    def __init__(self, key: int, *, by_preload: bool, waitable: bool) -> None:
-        self.key = key
-        self.by_preload = by_preload
-        self.waitable = waitable
-        self.waiters = 0
-        self.ok = False
-        self.value: object = None
-        # Whether ``value`` was already handed out (the next taker then gets a copy).
-        self.taken = False
-        self.stored = False
-        # Made by the first waiter: most loads have none, and an Event costs ~3 us to make.
-        self.done: threading.Event | None = None
-
-
-class SingleFlight:
-    """The indices being loaded in this process, so that each is loaded once.
-
-    Every loader (the preload's threads, training threads) claims an index before loading it
-    and lands the claim when done; whoever finds an index claimed either waits for the result
-    (training) or skips it (the preload). Also holds the preload counters of the data set.
-
-    Parameters
-    ----------
-    copy : bool
-        Whether every waiter must get its own copy of a result (the cache's ``copy``).
-    """
-
-    def __init__(self, copy: bool) -> None:
-        self._copy = copy
-        self._lock = threading.Lock()
-        self._flights: dict[int, Flight] = {}
-        self._counters = dict.fromkeys(COUNTERS, 0)
-        forksafe.register(self)
-
-    def claim(self, key: int, *, by_preload: bool, waitable: bool = True) -> Flight | None:
-        """Claim ``key``; ``None`` if someone else is loading it."""
-        with self._lock:
-            if key in self._flights:
-                return None
-            flight = self._flights[key] = Flight(key, by_preload=by_preload, waitable=waitable)
-            return flight
-
-    def claim_or_join(self, key: int, *, waitable: bool = True) -> tuple[Flight | None, bool]:
-        """Claim ``key`` for training, or join the load in progress.
-
-        Returns
-        -------
-        flight : Flight or None
-            The claimed or joined flight; ``None`` when ``key`` is claimed by someone nobody
-            may wait for (then load it without a claim).
-        owned : bool
-            True if the caller claimed it and must :meth:`land` or :meth:`cancel` it.
-        """
-        with self._lock:
-            flight = self._flights.get(key)
-            if flight is None:
-                flight = self._flights[key] = Flight(key, by_preload=False, waitable=waitable)
-                # The owner returns the value itself: waiters always get copies.
-                flight.taken = True
-                return flight, True
-            if not flight.waitable:
-                return None, False
-            flight.waiters += 1
-            if flight.done is None:
-                flight.done = threading.Event()
-            return flight, False
-
-    def wait(self, flight: Flight) -> tuple[bool, object]:
-        """Wait for a joined flight: ``(True, value)``, or ``(False, None)`` if it failed."""
-        assert flight.done is not None  # made when the caller joined
-        flight.done.wait()
-        with self._lock:
-            if not flight.ok:
-                return False, None
-            if flight.by_preload:
-                self._counters["preload_waits"] += 1
-            value, shared = flight.value, flight.taken
-            flight.taken = True
-        return True, clone(value) if shared and self._copy else value
-
-    def land(self, flight: Flight, value: object, *, stored: bool) -> None:
-        """End ``flight`` with ``value``, handing it to the waiters.
-
-        ``stored`` tells whether the owner cached ``value``; if not (a preload stopped during
-        the load), one waiter should :meth:`adopt` it.
-        """
-        with self._lock:
-            # Removed from the table, the flight gains no waiters: ``done`` is final.
-            self._remove_locked(flight)
-            private = flight.taken and flight.waiters and self._copy
-            flight.stored = stored
-            done = flight.done
-        try:
-            # An owner that returns ``value`` to its caller (who may modify it) leaves the
-            # waiters a snapshot; copies of it are made by each waiter but the first.
-            flight.value = clone(value) if private else value
-            flight.taken = flight.taken and not private
-            flight.ok = True
-        finally:
-            # Waiters of a failed copy find the flight not ok and look again.
-            if done is not None:
-                done.set()
-
-    def adopt(self, flight: Flight) -> bool:
-        """Whether the caller, a waiter that got the value of ``flight``, must cache it.
-
-        True for one waiter of a flight landed uncached, so that its load is not repeated.
-        """
-        with self._lock:
-            adopted = flight.ok and not flight.stored
-            flight.stored = True
-        return adopted
-
-    def cancel(self, flight: Flight) -> None:
-        """End ``flight`` without a result: waiters then look in the cache or load it."""
-        with self._lock:
-            self._remove_locked(flight)
-            done = flight.done
-        if done is not None:
-            done.set()
-
-    def release(self, key: int) -> None:
-        """Cancel the flight of ``key``, if any (Hyrax's insert after a ``try_fetch`` miss)."""
-        with self._lock:
-            flight = self._flights.get(key)
-        if flight is not None and not flight.by_preload:
-            self.cancel(flight)
-
-    def _remove_locked(self, flight: Flight) -> None:
-        if self._flights.get(flight.key) is flight:
-            del self._flights[flight.key]
-
-    def count(self, name: str, n: int = 1) -> None:
-        """Add ``n`` to the counter ``name``."""
-        with self._lock:
-            self._counters[name] += n
-
-    def counters(self) -> dict[str, int]:
-        """The preload counters, as ``CacheStats`` field names."""
-        with self._lock:
-            return dict(self._counters)
-
-    # Nothing to prepare: the child replaces the lock (a thread of the parent may hold it at the
-    # moment of the fork) and forgets the loads in progress, which belong to threads it lacks.
-    def _before_fork(self) -> None:
-        pass
-
-    def _after_fork_in_parent(self) -> None:
-        pass
-
-    def _after_fork_in_child(self) -> None:
-        self._lock = threading.Lock()
-        self._flights = {}
 
 
 # -- the preloader ---------------------------------------------------------------------------
@@ -328,7 +137,7 @@ class Preloader:
         # Promote disk entries into RAM until it is (nearly) full.
         self._promoting = cache.ram_budget > 0
         # The shared counters when this preload started: its summary reports the difference.
-        self._counted = dict.fromkeys(COUNTERS, 0)
+        self._counted = dict.fromkeys(PRELOAD_COUNTERS, 0)
         self.peak_threads = self._pool = 0
         self.processed = 0
         self._started_at = 0.0
@@ -607,7 +416,7 @@ class Preloader:
     def _offer(self, raw: object) -> tuple[int, Flight] | None:
         """``raw`` as a claimed index to load, or None if there is nothing to load."""
         try:
-            i = in_range(as_index(raw, "preload"), self._length, raw)
+            i = check_index(raw, self._length, "preload")
         except (TypeError, IndexError) as exc:
             self._done("preload_errors")
             self._report_error(raw, exc)
@@ -619,9 +428,9 @@ class Preloader:
         promoted: bool | None = None
         try:
             with self._guard.open() as usable:
-                where = self._cache._tier_of(i) if usable else None
+                where = self._cache.where(i) if usable else None
                 if usable and where == "disk" and self._promoting:
-                    promoted = self._cache._promote(i)
+                    promoted = self._cache.promote(i)
                     if promoted is None:  # unreadable: load it again
                         where = None
                     elif not promoted and self._ram_full():

@@ -1,7 +1,7 @@
 """What a preload reports: its counters, progress bar, TensorBoard scalars and log lines.
 
-The counters (:data:`COUNTERS`, ``CacheStats`` field names) are kept by the data set's
-:class:`~.engine.SingleFlight`, shared by every preload of that data set. A
+The counters (:data:`~spillcache.flight.PRELOAD_COUNTERS`, ``CacheStats`` field names) are
+kept by the cache's :class:`~spillcache.flight.SingleFlight`, shared by every preload of it. A
 :class:`Progress` shows one preload's bar on stderr and logs its scalars (from its
 coordinator thread only); :class:`Failures` warns once per kind of failed load, and of a full cache.
 """
@@ -19,19 +19,11 @@ from typing import Any
 from ..stats import CacheStats
 from ..summary import StatsLogger
 
-__all__ = ["COUNTERS", "REFRESH_SECONDS", "Failures", "Progress", "Status"]
+__all__ = ["REFRESH_SECONDS", "Failures", "Progress", "Status"]
 
 # The package's name, not this module's: the logger users configure and filter by.
 logger = logging.getLogger("spillcache.preload")
 
-#: The preload counters, as ``CacheStats`` field names.
-COUNTERS = (
-    "preload_loads",
-    "preload_skips",
-    "preload_promotions",
-    "preload_errors",
-    "preload_waits",
-)
 #: How often the progress bar is refreshed (and the coordinator wakes up to do it, when
 #: nothing else wakes it).
 REFRESH_SECONDS = 0.25
