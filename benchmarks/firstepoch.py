@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from spillcache import CachedDataset, SpillCache, disk
+from spillcache import CachedDataset, SpillCache
+from spillcache.disk import tier as disk
 
 from .contenders import Unavailable, require
 from .warm import accounted_bytes

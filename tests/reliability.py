@@ -37,7 +37,7 @@ import torch
 from helpers import assert_sample_equal
 from spillcache import CachedDataset, SpillCache
 from spillcache import cache as cache_module
-from spillcache import disk as disk_module
+from spillcache.disk import tier as disk_module
 from spillcache.sizing import parse_budget
 
 LONG = os.environ.get("SPILLCACHE_LONG") == "1"

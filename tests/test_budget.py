@@ -23,8 +23,8 @@ import pytest
 
 from reliability import popen_python, wait_for
 from spillcache import SpillCache, SpillCacheWarning
-from spillcache import disk as disk_module
 from spillcache.disk import owned_files
+from spillcache.disk import tier as disk_module
 from spillcache.growth import Growth
 
 KIB, MIB = 1 << 10, 1 << 20

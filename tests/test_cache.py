@@ -25,8 +25,8 @@ from spillcache import (
     StoreError,
     cache_info,
 )
-from spillcache import disk as disk_module
 from spillcache.codec import Encoding
+from spillcache.disk import tier as disk_module
 from spillcache.sizing import sample_nbytes
 
 
@@ -83,7 +83,7 @@ def test_metadata_is_committed_after_the_writes_queued_before_it(
 ) -> None:
     # Another process (a DDP rank checking a data set's probe digests) must never see a
     # record without the entries put before it: they would be loaded once more.
-    from spillcache import disk as disk_module
+    from spillcache.disk import tier as disk_module
 
     monkeypatch.setattr(disk_module, "_COMMIT_INTERVAL", 600.0)  # no commit by the clock
     with SpillCache(tmp_path / "s", ram_budget=0) as cache:

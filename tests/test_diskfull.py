@@ -35,8 +35,8 @@ from reliability import (
     wait_for,
 )
 from spillcache import CachedDataset, SpillCache, SpillCacheWarning
-from spillcache import disk as disk_module
 from spillcache.admin import verify
+from spillcache.disk import tier as disk_module
 
 
 def spill_warnings(caught: list[warnings.WarningMessage]) -> list[str]:

@@ -17,7 +17,7 @@ from torch.utils.data import DistributedSampler
 
 from helpers import assert_sample_equal
 from spillcache import CachedDataset, SpillCache, StoreError
-from spillcache import disk as disk_module
+from spillcache.disk import tier as disk_module
 
 N = 48
 WORLD = 2

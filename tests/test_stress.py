@@ -35,9 +35,9 @@ from reliability import (
 )
 from spillcache import SpillCache
 from spillcache import cache as cache_module
-from spillcache import disk as disk_module
 from spillcache.admin import verify
 from spillcache.codec import decode
+from spillcache.disk import tier as disk_module
 
 SECONDS = scaled(8, 60)
 

@@ -42,11 +42,11 @@ import lmdb
 import numpy as np
 from numpy.typing import NDArray
 
-from . import forksafe
-from .codec import FORMAT_VERSION, Buffer, Encoding, seal
-from .errors import FingerprintMismatch, StoreError
-from .growth import Growth
-from .userwarn import warn
+from .. import forksafe
+from ..codec import FORMAT_VERSION, Buffer, Encoding, seal
+from ..errors import FingerprintMismatch, StoreError
+from ..growth import Growth
+from ..userwarn import warn
 
 __all__ = [
     "LOCK_FILE",
