@@ -4,23 +4,18 @@ The tier itself is :class:`~spillcache.disk.tier.DiskTier`; this package re-expo
 rest of spillcache uses of it.
 """
 
-from .tier import (
+from .filesystem import filesystem_type
+from .layout import (
     LOCK_FILE,
     MARKER,
-    DiskTier,
-    SpillCacheWarning,
-    Value,
-    filesystem_type,
-    inspected,
     is_store,
-    live_tier,
     not_a_store,
-    open_tier,
     owned_files,
     read_marker,
     store_files_size,
-    try_lock_exclusive,
 )
+from .lockfile import try_lock_exclusive
+from .tier import DiskTier, SpillCacheWarning, Value, inspected, live_tier, open_tier
 
 __all__ = [
     "LOCK_FILE",

@@ -2,7 +2,7 @@
 
 A store directory holds exactly the files the store owns: ``spillcache.json`` (the marker that
 tells a store from any other directory, written before anything else), ``spillcache.lock``
-(which every process holding the store open holds shared, see :func:`_enter`), LMDB's
+(which every process holding the store open holds shared, see :func:`enter_store`), LMDB's
 ``data.mdb`` and ``lock.mdb``, and transient ``spillcache.json.<pid>.tmp`` files while the
 marker is written. Inside LMDB the named database ``data`` maps 8-byte big-endian keys to
 encoded samples and ``meta`` records the format version, the fingerprint, the creation time
@@ -25,12 +25,9 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
-import fcntl
-import json
 import logging
 import multiprocessing.util
 import os
-import re
 import shutil
 import threading
 import time
@@ -47,22 +44,17 @@ from ..codec import FORMAT_VERSION, Buffer, Encoding, seal
 from ..errors import FingerprintMismatch, StoreError
 from ..growth import Growth
 from ..userwarn import warn
+from .filesystem import require_local
+from .layout import (
+    LMDB_FILES,
+    LOCK_FILE,
+    MARKER,
+    is_store,
+    not_a_store,
+)
+from .lockfile import enter_store
 
-__all__ = [
-    "LOCK_FILE",
-    "MARKER",
-    "DiskTier",
-    "SpillCacheWarning",
-    "Value",
-    "filesystem_type",
-    "inspected",
-    "is_store",
-    "live_tier",
-    "open_tier",
-    "owned_files",
-    "read_marker",
-    "store_files_size",
-]
+__all__ = ["DiskTier", "SpillCacheWarning", "Value", "inspected", "live_tier", "open_tier"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,10 +66,6 @@ OnMismatch = Literal["rebuild", "error"]
 # the writer copies into such a buffer first (the put's caller vouches for the sample).
 Value = bytes | memoryview | Encoding
 
-MARKER = "spillcache.json"
-_LMDB_FILES = ("data.mdb", "lock.mdb")
-# Held (flock, shared) by every process that has the store open; `clear` takes it exclusively.
-LOCK_FILE = "spillcache.lock"
 # The meta record naming the store's generation: a token that changes whenever the store is
 # emptied (rebuilt for other data, or cleared), so that a process that opened an earlier
 # generation can tell its view is stale.
@@ -172,249 +160,6 @@ class _DamagedStore(StoreError):
 _DAMAGE = (lmdb.InvalidError, lmdb.CorruptedError, lmdb.PanicError, lmdb.PageNotFoundError)
 # Inside a transaction, a damaged page can also poison the transaction itself.
 _DAMAGE_IN_TXN = (*_DAMAGE, lmdb.BadTxnError)
-
-
-def owned_files(path: str | os.PathLike[str]) -> list[Path]:
-    """Files in ``path`` that a store owns (existing ones only)."""
-    root = Path(path)
-    names = [MARKER, *_LMDB_FILES, LOCK_FILE]
-    found = [root / n for n in names if (root / n).is_file()]
-    found += sorted(root.glob(f"{MARKER}.*.tmp"))
-    return found
-
-
-_TMP_MARKER = re.compile(re.escape(MARKER) + r"\.\d+\.tmp")
-
-
-def _foreign_entries(root: Path) -> list[str]:
-    # One listing, classified by name: files appearing meanwhile (another process creating
-    # the same store) must not look foreign.
-    return sorted(
-        e
-        for e in os.listdir(root)
-        if e not in (MARKER, *_LMDB_FILES, LOCK_FILE) and not _TMP_MARKER.fullmatch(e)
-    )
-
-
-def is_store(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is a spillcache store directory (our marker, nothing foreign)."""
-    root = Path(path)
-    if not (root.is_dir() and (root / MARKER).is_file()) or _foreign_entries(root):
-        return False
-    try:
-        read_marker(root)
-    except StoreError:  # a file of that name that some other program wrote
-        return False
-    return True
-
-
-def not_a_store(path: str | os.PathLike[str]) -> str:
-    """Why ``path`` is not a store, as the end of a sentence (``"does not exist"``)."""
-    root = Path(path)
-    if not root.exists():
-        return "does not exist"
-    if not root.is_dir():
-        return "is a file, not a spillcache store (a store is a directory)"
-    if not (root / MARKER).is_file():
-        return f"is not a spillcache store: it has no {MARKER} file"
-    foreign = _foreign_entries(root)
-    if foreign:
-        return f"is not a spillcache store: it holds {foreign[0]!r}, which no store has"
-    try:
-        read_marker(root)
-    except StoreError:
-        return f"is not a spillcache store: its {MARKER} file is not a spillcache marker"
-    return "is a spillcache store"
-
-
-def read_marker(path: str | os.PathLike[str]) -> dict[str, object]:
-    """The marker's content: ``{"spillcache": layout, "created": unix time}``."""
-    try:
-        data = json.loads((Path(path) / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise StoreError(f"{path!s}: unreadable store marker {MARKER} ({exc})") from exc
-    if not isinstance(data, dict) or "spillcache" not in data:
-        raise StoreError(f"{path!s}: {MARKER} is not a spillcache marker")
-    return data
-
-
-def store_files_size(path: str | os.PathLike[str]) -> int:
-    """Bytes on disk of a store's files."""
-    return sum(p.stat().st_size for p in owned_files(path))
-
-
-def _prepare_directory(root: Path) -> bool:
-    """Make ``root`` a store directory, or refuse without touching anything.
-
-    Returns whether this user may write to it: ``False`` for a complete store it may only read
-    (a read-only mount, another user's store).
-    """
-    if root.exists() and not root.is_dir():
-        raise StoreError(f"path={str(root)!r} is a file, not a directory; pass a directory path")
-    if root.is_dir():
-        foreign = _foreign_entries(root)
-        if foreign:
-            shown = ", ".join(repr(f) for f in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-            raise StoreError(
-                f"path={str(root)!r} holds files that are not part of a spillcache store "
-                f"({shown}); "
-                "spillcache creates stores only in a new or empty directory and never modifies "
-                "anything else: pass a new or empty directory"
-            )
-        has_lmdb = any((root / n).exists() for n in _LMDB_FILES)
-        # Looked at after the LMDB files: a store's marker is written before them and removed
-        # after them, so LMDB files seen while no marker exists later are not a store's.
-        if (root / MARKER).is_file():
-            read_marker(root)
-            if _writable(root):
-                return True
-            if (root / "data.mdb").is_file():
-                return False
-            _require_writable(root)
-        if has_lmdb:
-            raise StoreError(
-                f"path={str(root)!r} holds an LMDB database that is not a spillcache store; "
-                "pass a new or empty directory"
-            )
-    else:
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"path={str(root)!r} cannot be created: {exc}") from exc
-    _require_writable(root)
-    # The marker comes first, written atomically: a directory with LMDB files but no marker is
-    # never ours, so a crash here can never make us adopt (or later delete) a foreign database.
-    tmp = root / f"{MARKER}.{os.getpid()}.tmp"
-    try:
-        tmp.write_text(
-            json.dumps({"spillcache": FORMAT_VERSION, "created": time.time()}), encoding="utf-8"
-        )
-        os.replace(tmp, root / MARKER)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise StoreError(f"path={str(root)!r} cannot be made a store: {exc}") from exc
-    return True
-
-
-def _writable(root: Path) -> bool:
-    """Whether this user may write the directory and the LMDB files in it."""
-    files = [root / n for n in _LMDB_FILES if (root / n).exists()]
-    return os.access(root, os.W_OK | os.X_OK) and all(os.access(f, os.W_OK) for f in files)
-
-
-def _enter(root: Path) -> tuple[bool, int | None, bool]:
-    """Prepare ``root`` (see :func:`_prepare_directory`) and hold its lock file, shared.
-
-    Returns whether the store is writable, the descriptor holding the lock (``None`` for a
-    read-only store without a lock file, which nobody can clear anyway) and whether the lock
-    file was created (to be removed if the store turns out not to open). ``flock``, not
-    ``fcntl``: its lock belongs to the open file, so forked children (DataLoader workers) hold
-    it as long as they live, and no other descriptor of the file this process opens and
-    closes (``clear`` in this process) releases it. Waits while a ``clear`` holds the lock,
-    then checks the store still exists: if it was cleared meanwhile, it is created anew.
-    """
-    while True:
-        writable = _prepare_directory(root)
-        lock = root / LOCK_FILE
-        created = False
-        try:
-            if writable:
-                try:
-                    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-                    created = True
-                except FileExistsError:
-                    fd = os.open(lock, os.O_RDWR | os.O_CLOEXEC)
-            else:
-                fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            if not writable:
-                return False, None, False
-            continue  # cleared between the two steps
-        except OSError as exc:
-            raise StoreError(f"the lock file of the store at {str(root)!r}: {exc}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH)
-            held, now = os.fstat(fd), os.stat(lock)
-            if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino) and (root / MARKER).is_file():
-                return writable, fd, created
-        except FileNotFoundError:
-            pass
-        except BaseException:
-            os.close(fd)
-            raise
-        os.close(fd)
-
-
-def try_lock_exclusive(path: str | os.PathLike[str]) -> int | None:
-    """The store's lock held exclusively (its descriptor), or ``None`` if a process holds it.
-
-    A store is in use while any process holds its lock (see :func:`_enter`); close the
-    descriptor to let go.
-    """
-    fd = os.open(Path(path) / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _require_writable(root: Path) -> None:
-    if not os.access(root, os.W_OK | os.X_OK):
-        raise StoreError(
-            f"path={str(root)!r} is not writable by this user; pass a directory you can write to"
-        )
-
-
-# LMDB's locking and memory-mapping are not coherent on these ("Do not use LMDB databases on
-# remote filesystems, even between processes on the same host", lmdb.h).
-_REMOTE_FILESYSTEMS = frozenset(
-    {
-        "9p", "afs", "beegfs", "ceph", "cifs", "fuse.gcsfuse", "fuse.glusterfs", "fuse.juicefs",
-        "fuse.s3fs", "fuse.sshfs", "glusterfs", "gpfs", "lustre", "nfs", "nfs4", "panfs",
-        "smb3", "smbfs",
-    }
-)  # fmt: skip
-
-
-def filesystem_type(path: str | os.PathLike[str], mountinfo: str = "/proc/self/mountinfo") -> str:
-    """The type of the file system that holds (or would hold) ``path``; ``""`` if unknown."""
-    target = Path(os.path.abspath(path))
-    while not target.exists() and target != target.parent:
-        target = target.parent
-    resolved = os.path.realpath(target)
-    best, fstype = -1, ""
-    try:
-        with open(mountinfo, encoding="utf-8") as lines:
-            for line in lines:
-                left, _, right = line.partition(" - ")
-                fields = left.split()
-                if len(fields) < 5 or not right:
-                    continue
-                # Mount points escape blanks as octal (\040).
-                point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
-                inside = resolved == point or resolved.startswith(point.rstrip("/") + "/")
-                if inside and len(point) > best:
-                    best, fstype = len(point), right.split()[0]
-    except OSError:
-        return ""
-    return fstype
-
-
-def _require_local(root: Path) -> None:
-    fstype = filesystem_type(root)
-    if fstype in _REMOTE_FILESYSTEMS:
-        raise StoreError(
-            f"path={str(root)!r} is on a {fstype} file system; LMDB stores must live on "
-            "node-local storage (its locks and memory maps are not coherent over a network "
-            "file system). Use a local directory such as $SLURM_TMPDIR or /tmp, carry the store "
-            "with `spillcache copy`, or pass allow_remote_fs=True if you know it is safe"
-        )
 
 
 def _human(size: int) -> str:
@@ -545,11 +290,11 @@ class DiskTier:
     ) -> None:
         self._setup(path, fingerprint, budget, readahead, None)
         if not allow_remote_fs:
-            _require_local(self.path)
+            require_local(self.path)
         if temporary:
             self._delete_on_close = os.getpid()
         new_store = not (self.path / MARKER).is_file()
-        writable, self._lock_fd, created = _enter(self.path)
+        writable, self._lock_fd, created = enter_store(self.path)
         self.read_only = not writable
         try:
             if check_identity:
@@ -677,7 +422,7 @@ class DiskTier:
         tier._setup(path, fingerprint, budget, readahead, generation)
         if not is_store(tier.path):
             raise StoreError(f"path={path!r} is no longer a spillcache store")
-        writable, tier._lock_fd, _ = _enter(tier.path)
+        writable, tier._lock_fd, _ = enter_store(tier.path)
         tier.read_only = not writable
         tier._register()
         logger.debug("reopened the store at %s in process %d", tier.path, os.getpid())
@@ -771,7 +516,7 @@ class DiskTier:
                 raise
             # Only the LMDB files of a directory with our marker: a damaged store of ours.
             self._warn_once("damaged", f"{exc}; rebuilding it empty")
-            for name in _LMDB_FILES:
+            for name in LMDB_FILES:
                 with contextlib.suppress(FileNotFoundError):
                     (self.path / name).unlink()
             self._open_and_identify(on_mismatch)
@@ -1729,7 +1474,7 @@ def open_tier(
     first user's ``readahead``.
     """
     if not allow_remote_fs:
-        _require_local(Path(path))
+        require_local(Path(path))
     with _tiers_lock:
         tier = _live_locked(os.path.realpath(path))
         if tier is None:
