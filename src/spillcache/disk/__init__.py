@@ -15,11 +15,13 @@ from .layout import (
     store_files_size,
 )
 from .lockfile import try_lock_exclusive
-from .tier import DiskTier, SpillCacheWarning, Value, inspected, live_tier, open_tier
+from .tier import DiskTier, SpillCacheWarning, inspected, live_tier, open_tier
+from .values import Deferred, Value
 
 __all__ = [
     "LOCK_FILE",
     "MARKER",
+    "Deferred",
     "DiskTier",
     "SpillCacheWarning",
     "Value",

@@ -40,7 +40,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .. import forksafe
-from ..codec import FORMAT_VERSION, Buffer, Encoding, seal
+from ..codec import FORMAT_VERSION
 from ..errors import FingerprintMismatch, StoreError
 from ..growth import Growth
 from ..userwarn import warn
@@ -53,18 +53,17 @@ from .layout import (
     not_a_store,
 )
 from .lockfile import enter_store
+from .values import Buffer, Stored, Value, readable
 
-__all__ = ["DiskTier", "SpillCacheWarning", "Value", "inspected", "live_tier", "open_tier"]
+__all__ = ["DiskTier", "SpillCacheWarning", "inspected", "live_tier", "open_tier"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _Txn = TypeVar("_Txn", bound="lmdb.Transaction[Any]")
 OnMismatch = Literal["rebuild", "error"]
-# An encoded value: bytes, or a view of a recycled buffer (see DiskTier.buffer) that the
-# writer seals (codec.seal) before storing it, off the thread of the put, or an Encoding that
-# the writer copies into such a buffer first (the put's caller vouches for the sample).
-Value = bytes | memoryview | Encoding
+# A queued value, or a finished one in flight (a view of a pool buffer).
+_Pending = Value | memoryview
 
 # The meta record naming the store's generation: a token that changes whenever the store is
 # emptied (rebuilt for other data, or cleared), so that a process that opened an earlier
@@ -369,11 +368,11 @@ class DiskTier:
         self._state = threading.Condition(threading.Lock())
         self._gate = _Gate()
         self._env = None
-        self._queue: dict[int, Value] = {}
+        self._queue: dict[int, _Pending] = {}
         self._queued_bytes = 0
         self._enqueued = 0
         self._done = 0
-        self._inflight: dict[int, Value] = {}
+        self._inflight: dict[int, _Pending] = {}
         self._spare: list[NDArray[np.uint8]] = []
         self._spare_bytes = 0
         self._keep_size = 0
@@ -699,7 +698,7 @@ class DiskTier:
                 pending = self._queue.get(key)
                 if pending is None:
                     pending = self._inflight.get(key)
-                data = None if pending is None else _readable(pending)
+                data = None if pending is None else readable(pending)
             if data is not None:
                 return decode(data)
         # Every disk hit comes through here: _read_txn's two context managers would cost about
@@ -904,10 +903,13 @@ class DiskTier:
                 self._spare.append(buffer)
                 self._spare_bytes += size
 
-    def _recycle_locked(self, values: Iterable[Value]) -> None:
+    def _recycle_locked(self, values: Iterable[_Pending]) -> None:
         """Keep the buffers of written or dropped ``values`` for :meth:`buffer`."""
-        for value in values:
-            if type(value) is not memoryview:
+        for pending in values:
+            if type(pending) is bytes:
+                continue
+            value = pending if type(pending) is memoryview else pending.pooled()  # type: ignore[union-attr]
+            if value is None:
                 continue
             buffer: object = value.obj
             try:
@@ -927,16 +929,15 @@ class DiskTier:
         It refuses them when full, read-only, stale (emptied by another process since), or
         when ``generation``, the one the caller opened (if given), is no longer this process's.
 
-        ``value``: bytes from :func:`~spillcache.codec.encode`, or the view of a :meth:`buffer`
-        that :meth:`~spillcache.codec.Encoding.into` returns, which the writer seals, or an
-        :class:`~spillcache.codec.Encoding`, which the writer copies: the tensors and arrays
-        of its sample must then stay unchanged until the write is committed.
+        ``value``: bytes, or a :class:`~spillcache.disk.values.Deferred` value the writer
+        thread finishes (its :meth:`~spillcache.disk.values.Deferred.finish` may be given
+        :meth:`buffer`) and takes back the buffer of once it is committed or dropped.
         """
-        if type(value) is Encoding and value.size < _RECYCLE_MIN:
-            # Copied here: for a small value, the writer's extra trips through the GIL cost
-            # the caller more than the copy (4 KiB fills: 12,000-18,000 against 15,000-26,000
-            # puts/s).
-            value = value.to_bytes()
+        pending: _Pending = value
+        if not isinstance(value, bytes) and len(value) < _RECYCLE_MIN:
+            # Finished here: for a small value, the writer's extra trips through the GIL cost
+            # the caller more than the copy (docs/design.rst, "Small values").
+            pending = value.snapshot()
         with self._state:
             if self._closed:
                 raise ValueError(f"the cache at {str(self.path)!r} is closed")
@@ -944,11 +945,11 @@ class DiskTier:
                 self._state.wait()
             if self.read_only or self._stale or generation not in (None, self.generation):
                 self.rejected += 1
-                self._recycle_locked((value,))
+                self._recycle_locked((pending,))
                 return False
-            if self._full and len(value) >= self._full_size and not self._recheck_fill_locked():
+            if self._full and len(pending) >= self._full_size and not self._recheck_fill_locked():
                 self.rejected += 1
-                self._recycle_locked((value,))
+                self._recycle_locked((pending,))
                 return False
             while self._queued_bytes >= _MAX_QUEUED_BYTES and not self._closed:
                 self._urgent = True
@@ -958,8 +959,8 @@ class DiskTier:
             if old is not None:
                 self._queued_bytes -= len(old)
                 self._recycle_locked((old,))
-            self._queue[key] = value
-            self._queued_bytes += len(value)
+            self._queue[key] = pending
+            self._queued_bytes += len(pending)
             self._enqueued += 1
             self._ensure_writer_locked()
             if len(self._queue) == 1 or self._queued_bytes >= _BATCH_BYTES:
@@ -1034,7 +1035,7 @@ class DiskTier:
                     self._state.notify_all()
             self._restock()
 
-    def _take_batch_locked(self) -> dict[int, Value]:
+    def _take_batch_locked(self) -> dict[int, _Pending]:
         """The oldest queued writes, about ``_BATCH_BYTES`` of them, out of the queue.
 
         Never much more, even when more is queued: LMDB copies each value into buffers that
@@ -1059,17 +1060,13 @@ class DiskTier:
         self._queued_bytes -= size
         return {key: queue.pop(key) for key in keys}
 
-    def _commit(self, batch: dict[int, Value], generation: bytes | None) -> None:
+    def _commit(self, batch: dict[int, _Pending], generation: bytes | None) -> None:
         """Store ``batch``, taken from the queue while the store was at ``generation``."""
         try:
             items = self._stored_items(batch)
         except MemoryError as exc:
             self._write_fault(len(batch), exc)
             return
-        # Before the transaction: it holds the store's write lock, which every process shares.
-        for _, value in items:
-            if type(value) is memoryview:
-                seal(value)
         need = sum(len(v) for _, v in items)
         for _ in range(8):
             try:
@@ -1119,8 +1116,8 @@ class DiskTier:
             logger.debug("after a commit to %s: %s", self.path, exc)
 
     def _admitted(
-        self, txn: lmdb.Transaction[bytes], items: list[tuple[int, bytes | memoryview]], size: int
-    ) -> list[tuple[int, bytes | memoryview]]:
+        self, txn: lmdb.Transaction[bytes], items: list[tuple[int, Stored]], size: int
+    ) -> list[tuple[int, Stored]]:
         """The entries of ``items`` (``size`` bytes) that fit the budget and the floor.
 
         Inside the write transaction, which holds the store's write lock: the file size it
@@ -1130,7 +1127,7 @@ class DiskTier:
         room = self._room_pages(growth.psize)
         if growth.pages_for_batch(len(items), size) <= room:
             return items
-        stored: list[tuple[int, bytes | memoryview]] = []
+        stored: list[tuple[int, Stored]] = []
         cursor = txn.cursor(db=self._data_db)
         last = -2
         for key, value in items:
@@ -1171,23 +1168,25 @@ class DiskTier:
         self._limit = "budget" if room <= usable else "floor"
         return min(room, usable) // psize
 
-    def _stored_items(self, batch: dict[int, Value]) -> list[tuple[int, bytes | memoryview]]:
-        """``batch`` by key, each Encoding copied into a buffer (which replaces it in ``batch``)."""
-        items: list[tuple[int, bytes | memoryview]] = []
-        copies: dict[int, Value] = {}
+    def _stored_items(self, batch: dict[int, _Pending]) -> list[tuple[int, Stored]]:
+        """``batch`` by key, each Deferred value finished (which replaces it in ``batch``).
+
+        Before the transaction: it holds the store's write lock, which every process shares.
+        """
+        items: list[tuple[int, Stored]] = []
+        finished: dict[int, _Pending] = {}
         for key, value in sorted(batch.items()):  # keys are unique: values are not compared
-            if isinstance(value, Encoding):
-                buffer = self.buffer(value.size)
-                copy = value.to_bytes() if buffer is None else value.into(buffer)
-                copies[key] = copy
-                items.append((key, copy))
-            else:
+            if type(value) is bytes or type(value) is memoryview:
                 items.append((key, value))
-        if copies:
+            else:
+                stored = value.finish(self.buffer)  # type: ignore[union-attr]
+                finished[key] = stored
+                items.append((key, stored))
+        if finished:
             # Under the lock: read() may be looking the batch up. The buffers are recycled
             # with the batch's values once it is committed.
             with self._state:
-                batch.update(copies)
+                batch.update(finished)
         return items
 
     def _grow_map(self, need: int) -> None:
@@ -1215,8 +1214,8 @@ class DiskTier:
 
     def _refused(
         self,
-        items: list[tuple[int, bytes | memoryview]],
-        stored: list[tuple[int, bytes | memoryview]],
+        items: list[tuple[int, Stored]],
+        stored: list[tuple[int, Stored]],
     ) -> None:
         """Count the entries of ``items`` not in ``stored``; refuse puts as large for a while."""
         kept = {key for key, _ in stored}
@@ -1395,18 +1394,6 @@ class DiskTier:
         self._init_runtime_state()
         self._closed, self._env_released = closed, released
         self.rejected, self.write_errors = rejected, errors
-
-
-def _readable(value: Value) -> bytes | memoryview:
-    """A queued value, sealed, in memory of its own: the writer recycles its buffer."""
-    if isinstance(value, Encoding):
-        return value.to_bytes()
-    if isinstance(value, memoryview):
-        # The writer may not have sealed it yet.
-        copy = bytearray(value)
-        seal(copy)
-        return memoryview(copy)
-    return value
 
 
 def _describe(
