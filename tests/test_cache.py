@@ -26,6 +26,7 @@ from spillcache import (
     cache_info,
 )
 from spillcache.codec import Encoding, Unsealed
+from spillcache.disk import buffers
 from spillcache.disk import tier as disk_module
 from spillcache.sizing import sample_nbytes
 
@@ -207,7 +208,7 @@ def test_large_values_are_encoded_into_recycled_buffers(
             cache.put(i, big(i))
         cache.flush()
         disk = cache._disk
-        spare = list(disk._spare)
+        spare = list(disk.pool.spare)
         assert spare  # committed values gave their buffers back...
         size = len(spare[0])
         assert any(disk.buffer(size) is b for b in spare)  # ...and they are handed out again
@@ -217,7 +218,7 @@ def test_large_values_are_encoded_into_recycled_buffers(
             np.testing.assert_array_equal(got["x"], big(i)["x"])
         np.testing.assert_array_equal(early["x"], big(0)["x"])
         assert cache.stats().disk_items == 60
-        assert disk._spare_bytes <= disk_module._MAX_QUEUED_BYTES
+        assert disk.pool.spare_bytes <= disk.pool.limit
 
 
 def _held_commits(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
@@ -263,7 +264,7 @@ def test_large_samples_in_ram_share_the_written_value_and_survive_recycling(
             cache.put(i, _big(i), evict=False)
         cache.flush()
         assert cache.stats().ram_items == 4
-        assert disk_module._Kept not in {type(b) for b in cache._disk._spare}
+        assert buffers.Kept not in {type(b) for b in cache._disk.pool.spare}
         for i in range(4):  # no later value was encoded over a kept one
             got = cache.get(i)
             np.testing.assert_array_equal(got["x"], _big(i)["x"])
@@ -279,21 +280,21 @@ def test_the_writer_prepares_buffers_for_samples_the_ram_tier_keeps(
         cache.put(0, _big(0))
         cache.flush()
         disk = cache._disk
-        size = disk._keep_size
+        size = disk.pool.keep_size
         assert size == len(cache._ram.get(0)["x"].base)  # the size of the value kept
 
         def ready() -> int:
-            with disk._state:
-                return sum(len(b) for b in disk._spare if disk_module._fits(b, size, keep=True))
+            with disk.pool.lock:
+                return sum(len(b) for b in disk.pool.spare if buffers.fits(b, size, keep=True))
 
         deadline = time.monotonic() + 60
-        while ready() < disk_module._STOCK_BYTES and time.monotonic() < deadline:
+        while ready() < buffers.STOCK_BYTES and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert ready() >= disk_module._STOCK_BYTES
-        stock = {id(b) for b in disk._spare}
+        assert ready() >= buffers.STOCK_BYTES
+        stock = {id(b) for b in disk.pool.spare}
         cache.put(1, _big(1))  # encoded into one of them
         assert id(cache._ram.get(1)["x"].base) in stock
-        assert disk._spare_bytes <= disk_module._MAX_QUEUED_BYTES
+        assert disk.pool.spare_bytes <= disk.pool.limit
         np.testing.assert_array_equal(cache.get(1)["x"], _big(1)["x"])
 
 
@@ -303,9 +304,9 @@ def test_a_kept_buffer_fits_its_value_exactly(tmp_path: Path) -> None:
         disk = cache._disk
         size = 1 << 17
         larger = np.empty(size + 64, np.uint8)
-        with disk._state:
-            disk._spare.append(larger)
-            disk._spare_bytes += len(larger)
+        with disk.pool.lock:
+            disk.pool.spare.append(larger)
+            disk.pool.spare_bytes += len(larger)
         kept = disk.buffer(size, keep=True)
         assert kept is not None and len(kept) == size and kept.base is not larger
         assert disk.buffer(size) is larger  # good enough for a value written and recycled
@@ -351,7 +352,7 @@ def test_an_idle_store_keeps_no_spare_buffers(
         while disk._writer is not None and time.monotonic() < deadline:
             time.sleep(0.01)
         assert disk._writer is None  # the writer went idle and exited...
-        assert (disk._spare, disk._spare_bytes) == ([], 0)  # ...dropping the spare buffers
+        assert (disk.pool.spare, disk.pool.spare_bytes) == ([], 0)  # ...dropping the spare buffers
         np.testing.assert_array_equal(cache.get(7)["x"], _big(7)["x"])
 
 
@@ -414,7 +415,7 @@ def test_copy_false_leaves_large_copies_to_the_writer(
         cache.flush()
         assert len(copied_in) == 1
         assert copied_in[0].startswith("MainThread" if copy else "spillcache-writer")
-        assert disk._spare  # the writer's buffer went back for reuse
+        assert disk.pool.spare  # the writer's buffer went back for reuse
     with SpillCache(tmp_path / "s", copy=copy) as cache:
         np.testing.assert_array_equal(cache.get(0)["x"], _big(0)["x"])  # from LMDB
         np.testing.assert_array_equal(cache.get(1)["small"], np.arange(10))

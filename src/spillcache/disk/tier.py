@@ -24,27 +24,26 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import logging
 import multiprocessing.util
 import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import lmdb
-import numpy as np
-from numpy.typing import NDArray
 
 from .. import forksafe
 from ..codec import FORMAT_VERSION
 from ..errors import FingerprintMismatch, StoreError
 from ..growth import Growth
 from ..userwarn import warn
+from .buffers import RECYCLE_MIN, BufferPool
 from .filesystem import require_local
+from .gate import Gate
 from .layout import (
     LMDB_FILES,
     LOCK_FILE,
@@ -84,13 +83,6 @@ _CLEARED = b"cleared-"
 _BATCH_BYTES = 1 << 20
 _MAX_QUEUED_BYTES = 8 * _BATCH_BYTES
 _COMMIT_INTERVAL = 0.25
-# Values at least this large are encoded into buffers recycled after their commit
-# (codec.Encoding.into): in a first epoch of 1 MiB samples, encoding into fresh memory took
-# 185-300 instead of ~75 us, 37-44 page faults per value, because glibc returns freed blocks
-# this size to the kernel. At most a full queue's worth of buffers is kept.
-_RECYCLE_MIN = 64 << 10
-# The writer keeps this many bytes of buffers of the size last kept ready, pages touched.
-_STOCK_BYTES = 2 * _BATCH_BYTES
 # A writer with nothing to do exits: hundreds of idle caches must not mean hundreds of threads.
 _WRITER_IDLE_EXIT = 2.0
 _INITIAL_MAP_SIZE = 256 << 20
@@ -116,23 +108,6 @@ _MAX_FREE_FRACTION = 0.5
 # from the growth of the data file, which every process sees in LMDB's meta page.
 _FREE_SECONDS = 0.25
 _FREE_MARGIN = 64 << 20
-
-
-class _Kept(np.ndarray):
-    """A buffer handed out for keeping (:meth:`DiskTier.buffer`): never taken back as a spare.
-
-    Views of it outlive the write, and they refer to the buffer, not to the memoryview the
-    writer releases, so only its type tells the writer to leave it alone.
-    """
-
-
-def _fits(buffer: Buffer, size: int, keep: bool) -> bool:
-    """Whether ``buffer`` may serve a value of ``size`` bytes (see :meth:`DiskTier.buffer`).
-
-    A kept buffer must fit exactly: the RAM tier charges a sample its tensors' bytes, so
-    unused bytes at the end of a kept buffer would be memory nobody accounts for.
-    """
-    return len(buffer) == size if keep else size <= len(buffer) <= 2 * size
 
 
 class SpillCacheWarning(RuntimeWarning):
@@ -172,63 +147,6 @@ def _human(size: int) -> str:
 def _key(key: int) -> bytes:
     # Big-endian so that LMDB's byte order is numeric order: sequential fills append to the B-tree.
     return key.to_bytes(8, "big")
-
-
-class _Gate:
-    """Many holders at once (read and write transactions) or one exclusive holder.
-
-    Exclusive holders (close, fork, map resize) need every transaction of this process finished,
-    since ``env.close()`` and ``env.set_mapsize()`` invalidate them and a memory view left over
-    from a closed map segfaults.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._holders = 0
-        self._exclusive = False
-
-    @contextlib.contextmanager
-    def shared(self) -> Iterator[None]:
-        self.enter()
-        try:
-            yield
-        finally:
-            self.leave()
-
-    def enter(self) -> None:
-        """Become a shared holder (:meth:`shared` without a context manager, for hot paths)."""
-        with self._cond:
-            while self._exclusive:
-                self._cond.wait()
-            self._holders += 1
-
-    def leave(self) -> None:
-        """Stop being a shared holder (after :meth:`enter`)."""
-        with self._cond:
-            self._holders -= 1
-            if self._exclusive and not self._holders:
-                self._cond.notify_all()
-
-    def lock(self) -> None:
-        with self._cond:
-            while self._exclusive:
-                self._cond.wait()
-            self._exclusive = True
-            while self._holders:
-                self._cond.wait()
-
-    def unlock(self) -> None:
-        with self._cond:
-            self._exclusive = False
-            self._cond.notify_all()
-
-    @contextlib.contextmanager
-    def exclusive(self) -> Iterator[None]:
-        self.lock()
-        try:
-            yield
-        finally:
-            self.unlock()
 
 
 class DiskTier:
@@ -366,16 +284,14 @@ class DiskTier:
     def _init_runtime_state(self) -> None:
         """State that lives in one process only (rebuilt after fork and unpickling)."""
         self._state = threading.Condition(threading.Lock())
-        self._gate = _Gate()
+        self._gate = Gate()
         self._env = None
         self._queue: dict[int, _Pending] = {}
         self._queued_bytes = 0
         self._enqueued = 0
         self._done = 0
         self._inflight: dict[int, _Pending] = {}
-        self._spare: list[NDArray[np.uint8]] = []
-        self._spare_bytes = 0
-        self._keep_size = 0
+        self.pool = BufferPool(self._state, _MAX_QUEUED_BYTES)
         self._writer: threading.Thread | None = None
         self._stopping = False
         self._urgent = False
@@ -607,7 +523,7 @@ class DiskTier:
         """Drop queued writes and stop accepting new ones; return once none is in flight."""
         with self._state:
             self.generation = None
-            self._recycle_locked(self._queue.values())
+            self.pool.recycle_locked(self._queue.values())
             self._queue.clear()
             self._queued_bytes = 0
             while self._inflight:
@@ -748,7 +664,7 @@ class DiskTier:
             self._stale = True
             dropped = len(self._queue)
             self.rejected += dropped
-            self._recycle_locked(self._queue.values())
+            self.pool.recycle_locked(self._queue.values())
             self._queue.clear()
             self._queued_bytes = 0
             self._state.notify_all()
@@ -856,72 +772,12 @@ class DiskTier:
         ``keep``: the caller keeps views of the value (the RAM tier, by
         :func:`~spillcache.codec.view`). The buffer then fits exactly, and the writer
         prepares the next ones of this size in advance, their pages touched: the memory a RAM
-        tier grows into is fresh, and its page faults (~0.7 ms per MiB on the 2-core VM of
-        the benchmarks, a third of a 2 ms sample's load) would otherwise slow the caller.
+        tier grows into is fresh, and its page faults would otherwise slow the caller
+        (docs/design.rst, "Buffer pool").
         """
-        if size < _RECYCLE_MIN:
+        if size < RECYCLE_MIN:  # before the call: every put asks
             return None
-        with self._state:
-            if keep:
-                self._keep_size = size
-            spare = self._spare
-            for i, buffer in enumerate(spare):
-                if _fits(buffer, size, keep):
-                    del spare[i]
-                    self._spare_bytes -= len(buffer)
-                    break
-            else:
-                buffer = np.empty(size, np.uint8)
-        return buffer.view(_Kept) if keep else buffer
-
-    def _restock(self) -> None:
-        """Prepare buffers for the size last kept (see :meth:`buffer`), in the writer thread.
-
-        Only while no write waits: when puts come faster than the writer commits (a tight
-        fill loop), they take fresh buffers before the stock could serve them, and faulting
-        pages in for nothing made such a loop 1.7x slower (280 against 470 puts/s of 1 MiB).
-        """
-        while True:
-            with self._state:
-                size = self._keep_size
-                ready = sum(len(b) for b in self._spare if _fits(b, size, keep=True))
-                if (
-                    not size
-                    or self._stopping
-                    or self._queue
-                    or ready >= _STOCK_BYTES
-                    or self._spare_bytes + size > _MAX_QUEUED_BYTES
-                ):
-                    return
-            try:
-                buffer = np.empty(size, np.uint8)
-            except MemoryError:  # puts will allocate their own, or fail with their own error
-                return
-            # Touches every page; ctypes releases the GIL meanwhile, so training runs on.
-            ctypes.memset(buffer.ctypes.data, 0, size)
-            with self._state:
-                self._spare.append(buffer)
-                self._spare_bytes += size
-
-    def _recycle_locked(self, values: Iterable[_Pending]) -> None:
-        """Keep the buffers of written or dropped ``values`` for :meth:`buffer`."""
-        for pending in values:
-            if type(pending) is bytes:
-                continue
-            value = pending if type(pending) is memoryview else pending.pooled()  # type: ignore[union-attr]
-            if value is None:
-                continue
-            buffer: object = value.obj
-            try:
-                value.release()
-            except BufferError:  # still exported somewhere: leave it to the garbage collector
-                continue
-            if type(buffer) is np.ndarray:  # not a _Kept one
-                spare = self._spare
-                spare.append(buffer)
-                self._spare_bytes += len(buffer)
-                while self._spare_bytes > _MAX_QUEUED_BYTES:  # the oldest sizes go first
-                    self._spare_bytes -= len(spare.pop(0))
+        return self.pool.take(size, keep=keep)
 
     def write(self, key: int, value: Value, generation: bytes | None = None) -> bool:
         """Queue ``value`` for ``key``; False when the store refuses new entries.
@@ -934,7 +790,7 @@ class DiskTier:
         :meth:`buffer`) and takes back the buffer of once it is committed or dropped.
         """
         pending: _Pending = value
-        if not isinstance(value, bytes) and len(value) < _RECYCLE_MIN:
+        if not isinstance(value, bytes) and len(value) < RECYCLE_MIN:
             # Finished here: for a small value, the writer's extra trips through the GIL cost
             # the caller more than the copy (docs/design.rst, "Small values").
             pending = value.snapshot()
@@ -945,11 +801,11 @@ class DiskTier:
                 self._state.wait()
             if self.read_only or self._stale or generation not in (None, self.generation):
                 self.rejected += 1
-                self._recycle_locked((pending,))
+                self.pool.recycle_locked((pending,))
                 return False
             if self._full and len(pending) >= self._full_size and not self._recheck_fill_locked():
                 self.rejected += 1
-                self._recycle_locked((pending,))
+                self.pool.recycle_locked((pending,))
                 return False
             while self._queued_bytes >= _MAX_QUEUED_BYTES and not self._closed:
                 self._urgent = True
@@ -958,7 +814,7 @@ class DiskTier:
             old = self._queue.pop(key, None)
             if old is not None:
                 self._queued_bytes -= len(old)
-                self._recycle_locked((old,))
+                self.pool.recycle_locked((old,))
             self._queue[key] = pending
             self._queued_bytes += len(pending)
             self._enqueued += 1
@@ -1012,9 +868,7 @@ class DiskTier:
                         self._writer = None
                         self._stopping = False
                         # Idle: no puts are coming, so the spare buffers are memory for nothing.
-                        self._spare.clear()
-                        self._spare_bytes = 0
-                        self._keep_size = 0
+                        self.pool.clear_locked()
                         self._state.notify_all()
                         return
                 self._inflight = batch = self._take_batch_locked()
@@ -1029,11 +883,15 @@ class DiskTier:
             finally:
                 with self._state:
                     self._inflight = {}
-                    self._recycle_locked(batch.values())
+                    self.pool.recycle_locked(batch.values())
                     if taken is not None:
                         self._done = taken
                     self._state.notify_all()
-            self._restock()
+            self.pool.restock(self._busy_locked)
+
+    def _busy_locked(self) -> bool:
+        """Whether writes wait (or the writer stops): no time to restock the pool."""
+        return self._stopping or bool(self._queue)
 
     def _take_batch_locked(self) -> dict[int, _Pending]:
         """The oldest queued writes, about ``_BATCH_BYTES`` of them, out of the queue.
@@ -1179,7 +1037,7 @@ class DiskTier:
             if type(value) is bytes or type(value) is memoryview:
                 items.append((key, value))
             else:
-                stored = value.finish(self.buffer)  # type: ignore[union-attr]
+                stored = value.finish(self.pool.take)  # type: ignore[union-attr]
                 finished[key] = stored
                 items.append((key, stored))
         if finished:
@@ -1295,7 +1153,7 @@ class DiskTier:
             finally:
                 with self._state:
                     self._inflight = {}
-                    self._recycle_locked(batch.values())
+                    self.pool.recycle_locked(batch.values())
                     if taken is not None:
                         self._done = max(self._done, taken)
                     self._state.notify_all()
