@@ -25,7 +25,7 @@ from reliability import popen_python, wait_for
 from spillcache import SpillCache, SpillCacheWarning
 from spillcache.disk import owned_files
 from spillcache.disk import tier as disk_module
-from spillcache.growth import Growth
+from spillcache.disk.growth import Growth
 
 KIB, MIB = 1 << 10, 1 << 20
 

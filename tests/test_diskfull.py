@@ -36,6 +36,7 @@ from reliability import (
 )
 from spillcache import CachedDataset, SpillCache, SpillCacheWarning
 from spillcache.admin import verify
+from spillcache.disk import fill as fill_module
 from spillcache.disk import tier as disk_module
 
 
@@ -132,7 +133,7 @@ def _failing_commits(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Even
     real_open = lmdb.open
     monkeypatch.setattr(lmdb, "open", lambda *a, **k: _FullDiskEnv(real_open(*a, **k), full))
     # Look at the file system again at every put, so that "space frees up" takes effect at once.
-    monkeypatch.setattr(disk_module, "_FILL_RECHECK_SECONDS", 0.0)
+    monkeypatch.setattr(fill_module, "_FILL_RECHECK_SECONDS", 0.0)
     yield full
 
 

@@ -39,10 +39,10 @@ import lmdb
 from .. import forksafe
 from ..codec import FORMAT_VERSION
 from ..errors import FingerprintMismatch, StoreError
-from ..growth import Growth
 from ..userwarn import warn
 from .buffers import RECYCLE_MIN, BufferPool
 from .filesystem import require_local
+from .fill import FillPolicy
 from .gate import Gate
 from .layout import (
     LMDB_FILES,
@@ -87,9 +87,6 @@ _COMMIT_INTERVAL = 0.25
 _WRITER_IDLE_EXIT = 2.0
 _INITIAL_MAP_SIZE = 256 << 20
 _MAX_READERS = 1024
-# A store that refused an entry refuses puts at least as large as it for this long, then
-# lets the writer's check (inside the next write transaction) decide again.
-_FILL_RECHECK_SECONDS = 1.0
 # After commits, the slots of killed readers are cleared once this many bytes were committed
 # since the last time (the file may grow by this much while a killed reader's slot pins old
 # pages), or this many seconds passed. Each check is trips through the GIL (lock, reader
@@ -98,16 +95,6 @@ _FILL_RECHECK_SECONDS = 1.0
 # +25-28 % against +22-25 %, copy=False +20-23 % against +16-21 %, 3 interleaved runs each).
 _CHECK_BYTES = 4 << 20
 _CHECK_SECONDS = 0.25
-# Without a disk_budget, a commit must leave the file system this much free: max(1 GiB, 5 %),
-# but at most half of it (a 4 MiB tmpfs keeps 2 MiB free rather than refusing everything).
-_MIN_FREE_BYTES = 1 << 30
-_MIN_FREE_FRACTION = 0.05
-_MAX_FREE_FRACTION = 0.5
-# Free space is measured (statvfs) inside a write transaction at most this often, or when
-# less than _FREE_MARGIN above the floor is left after the batch; in between, it is predicted
-# from the growth of the data file, which every process sees in LMDB's meta page.
-_FREE_SECONDS = 0.25
-_FREE_MARGIN = 64 << 20
 
 
 class SpillCacheWarning(RuntimeWarning):
@@ -134,14 +121,6 @@ class _DamagedStore(StoreError):
 _DAMAGE = (lmdb.InvalidError, lmdb.CorruptedError, lmdb.PanicError, lmdb.PageNotFoundError)
 # Inside a transaction, a damaged page can also poison the transaction itself.
 _DAMAGE_IN_TXN = (*_DAMAGE, lmdb.BadTxnError)
-
-
-def _human(size: int) -> str:
-    """``size`` bytes in the largest of KiB, MiB, GiB, TiB it reaches (bytes below 1 KiB)."""
-    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if size >= 1 << shift:
-            return f"{size / (1 << shift):.1f} {unit}"
-    return "1 byte" if size == 1 else f"{size} bytes"
 
 
 def _key(key: int) -> bytes:
@@ -253,7 +232,7 @@ class DiskTier:
     ) -> None:
         self.path = Path(path)
         self.fingerprint = fingerprint
-        self.budget = budget
+        self.fill = FillPolicy(self.path, budget)  # renewed with the runtime state
         self.readahead = readahead
         # The generation this process's writes belong to; None for a store without one (an
         # older version's, read-only) or while the store is being emptied.
@@ -268,6 +247,15 @@ class DiskTier:
         # cleared): nothing more is written, nothing read is served.
         self._stale = False
         self._init_runtime_state()
+
+    @property
+    def budget(self) -> int | None:
+        """Bytes the data file never exceeds (``None``: keep the file system's floor free)."""
+        return self.fill.budget
+
+    @budget.setter
+    def budget(self, budget: int | None) -> None:
+        self.fill.budget = budget
 
     def _register(self) -> None:
         forksafe.register(self)
@@ -298,19 +286,9 @@ class DiskTier:
         self._forking = False
         self._closed = False
         self._env_released = False
-        self._full = False
-        # While full, puts of this many bytes or more are refused without queueing them.
-        self._full_size = 0
-        self._fill_checked_at = 0.0
+        self.fill = FillPolicy(self.path, self.fill.budget)
         self._readers_checked_at = 0.0
         self._unchecked_bytes = 0
-        self._limit: Literal["budget", "floor"] = "budget"
-        # The last statvfs of the store's file system: when, the floor it implies, the free
-        # bytes, and the data file's size then.
-        self._free_at = -_FREE_SECONDS
-        self._fs_floor = 0
-        self._fs_free = 0
-        self._fs_file = 0
         self.rejected = 0
         self.write_errors = 0
         self._warned: set[str] = set()
@@ -803,7 +781,7 @@ class DiskTier:
                 self.rejected += 1
                 self.pool.recycle_locked((pending,))
                 return False
-            if self._full and len(pending) >= self._full_size and not self._recheck_fill_locked():
+            if self.fill.refuses_locked(len(pending)):
                 self.rejected += 1
                 self.pool.recycle_locked((pending,))
                 return False
@@ -934,7 +912,9 @@ class DiskTier:
                     current = txn.get(_GENERATION, db=self._meta_db)
                     if generation is not None and current != generation:
                         raise _Stale(current)
-                    stored = self._admitted(txn, items, need)
+                    stored = self.fill.admitted(
+                        txn, self._data_db, self._env_for_use(), items, need
+                    )
                     for key, value in stored:
                         txn.put(_key(key), value, db=self._data_db)
             except _Stale as stale:
@@ -973,59 +953,6 @@ class DiskTier:
         except lmdb.Error as exc:
             logger.debug("after a commit to %s: %s", self.path, exc)
 
-    def _admitted(
-        self, txn: lmdb.Transaction[bytes], items: list[tuple[int, Stored]], size: int
-    ) -> list[tuple[int, Stored]]:
-        """The entries of ``items`` (``size`` bytes) that fit the budget and the floor.
-
-        Inside the write transaction, which holds the store's write lock: the file size it
-        reads is the one every process's commits made, so processes together stay within.
-        """
-        growth = Growth(txn.stat(self._data_db))
-        room = self._room_pages(growth.psize)
-        if growth.pages_for_batch(len(items), size) <= room:
-            return items
-        stored: list[tuple[int, Stored]] = []
-        cursor = txn.cursor(db=self._data_db)
-        last = -2
-        for key, value in items:
-            new_run = key != last + 1 or cursor.set_key(_key(key))
-            if growth.pages_with(len(value), new_run=new_run) <= room:
-                growth.add(len(value), new_run=new_run)
-                stored.append((key, value))
-                last = key
-        return stored
-
-    def _room_pages(self, psize: int) -> int:
-        """Pages the data file may still grow by: to ``budget``, and above the floor.
-
-        Called inside the write transaction: LMDB's meta page then holds the file size that
-        every process's commits made.
-        """
-        file_bytes = (self._env_for_use().info()["last_pgno"] + 1) * psize
-        room = (1 << 62) if self.budget is None else self.budget - file_bytes
-        now = time.monotonic()
-        # Other processes' commits grew the file too: the prediction counts them.
-        usable = self._fs_free - max(0, file_bytes - self._fs_file) - self._fs_floor
-        if now - self._free_at >= _FREE_SECONDS or usable < _FREE_MARGIN:
-            try:
-                usage = os.statvfs(self.path)
-            except OSError as exc:  # the budget still holds; the floor cannot be checked
-                logger.debug("statvfs of %s failed: %s", self.path, exc)
-                return room // psize
-            self._free_at = now
-            total = usage.f_blocks * usage.f_frsize
-            floor = max(_MIN_FREE_BYTES, int(_MIN_FREE_FRACTION * total))
-            # With a budget, the floor is 0: the store only never writes past the free space.
-            self._fs_floor = (
-                0 if self.budget is not None else min(floor, int(_MAX_FREE_FRACTION * total))
-            )
-            self._fs_free = usage.f_bavail * usage.f_frsize
-            self._fs_file = file_bytes
-            usable = self._fs_free - self._fs_floor
-        self._limit = "budget" if room <= usable else "floor"
-        return min(room, usable) // psize
-
     def _stored_items(self, batch: dict[int, _Pending]) -> list[tuple[int, Stored]]:
         """``batch`` by key, each Deferred value finished (which replaces it in ``batch``).
 
@@ -1061,9 +988,7 @@ class DiskTier:
     def _write_fault(self, entries: int, exc: BaseException) -> None:
         with self._state:
             self.write_errors += entries
-            self._full = True
-            self._full_size = 0
-            self._fill_checked_at = time.monotonic()
+            self.fill.refused_locked(0)
         self._warn_once(
             "write",
             f"writing to the store at {str(self.path)!r} failed ({exc}); {entries} entries were "
@@ -1080,38 +1005,8 @@ class DiskTier:
         sizes = [len(value) for key, value in items if key not in kept]
         with self._state:
             self.rejected += len(sizes)
-            self._full = True
-            self._full_size = min(sizes)
-            self._fill_checked_at = time.monotonic()
-        self._warn_once("full", self._full_message())
-
-    def _full_message(self) -> str:
-        path = str(self.path)
-        hyrax = "cache_disk_budget in a Hyrax config"
-        if self.budget is None:
-            return (
-                f"the store at {path!r} refuses new entries that would leave its file system "
-                f"with less than {_human(self._fs_floor)} free, the floor kept when no "
-                f"disk_budget is set; free some space, or set disk_budget ({hyrax}) to size the "
-                "store yourself"
-            )
-        if self._limit == "budget":
-            return (
-                f"the store at {path!r} refuses new entries that would take it past its "
-                f"disk_budget of {_human(self.budget)}; raise disk_budget ({hyrax}) to store more"
-            )
-        return (
-            f"the store at {path!r} refuses new entries that do not fit in the "
-            f"{_human(self._fs_free)} free on its file system, although its disk_budget of "
-            f"{_human(self.budget)} is not reached; free some space or lower disk_budget "
-            f"({hyrax})"
-        )
-
-    def _recheck_fill_locked(self) -> bool:
-        """Whether puts may be queued again (the writer's check decides what is stored)."""
-        if time.monotonic() - self._fill_checked_at >= _FILL_RECHECK_SECONDS:
-            self._full = False
-        return not self._full
+            self.fill.refused_locked(min(sizes))
+        self._warn_once("full", self.fill.message())
 
     def _warn_once(self, kind: str, message: str) -> None:
         if kind not in self._warned:
