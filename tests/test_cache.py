@@ -26,7 +26,7 @@ from spillcache import (
     cache_info,
 )
 from spillcache.codec import Encoding, Unsealed
-from spillcache.disk import buffers
+from spillcache.disk import Value, buffers, live_tier
 from spillcache.disk import tier as disk_module
 from spillcache.sizing import sample_nbytes
 
@@ -226,7 +226,7 @@ def _held_commits(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
     release = threading.Event()
     commit = disk_module.DiskTier._commit
 
-    def held(self: disk_module.DiskTier, batch: dict[int, disk_module.Value], *args: Any) -> None:
+    def held(self: disk_module.DiskTier, batch: dict[int, Value], *args: Any) -> None:
         release.wait(60)
         commit(self, batch, *args)
 
@@ -321,7 +321,7 @@ def test_a_writer_that_fell_behind_commits_in_small_batches(
     batches: list[int] = []
     commit = disk_module.DiskTier._commit
 
-    def held(self: disk_module.DiskTier, batch: dict[int, disk_module.Value], *args: Any) -> None:
+    def held(self: disk_module.DiskTier, batch: dict[int, Value], *args: Any) -> None:
         release.wait(60)
         batches.append(sum(len(v) for v in batch.values()))
         commit(self, batch, *args)
@@ -516,7 +516,7 @@ def test_unreferenced_cache_releases_its_store(tmp_path: Path) -> None:
     cache = SpillCache(tmp_path / "s")
     cache.put(0, {"x": 1})
     del cache
-    assert disk_module.live_tier(tmp_path / "s") is None
+    assert live_tier(tmp_path / "s") is None
     # The store was committed and can be opened again in this process.
     with SpillCache(tmp_path / "s") as again:
         assert again.get(0) == {"x": 1}

@@ -15,7 +15,8 @@ from .layout import (
     store_files_size,
 )
 from .lockfile import try_lock_exclusive
-from .tier import DiskTier, SpillCacheWarning, inspected, live_tier, open_tier
+from .opening import inspected, live_tier, open_tier
+from .tier import DiskTier, SpillCacheWarning
 from .values import Deferred, Value
 
 __all__ = [

@@ -22,17 +22,15 @@ LMDB's copy-on-write B-tree means a store is never left half-written.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import logging
-import multiprocessing.util
 import os
 import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import lmdb
 
@@ -49,18 +47,18 @@ from .layout import (
     LOCK_FILE,
     MARKER,
     is_store,
-    not_a_store,
 )
 from .lockfile import enter_store
+from .options import OnMismatch, TierOptions
+from .registry import Registry
 from .values import Buffer, Stored, Value, readable
 
-__all__ = ["DiskTier", "SpillCacheWarning", "inspected", "live_tier", "open_tier"]
+__all__ = ["TIERS", "DiskTier", "SpillCacheWarning"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _Txn = TypeVar("_Txn", bound="lmdb.Transaction[Any]")
-OnMismatch = Literal["rebuild", "error"]
 # A queued value, or a finished one in flight (a view of a pool buffer).
 _Pending = Value | memoryview
 
@@ -139,24 +137,8 @@ class DiskTier:
     path : str or os.PathLike
         Store directory: created if missing; an empty directory becomes a store; a directory holding
         anything else raises :class:`~spillcache.errors.StoreError` and is left untouched.
-    fingerprint : str or None
-        Identity of the data. ``None`` accepts whatever the store holds (and records ``""`` in a new
-        store).
-    on_mismatch : {"rebuild", "error"}
-        What to do with a store of another fingerprint or format version, or a damaged one.
-    budget : int or None
-        Bytes the data file never exceeds: entries that would take it past are refused before
-        they are written. ``None``: no cap, but refuse entries that would leave the file system
-        with less than max(1 GiB, 5 %) free (at most half of it).
-    readahead : bool
-        Let the OS read ahead on page faults (good for large values; ``False`` for tiny values in a
-        store larger than RAM).
-    allow_remote_fs : bool
-        Open a store on a network file system (NFS, Lustre, ...) although LMDB is not safe there.
-    check_identity : bool
-        ``False`` opens the store whatever its fingerprint and format (for inspection tools).
-    temporary : bool
-        Delete the store directory when the tier closes (in the process that created it).
+    options : TierOptions
+        How to open it.
 
     A process has at most one tier per store (LMDB allows one environment per file and
     process): build tiers with :func:`open_tier`, which shares the open one and counts its
@@ -175,26 +157,19 @@ class DiskTier:
     def __init__(
         self,
         path: str | os.PathLike[str],
-        *,
-        fingerprint: str | None,
-        on_mismatch: OnMismatch = "rebuild",
-        budget: int | None = None,
-        readahead: bool = True,
-        allow_remote_fs: bool = False,
-        check_identity: bool = True,
-        temporary: bool = False,
+        options: TierOptions,
     ) -> None:
-        self._setup(path, fingerprint, budget, readahead, None)
-        if not allow_remote_fs:
+        self._setup(path, options.fingerprint, options.budget, options.readahead, None)
+        if not options.allow_remote_fs:
             require_local(self.path)
-        if temporary:
+        if options.temporary:
             self._delete_on_close = os.getpid()
         new_store = not (self.path / MARKER).is_file()
         writable, self._lock_fd, created = enter_store(self.path)
         self.read_only = not writable
         try:
-            if check_identity:
-                self._open_checked(on_mismatch)
+            if options.check_identity:
+                self._open_checked(options.on_mismatch)
                 if self.read_only:
                     self._warn_once(
                         "read-only",
@@ -214,7 +189,7 @@ class DiskTier:
                     (self.path / LOCK_FILE).unlink()
             raise
         self._register()
-        log = logger.info if check_identity else logger.debug  # inspection is not a use
+        log = logger.info if options.check_identity else logger.debug  # inspection is not a use
         log(
             "%s the store at %s (entries: %d)",
             "created" if new_store else "opened",
@@ -242,7 +217,8 @@ class DiskTier:
         self._delete_on_close = None
         self._key = os.path.realpath(self.path)
         self._users = 0
-        self._closing = False
+        # The last user released the tier, or it is being closed: the registry waits it out.
+        self.closing = False
         # Another process emptied the store since this process's view of it (rebuilt or
         # cleared): nothing more is written, nothing read is served.
         self._stale = False
@@ -259,10 +235,8 @@ class DiskTier:
 
     def _register(self) -> None:
         forksafe.register(self)
-        with _tiers_lock:
-            if _tiers.get(self._key) not in (None, self):
-                raise StoreError(f"the store at {str(self.path)!r} is already open in this process")
-            _tiers[self._key] = self
+        if not TIERS.add(self._key, self):
+            raise StoreError(f"the store at {str(self.path)!r} is already open in this process")
 
     def _drop_lock(self) -> None:
         fd, self._lock_fd = self._lock_fd, None
@@ -298,8 +272,25 @@ class DiskTier:
     def __reduce__(self) -> tuple[Callable[..., DiskTier], tuple[object, ...]]:
         # Only the path and settings travel; unpickling is one more use of the tier of that
         # store in the receiving process (the same one, in the process that pickled).
-        return _attach, (str(self.path), self.fingerprint, self.budget, self.readahead,
+        return DiskTier.attach, (str(self.path), self.fingerprint, self.budget, self.readahead,
                          self.generation)  # fmt: skip
+
+    @classmethod
+    def attach(
+        cls,
+        path: str,
+        fingerprint: str | None,
+        budget: int | None,
+        readahead: bool,
+        generation: bytes | None,
+    ) -> DiskTier:
+        """Unpickle a tier: one more use of this process's tier of the store, opened if need be."""
+        with TIERS.lock:
+            tier = TIERS.live_locked(os.path.realpath(path))
+            if tier is None:
+                tier = cls._attached(path, fingerprint, budget, readahead, generation)
+            tier.add_user()
+            return tier
 
     @classmethod
     def _attached(
@@ -323,13 +314,17 @@ class DiskTier:
 
     # -- users ------------------------------------------------------------------------------------
 
+    def add_user(self) -> None:
+        """One more user of the tier (caller holds the registry's lock)."""
+        self._users += 1
+
     def release(self) -> None:
         """One user (see :func:`open_tier`) is done with the tier; the last one closes it."""
-        with _tiers_lock:
+        with TIERS.lock:
             self._users -= 1
-            if self._users > 0 or self._closing:
+            if self._users > 0 or self.closing:
                 return
-            self._closing = True
+            self.closing = True
         self.close()
 
     # -- opening ---------------------------------------------------------------------------------
@@ -803,7 +798,7 @@ class DiskTier:
 
     def _ensure_writer_locked(self) -> None:
         if self._writer is None:
-            _ensure_exit_hook()
+            TIERS.ensure_exit_hook()
             self._writer = threading.Thread(
                 target=self._run_writer, name=f"spillcache-writer:{self.path.name}", daemon=True
             )
@@ -1094,8 +1089,8 @@ class DiskTier:
                 return
             self._closed = True
             self._state.notify_all()
-        with _tiers_lock:
-            self._closing = True
+        with TIERS.lock:
+            self.closing = True
         try:
             self._stop_writer()
             with self._gate.exclusive():
@@ -1110,10 +1105,7 @@ class DiskTier:
                 shutil.rmtree(self.path, ignore_errors=True)
         finally:
             self._drop_lock()
-            with _tiers_lock:
-                if _tiers.get(self._key) is self:
-                    del _tiers[self._key]
-                _tiers_lock.notify_all()
+            TIERS.remove(self._key, self)
 
     @property
     def closed(self) -> bool:
@@ -1166,138 +1158,5 @@ def _describe(
     }
 
 
-# The open tier of each store in this process, by real path. Re-entrant: a cache collected
-# while the lock is held (the cycle collector runs anywhere) releases its tier.
-_tiers: dict[str, DiskTier] = {}
-_tiers_lock = threading.Condition(threading.RLock())
-
-
-def _renew_tiers_lock() -> None:
-    global _tiers_lock
-    _tiers_lock = threading.Condition(threading.RLock())
-
-
-# A thread of the parent may have held it at the fork.
-os.register_at_fork(after_in_child=_renew_tiers_lock)
-
-
-def _live_locked(key: str) -> DiskTier | None:
-    """The usable tier of ``key`` (caller holds the lock); waits out one being closed."""
-    while True:
-        tier = _tiers.get(key)
-        if tier is None or not tier._closing:
-            return tier
-        _tiers_lock.wait()
-
-
-def open_tier(
-    path: str | os.PathLike[str],
-    *,
-    fingerprint: str | None,
-    on_mismatch: OnMismatch = "rebuild",
-    budget: int | None = None,
-    readahead: bool = True,
-    allow_remote_fs: bool = False,
-    check_identity: bool = True,
-    temporary: bool = False,
-) -> tuple[DiskTier, bytes | None]:
-    """This process's tier of the store at ``path``, and the generation opened; one more user.
-
-    The tier is shared by every user of the store in this process (LMDB allows one
-    environment per file and process) and closes when the last one calls
-    :meth:`DiskTier.release`. Each user checks the store's identity for its own
-    ``fingerprint`` (a mismatch empties the store for it, per ``on_mismatch``); the
-    generation returned is what that user's data is stored under: once it is no longer the
-    tier's (another user, or another process, emptied the store), :meth:`DiskTier.write`
-    refuses the user's entries and what the store holds is not the user's data. Settings
-    (see :class:`DiskTier`) apply to the whole tier: the latest user's ``budget`` holds, the
-    first user's ``readahead``.
-    """
-    if not allow_remote_fs:
-        require_local(Path(path))
-    with _tiers_lock:
-        tier = _live_locked(os.path.realpath(path))
-        if tier is None:
-            tier = DiskTier(
-                path,
-                fingerprint=fingerprint,
-                on_mismatch=on_mismatch,
-                budget=budget,
-                readahead=readahead,
-                allow_remote_fs=True,
-                check_identity=check_identity,
-                temporary=temporary,
-            )
-            tier._users += 1
-            return tier, tier.generation
-        tier._users += 1
-    try:
-        # Outside the lock: emptying the store waits for the writer thread.
-        generation = tier.identify(fingerprint, on_mismatch) if check_identity else tier.generation
-    except BaseException:
-        tier.release()
-        raise
-    if check_identity and budget != tier.budget:
-        logger.info("the store at %s now has disk_budget=%s", path, budget)
-        tier.budget = budget
-    return tier, generation
-
-
-def _attach(
-    path: str,
-    fingerprint: str | None,
-    budget: int | None,
-    readahead: bool,
-    generation: bytes | None,
-) -> DiskTier:
-    """Unpickle a tier: one more use of this process's tier of the store, opened if need be."""
-    with _tiers_lock:
-        tier = _live_locked(os.path.realpath(path))
-        if tier is None:
-            tier = DiskTier._attached(path, fingerprint, budget, readahead, generation)
-        tier._users += 1
-        return tier
-
-
-@contextlib.contextmanager
-def inspected(path: str | os.PathLike[str]) -> Iterator[DiskTier]:
-    """The store at ``path`` for inspection: this process's open tier, or a new one."""
-    if live_tier(path) is None and not is_store(path):
-        raise StoreError(f"{str(path)!r} {not_a_store(path)}")
-    # Inspection and copying read one snapshot in one process, which is safe even where
-    # sharing a store is not: this is how a store is copied back from shared storage.
-    tier, _ = open_tier(path, fingerprint=None, check_identity=False, allow_remote_fs=True)
-    try:
-        yield tier
-    finally:
-        tier.release()
-
-
-def live_tier(path: str | os.PathLike[str]) -> DiskTier | None:
-    """The open tier of this process for the store at ``path``, if any."""
-    tier = _tiers.get(os.path.realpath(path))
-    return None if tier is None or tier.closed else tier
-
-
-@atexit.register
-def _close_all() -> None:
-    """Commit what live stores have queued when the interpreter exits normally."""
-    for tier in list(_tiers.values()):
-        with contextlib.suppress(Exception):
-            tier.close()
-
-
-_exit_hook_pid: int | None = None
-
-
-def _ensure_exit_hook() -> None:
-    """Close live stores when a multiprocessing child exits, too.
-
-    Children of ``multiprocessing`` (DataLoader workers among them) end with ``os._exit`` and
-    skip ``atexit``; they do run multiprocessing's own finalizers, registered here once per
-    process, at the first write (registrations made before the child's bootstrap are cleared).
-    """
-    global _exit_hook_pid
-    if _exit_hook_pid != os.getpid():
-        _exit_hook_pid = os.getpid()
-        multiprocessing.util.Finalize(None, _close_all, exitpriority=100)
+# The open tier of each store in this process.
+TIERS: Registry[DiskTier] = Registry()
