@@ -492,8 +492,8 @@ def seal(value: memoryview | bytearray) -> None:
 class Unsealed:
     """A value :meth:`Encoding.into` copied into a buffer, sealed later by the disk's writer.
 
-    A :class:`spillcache.disk.values.Deferred`: the checksum (:func:`seal`, ~40 us per MiB)
-    is written by the writer thread, off the thread of the put.
+    A :class:`spillcache.disk.values.Deferred`: the checksum (:func:`seal`) is written by
+    the disk tier's writer thread, off the thread of the put.
 
     Parameters
     ----------

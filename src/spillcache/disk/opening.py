@@ -20,7 +20,7 @@ __all__ = ["inspected", "live_tier", "open_tier"]
 logger = logging.getLogger(__name__)
 
 
-def open_tier(
+def open_tier(  # noqa: PLR0913, RUF100 - the public settings of a store, each a keyword
     path: str | os.PathLike[str],
     *,
     fingerprint: str | None,

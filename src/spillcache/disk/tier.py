@@ -68,16 +68,8 @@ _Pending = Value | memoryview
 _GENERATION = b"generation"
 _CLEARED = b"cleared-"
 # Commit when this much is queued; put() waits while the queue holds _MAX_QUEUED_BYTES, which
-# bounds the memory of pending writes whatever the source's speed.  Pending writes are memory
-# the RAM budget does not count (the queue, the batch in flight, LMDB's dirty pages), and glibc
-# keeps it once freed: in the spill benchmark (data 3x the budget), process RssAnon exceeded the
-# accounted RAM tier by 15 % (1 MiB samples, 256 MiB budget) and 27 % (4 KiB, 64 MiB) with
-# 8 MiB batches and a 16 MiB queue, by 6 % and 3 % with 1 MiB and 8 MiB.  Small batches also
-# let glibc hand LMDB's dirty-page buffers back for the next commit instead of returning them
-# to the kernel (its trim threshold follows the largest block freed, ~1 MiB here): the writer
-# then copies into warm memory, 0.24 instead of 0.6-0.8 ms per 1 MiB put on this VM, where a
-# page touched for the first time costs ~10 us.  Commits of 4 KiB samples rewrite a few leaf
-# pages each, so small batches cost little there (puts/s within noise of 8 MiB batches).
+# bounds the memory of pending writes (memory the RAM budget does not count). Small batches keep
+# that memory low and the writer's copies in warm pages (docs/design.rst, "Batch sizes").
 _BATCH_BYTES = 1 << 20
 _MAX_QUEUED_BYTES = 8 * _BATCH_BYTES
 _COMMIT_INTERVAL = 0.25
@@ -87,10 +79,8 @@ _INITIAL_MAP_SIZE = 256 << 20
 _MAX_READERS = 1024
 # After commits, the slots of killed readers are cleared once this many bytes were committed
 # since the last time (the file may grow by this much while a killed reader's slot pins old
-# pages), or this many seconds passed. Each check is trips through the GIL (lock, reader
-# check), which a training thread that holds the GIL in its source waits for: checking after
-# every commit made a first epoch of 1 MiB samples from such a source slower (CachedDataset
-# +25-28 % against +22-25 %, copy=False +20-23 % against +16-21 %, 3 interleaved runs each).
+# pages), or this many seconds passed: not after every commit, since each check makes a training
+# thread that holds the GIL wait (docs/design.rst, "Batch sizes").
 _CHECK_BYTES = 4 << 20
 _CHECK_SECONDS = 0.25
 
@@ -819,48 +809,60 @@ class DiskTier:
     def _writer_loop(self) -> None:
         while True:
             with self._state:
-                deadline: float | None = None
-                while True:
-                    if self._inflight:  # commit() commits a batch in its own thread
-                        self._state.wait()
-                        continue
-                    if self._queue:
-                        now = time.monotonic()
-                        deadline = deadline or now + _COMMIT_INTERVAL
-                        if (
-                            self._stopping
-                            or self._urgent
-                            or self._queued_bytes >= _BATCH_BYTES
-                            or now >= deadline
-                        ):
-                            break
-                        self._state.wait(deadline - now)
-                    elif (
-                        self._stopping or not self._state.wait(_WRITER_IDLE_EXIT)
-                    ) and not self._queue:
-                        self._writer = None
-                        self._stopping = False
-                        # Idle: no puts are coming, so the spare buffers are memory for nothing.
-                        self.pool.clear_locked()
-                        self._state.notify_all()
-                        return
-                self._inflight = batch = self._take_batch_locked()
-                generation = self.generation
-                # None: writes queued before this batch remain, and are committed next
-                # without waiting for more (they have waited already).
-                taken = None if self._queue else self._enqueued
+                if not self._await_batch_locked():
+                    self._writer = None
+                    self._stopping = False
+                    # Idle: no puts are coming, so the spare buffers are memory for nothing.
+                    self.pool.clear_locked()
+                    self._state.notify_all()
+                    return
+                taken = self._take_locked()
                 self._urgent = bool(self._queue)
                 self._state.notify_all()
-            try:
-                self._commit(batch, generation)
-            finally:
-                with self._state:
-                    self._inflight = {}
-                    self.pool.recycle_locked(batch.values())
-                    if taken is not None:
-                        self._done = taken
-                    self._state.notify_all()
+            self._commit_taken(*taken)
             self.pool.restock(self._busy_locked)
+
+    def _await_batch_locked(self) -> bool:
+        """Wait until a batch is due; False once the writer should exit (idle, or stopping)."""
+        deadline: float | None = None
+        while True:
+            if self._inflight:  # commit() commits a batch in its own thread
+                self._state.wait()
+            elif not self._queue:
+                if (self._stopping or not self._state.wait(_WRITER_IDLE_EXIT)) and not self._queue:
+                    return False
+            else:
+                now = time.monotonic()
+                deadline = deadline or now + _COMMIT_INTERVAL
+                if self._due_locked() or now >= deadline:
+                    return True
+                self._state.wait(deadline - now)
+
+    def _due_locked(self) -> bool:
+        return self._stopping or self._urgent or self._queued_bytes >= _BATCH_BYTES
+
+    def _take_locked(self) -> tuple[dict[int, _Pending], bytes | None, int | None]:
+        """Take a batch in flight: it, the generation it belongs to, and the writes it ends.
+
+        The last is None while writes queued before this batch remain: they are committed
+        next without waiting for more (they have waited already).
+        """
+        self._inflight = batch = self._take_batch_locked()
+        return batch, self.generation, None if self._queue else self._enqueued
+
+    def _commit_taken(
+        self, batch: dict[int, _Pending], generation: bytes | None, taken: int | None
+    ) -> None:
+        """Commit a batch from :meth:`_take_locked`, then recycle it and count it done."""
+        try:
+            self._commit(batch, generation)
+        finally:
+            with self._state:
+                self._inflight = {}
+                self.pool.recycle_locked(batch.values())
+                if taken is not None:
+                    self._done = max(self._done, taken)
+                self._state.notify_all()
 
     def _busy_locked(self) -> bool:
         """Whether writes wait (or the writer stops): no time to restock the pool."""
@@ -869,12 +871,9 @@ class DiskTier:
     def _take_batch_locked(self) -> dict[int, _Pending]:
         """The oldest queued writes, about ``_BATCH_BYTES`` of them, out of the queue.
 
-        Never much more, even when more is queued: LMDB copies each value into buffers that
-        glibc takes back to the kernel when a commit frees more than ~2 MiB at once, so a
-        large commit faults its pages in anew every time. Once a writer fell behind, its
-        batches grew and each commit became slower still: 1 MiB values filled a store at
-        250-300 puts/s in 6-value batches (~1,400 page faults and 15 ms per commit), against
-        ~600/s in 1-value batches.
+        Never much more, even when more is queued: larger commits fault LMDB's page buffers in
+        anew every time, and a writer that fell behind would slow down further
+        (docs/design.rst, "Batch sizes").
         """
         queue = self._queue
         if self._queued_bytes <= _BATCH_BYTES:
@@ -1035,18 +1034,8 @@ class DiskTier:
                     self._state.notify_all()
                     self._state.wait()
                     continue
-                self._inflight = batch = self._take_batch_locked()
-                generation = self.generation
-                taken = None if self._queue else self._enqueued
-            try:
-                self._commit(batch, generation)
-            finally:
-                with self._state:
-                    self._inflight = {}
-                    self.pool.recycle_locked(batch.values())
-                    if taken is not None:
-                        self._done = max(self._done, taken)
-                    self._state.notify_all()
+                taken = self._take_locked()
+            self._commit_taken(*taken)
 
     def _commit_queued(self) -> None:
         """Return once the writes queued so far are committed (or the tier is closed)."""
