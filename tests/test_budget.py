@@ -23,7 +23,7 @@ import pytest
 
 from reliability import popen_python, wait_for
 from spillcache import SpillCache, SpillCacheWarning
-from spillcache.disk import owned_files
+from spillcache.disk import owned_files, writer
 from spillcache.disk import tier as disk_module
 from spillcache.disk.growth import Growth
 
@@ -133,8 +133,8 @@ def test_small_samples_fill_the_budget_and_no_further(tmp_path: Path) -> None:
 
 
 def test_a_batch_partly_fits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(disk_module, "_COMMIT_INTERVAL", 60.0)  # one batch, at flush
-    monkeypatch.setattr(disk_module, "_BATCH_BYTES", 64 * MIB)
+    monkeypatch.setattr(writer, "_COMMIT_INTERVAL", 60.0)  # one batch, at flush
+    monkeypatch.setattr(writer, "BATCH_BYTES", 64 * MIB)
     path = tmp_path / "store"
     sizes = {0: 2 * MIB, 1: 32 * KIB, 2: 32 * KIB, 3: 32 * KIB, 5: 32 * KIB}
     with (

@@ -26,7 +26,7 @@ from spillcache import (
     cache_info,
 )
 from spillcache.codec import Encoding, Unsealed
-from spillcache.disk import Value, buffers, live_tier
+from spillcache.disk import Value, buffers, live_tier, writer
 from spillcache.disk import tier as disk_module
 from spillcache.sizing import sample_nbytes
 
@@ -84,14 +84,12 @@ def test_metadata_is_committed_after_the_writes_queued_before_it(
 ) -> None:
     # Another process (a DDP rank checking a data set's probe digests) must never see a
     # record without the entries put before it: they would be loaded once more.
-    from spillcache.disk import tier as disk_module
-
-    monkeypatch.setattr(disk_module, "_COMMIT_INTERVAL", 600.0)  # no commit by the clock
+    monkeypatch.setattr(writer, "_COMMIT_INTERVAL", 600.0)  # no commit by the clock
     with SpillCache(tmp_path / "s", ram_budget=0) as cache:
         cache.put(7, {"v": 7})
-        assert 7 in cache._disk._queue  # small: waits for more, up to the commit interval
+        assert 7 in cache._disk.writes.queue  # small: waits for more, up to the commit interval
         cache._set_meta("probes", b"{}")
-        assert not cache._disk._queue and not cache._disk._inflight
+        assert not cache._disk.writes.queue and not cache._disk.writes.inflight
         assert cache.get(7) == {"v": 7}  # from the store: nothing is queued any more
         assert cache._get_meta("probes") == b"{}"
 
@@ -200,7 +198,7 @@ def test_large_values_are_encoded_into_recycled_buffers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     big = _big
-    monkeypatch.setattr(disk_module, "_WRITER_IDLE_EXIT", 600.0)  # keep the spare buffers
+    monkeypatch.setattr(writer, "_WRITER_IDLE_EXIT", 600.0)  # keep the spare buffers
     with SpillCache(tmp_path / "s", ram_budget=0) as cache:
         cache.put(0, big(0))
         early = cache.get(0)  # most likely still queued: decoded from a copy of its buffer
@@ -224,13 +222,13 @@ def test_large_values_are_encoded_into_recycled_buffers(
 def _held_commits(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
     """Make the writer wait before each commit until the returned event is set."""
     release = threading.Event()
-    commit = disk_module.DiskTier._commit
+    commit = disk_module.DiskTier.store_batch
 
     def held(self: disk_module.DiskTier, batch: dict[int, Value], *args: Any) -> None:
         release.wait(60)
         commit(self, batch, *args)
 
-    monkeypatch.setattr(disk_module.DiskTier, "_commit", held)
+    monkeypatch.setattr(disk_module.DiskTier, "store_batch", held)
     return release
 
 
@@ -252,7 +250,7 @@ def test_large_values_are_sealed_by_the_writer_and_readable_before(
 def test_large_samples_in_ram_share_the_written_value_and_survive_recycling(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(disk_module, "_WRITER_IDLE_EXIT", 600.0)  # keep the spare buffers
+    monkeypatch.setattr(writer, "_WRITER_IDLE_EXIT", 600.0)  # keep the spare buffers
     budget = 4 * 280_000  # four 256 KiB samples, not five
     with SpillCache(tmp_path / "s", ram_budget=budget) as cache:
         for i in range(4):
@@ -275,7 +273,7 @@ def test_large_samples_in_ram_share_the_written_value_and_survive_recycling(
 def test_the_writer_prepares_buffers_for_samples_the_ram_tier_keeps(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(disk_module, "_WRITER_IDLE_EXIT", 600.0)
+    monkeypatch.setattr(writer, "_WRITER_IDLE_EXIT", 600.0)
     with SpillCache(tmp_path / "s", ram_budget=10 * 280_000) as cache:
         cache.put(0, _big(0))
         cache.flush()
@@ -316,25 +314,25 @@ def test_a_writer_that_fell_behind_commits_in_small_batches(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Large commits make glibc return LMDB's page buffers to the kernel, and a writer behind
-    # would only fall further behind: whatever is queued, batches stay near _BATCH_BYTES.
+    # would only fall further behind: whatever is queued, batches stay near BATCH_BYTES.
     release = threading.Event()
     batches: list[int] = []
-    commit = disk_module.DiskTier._commit
+    commit = disk_module.DiskTier.store_batch
 
     def held(self: disk_module.DiskTier, batch: dict[int, Value], *args: Any) -> None:
         release.wait(60)
         batches.append(sum(len(v) for v in batch.values()))
         commit(self, batch, *args)
 
-    monkeypatch.setattr(disk_module.DiskTier, "_commit", held)
+    monkeypatch.setattr(disk_module.DiskTier, "store_batch", held)
     with SpillCache(tmp_path / "s", ram_budget=0) as cache:
         for i in range(24):  # 6 MiB, queued behind the held commit
             cache.put(i, _big(i))
         release.set()
         cache.flush()
-        assert sum(len(b) for b in [cache._disk._queue, cache._disk._inflight]) == 0
+        assert sum(len(b) for b in [cache._disk.writes.queue, cache._disk.writes.inflight]) == 0
         assert len(batches) >= 6
-        assert max(batches) <= disk_module._BATCH_BYTES + len(Encoding(_big(0)).to_bytes())
+        assert max(batches) <= writer.BATCH_BYTES + len(Encoding(_big(0)).to_bytes())
         for i in range(24):
             np.testing.assert_array_equal(cache.get(i)["x"], _big(i)["x"])
 
@@ -342,16 +340,16 @@ def test_a_writer_that_fell_behind_commits_in_small_batches(
 def test_an_idle_store_keeps_no_spare_buffers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(disk_module, "_WRITER_IDLE_EXIT", 0.05)
+    monkeypatch.setattr(writer, "_WRITER_IDLE_EXIT", 0.05)
     with SpillCache(tmp_path / "s", ram_budget=0) as cache:
         for i in range(8):
             cache.put(i, _big(i))
         cache.flush()
         disk = cache._disk
         deadline = time.monotonic() + 60
-        while disk._writer is not None and time.monotonic() < deadline:
+        while disk.writes.writer is not None and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert disk._writer is None  # the writer went idle and exited...
+        assert disk.writes.writer is None  # the writer went idle and exited...
         assert (disk.pool.spare, disk.pool.spare_bytes) == ([], 0)  # ...dropping the spare buffers
         np.testing.assert_array_equal(cache.get(7)["x"], _big(7)["x"])
 
@@ -398,14 +396,14 @@ def test_copy_false_leaves_large_copies_to_the_writer(
         return into(self, buffer)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Encoding, "into", recording)
-    monkeypatch.setattr(disk_module, "_WRITER_IDLE_EXIT", 600.0)  # keep the spare buffers
+    monkeypatch.setattr(writer, "_WRITER_IDLE_EXIT", 600.0)  # keep the spare buffers
     release = _held_commits(monkeypatch)
     with SpillCache(tmp_path / "s", ram_budget=0, copy=copy) as cache:
         cache.put(0, _big(0))
         cache.put(1, {"small": np.arange(10)})
         disk = cache._disk
-        with disk._state:  # queued, or taken by the writer, which waits before committing
-            queued = {**disk._inflight, **disk._queue}
+        with disk.writes.lock:  # queued, or taken by the writer, which waits before committing
+            queued = {**disk.writes.inflight, **disk.writes.queue}
         # A small value is encoded by the caller either way.
         assert type(queued[1]) is bytes
         assert type(queued[0]) is (Unsealed if copy else Encoding)
@@ -603,7 +601,7 @@ def test_second_process_reads_every_entry_from_disk(tmp_path: Path) -> None:
 
 
 def test_writes_are_committed_without_flush(tmp_path: Path) -> None:
-    # The writer commits at most _COMMIT_INTERVAL after a put: another process sees the entry
+    # The writer commits at most writer._COMMIT_INTERVAL after a put: another process sees the entry
     # while this one keeps the cache open and never flushes.
     path = tmp_path / "s"
     with SpillCache(path) as cache:

@@ -52,6 +52,7 @@ from .lockfile import enter_store
 from .options import OnMismatch, TierOptions
 from .registry import Registry
 from .values import Buffer, Stored, Value, readable
+from .writer import MAX_QUEUED_BYTES, Batch, Pending, WriteQueue
 
 __all__ = ["TIERS", "DiskTier", "SpillCacheWarning"]
 
@@ -59,22 +60,12 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _Txn = TypeVar("_Txn", bound="lmdb.Transaction[Any]")
-# A queued value, or a finished one in flight (a view of a pool buffer).
-_Pending = Value | memoryview
 
 # The meta record naming the store's generation: a token that changes whenever the store is
 # emptied (rebuilt for other data, or cleared), so that a process that opened an earlier
 # generation can tell its view is stale.
 _GENERATION = b"generation"
 _CLEARED = b"cleared-"
-# Commit when this much is queued; put() waits while the queue holds _MAX_QUEUED_BYTES, which
-# bounds the memory of pending writes (memory the RAM budget does not count). Small batches keep
-# that memory low and the writer's copies in warm pages (docs/design.rst, "Batch sizes").
-_BATCH_BYTES = 1 << 20
-_MAX_QUEUED_BYTES = 8 * _BATCH_BYTES
-_COMMIT_INTERVAL = 0.25
-# A writer with nothing to do exits: hundreds of idle caches must not mean hundreds of threads.
-_WRITER_IDLE_EXIT = 2.0
 _INITIAL_MAP_SIZE = 256 << 20
 _MAX_READERS = 1024
 # After commits, the slots of killed readers are cleared once this many bytes were committed
@@ -238,17 +229,14 @@ class DiskTier:
         self._state = threading.Condition(threading.Lock())
         self._gate = Gate()
         self._env = None
-        self._queue: dict[int, _Pending] = {}
-        self._queued_bytes = 0
-        self._enqueued = 0
-        self._done = 0
-        self._inflight: dict[int, _Pending] = {}
-        self.pool = BufferPool(self._state, _MAX_QUEUED_BYTES)
-        self._writer: threading.Thread | None = None
-        self._stopping = False
-        self._urgent = False
-        self._forking = False
-        self._closed = False
+        self.pool = BufferPool(self._state, MAX_QUEUED_BYTES)
+        self.writes = WriteQueue(
+            self._state,
+            self.pool,
+            self,
+            name=f"spillcache-writer:{self.path.name}",
+            on_start=TIERS.ensure_exit_hook,
+        )
         self._env_released = False
         self.fill = FillPolicy(self.path, self.fill.budget)
         self._readers_checked_at = 0.0
@@ -486,11 +474,8 @@ class DiskTier:
         """Drop queued writes and stop accepting new ones; return once none is in flight."""
         with self._state:
             self.generation = None
-            self.pool.recycle_locked(self._queue.values())
-            self._queue.clear()
-            self._queued_bytes = 0
-            while self._inflight:
-                self._state.wait()
+            self.writes.drop_locked()
+            self.writes.wait_idle_locked()
 
     def reset(self, reason: str | None, fingerprint: str | None) -> bytes:
         """Empty the store in one transaction for ``fingerprint``; its new generation.
@@ -572,14 +557,11 @@ class DiskTier:
         Decoding errors propagate. An entry of another generation than this process's (the
         store was emptied by another process since) is None.
         """
-        if self._queue or self._inflight:
-            with self._state:
-                pending = self._queue.get(key)
-                if pending is None:
-                    pending = self._inflight.get(key)
-                data = None if pending is None else readable(pending)
-            if data is not None:
-                return decode(data)
+        writes = self.writes
+        if writes.queue or writes.inflight:
+            pending = writes.pending(key)
+            if pending is not None:
+                return decode(readable(pending))
         # Every disk hit comes through here: _read_txn's two context managers would cost about
         # a quarter of a small sample's hit. Its retry (another process grew the map) is taken
         # only when begin() asks for it.
@@ -625,11 +607,8 @@ class DiskTier:
             if self.generation != generation or self._stale:
                 return
             self._stale = True
-            dropped = len(self._queue)
+            dropped = self.writes.drop_locked()
             self.rejected += dropped
-            self.pool.recycle_locked(self._queue.values())
-            self._queue.clear()
-            self._queued_bytes = 0
             self._state.notify_all()
         how = (
             "cleared (`spillcache clear --force`)"
@@ -645,7 +624,7 @@ class DiskTier:
 
     def contains(self, key: int) -> bool:
         """Whether ``key`` is stored (in this process's generation) or queued."""
-        if key in self._queue or key in self._inflight:
+        if key in self.writes.queue or key in self.writes.inflight:
             return True
         generation = self.generation
         with self._read_txn() as txn:
@@ -655,8 +634,7 @@ class DiskTier:
             return txn.get(_key(key), db=self._data_db) is not None
 
     def __len__(self) -> int:
-        with self._state:
-            pending = set(self._queue) | set(self._inflight)
+        pending = self.writes.keys()
         with self._read_txn() as txn:
             stored = int(txn.stat(self._data_db)["entries"])
             new = sum(1 for k in pending if txn.get(_key(k), db=self._data_db) is None)
@@ -682,7 +660,7 @@ class DiskTier:
         without the entries it describes (a data set's probe digests, then the probed samples
         loaded once more by a DDP rank that opened the store in between).
         """
-        self._commit_queued()
+        self.writes.commit_queued()
         if self.read_only:
             return
         generation = self.generation
@@ -752,15 +730,16 @@ class DiskTier:
         thread finishes (its :meth:`~spillcache.disk.values.Deferred.finish` may be given
         :meth:`buffer`) and takes back the buffer of once it is committed or dropped.
         """
-        pending: _Pending = value
+        pending: Pending = value
         if not isinstance(value, bytes) and len(value) < RECYCLE_MIN:
             # Finished here: for a small value, the writer's extra trips through the GIL cost
             # the caller more than the copy (docs/design.rst, "Small values").
             pending = value.snapshot()
+        writes = self.writes
         with self._state:
-            if self._closed:
+            if writes.closed:
                 raise ValueError(f"the cache at {str(self.path)!r} is closed")
-            while self._forking:
+            while writes.forking:
                 self._state.wait()
             if self.read_only or self._stale or generation not in (None, self.generation):
                 self.rejected += 1
@@ -770,127 +749,10 @@ class DiskTier:
                 self.rejected += 1
                 self.pool.recycle_locked((pending,))
                 return False
-            while self._queued_bytes >= _MAX_QUEUED_BYTES and not self._closed:
-                self._urgent = True
-                self._ensure_writer_locked()
-                self._state.wait()
-            old = self._queue.pop(key, None)
-            if old is not None:
-                self._queued_bytes -= len(old)
-                self.pool.recycle_locked((old,))
-            self._queue[key] = pending
-            self._queued_bytes += len(pending)
-            self._enqueued += 1
-            self._ensure_writer_locked()
-            if len(self._queue) == 1 or self._queued_bytes >= _BATCH_BYTES:
-                self._state.notify_all()
+            writes.add_locked(key, pending)
         return True
 
-    def _ensure_writer_locked(self) -> None:
-        if self._writer is None:
-            TIERS.ensure_exit_hook()
-            self._writer = threading.Thread(
-                target=self._run_writer, name=f"spillcache-writer:{self.path.name}", daemon=True
-            )
-            self._writer.start()
-
-    def _run_writer(self) -> None:
-        try:
-            self._writer_loop()
-        finally:
-            with self._state:
-                # Only reached with _writer still set if the loop died of an unexpected error:
-                # let the next write start a new writer instead of queueing forever.
-                if self._writer is threading.current_thread():
-                    self._writer = None
-                    self._stopping = False
-                self._state.notify_all()
-
-    def _writer_loop(self) -> None:
-        while True:
-            with self._state:
-                if not self._await_batch_locked():
-                    self._writer = None
-                    self._stopping = False
-                    # Idle: no puts are coming, so the spare buffers are memory for nothing.
-                    self.pool.clear_locked()
-                    self._state.notify_all()
-                    return
-                taken = self._take_locked()
-                self._urgent = bool(self._queue)
-                self._state.notify_all()
-            self._commit_taken(*taken)
-            self.pool.restock(self._busy_locked)
-
-    def _await_batch_locked(self) -> bool:
-        """Wait until a batch is due; False once the writer should exit (idle, or stopping)."""
-        deadline: float | None = None
-        while True:
-            if self._inflight:  # commit() commits a batch in its own thread
-                self._state.wait()
-            elif not self._queue:
-                if (self._stopping or not self._state.wait(_WRITER_IDLE_EXIT)) and not self._queue:
-                    return False
-            else:
-                now = time.monotonic()
-                deadline = deadline or now + _COMMIT_INTERVAL
-                if self._due_locked() or now >= deadline:
-                    return True
-                self._state.wait(deadline - now)
-
-    def _due_locked(self) -> bool:
-        return self._stopping or self._urgent or self._queued_bytes >= _BATCH_BYTES
-
-    def _take_locked(self) -> tuple[dict[int, _Pending], bytes | None, int | None]:
-        """Take a batch in flight: it, the generation it belongs to, and the writes it ends.
-
-        The last is None while writes queued before this batch remain: they are committed
-        next without waiting for more (they have waited already).
-        """
-        self._inflight = batch = self._take_batch_locked()
-        return batch, self.generation, None if self._queue else self._enqueued
-
-    def _commit_taken(
-        self, batch: dict[int, _Pending], generation: bytes | None, taken: int | None
-    ) -> None:
-        """Commit a batch from :meth:`_take_locked`, then recycle it and count it done."""
-        try:
-            self._commit(batch, generation)
-        finally:
-            with self._state:
-                self._inflight = {}
-                self.pool.recycle_locked(batch.values())
-                if taken is not None:
-                    self._done = max(self._done, taken)
-                self._state.notify_all()
-
-    def _busy_locked(self) -> bool:
-        """Whether writes wait (or the writer stops): no time to restock the pool."""
-        return self._stopping or bool(self._queue)
-
-    def _take_batch_locked(self) -> dict[int, _Pending]:
-        """The oldest queued writes, about ``_BATCH_BYTES`` of them, out of the queue.
-
-        Never much more, even when more is queued: larger commits fault LMDB's page buffers in
-        anew every time, and a writer that fell behind would slow down further
-        (docs/design.rst, "Batch sizes").
-        """
-        queue = self._queue
-        if self._queued_bytes <= _BATCH_BYTES:
-            self._queue = {}
-            self._queued_bytes = 0
-            return queue
-        keys = []
-        size = 0
-        for key, value in queue.items():
-            if size >= _BATCH_BYTES:
-                break
-            keys.append(key)
-            size += len(value)
-        self._queued_bytes -= size
-        return {key: queue.pop(key) for key in keys}
-
-    def _commit(self, batch: dict[int, _Pending], generation: bytes | None) -> None:
+    def store_batch(self, batch: Batch, generation: bytes | None) -> None:
         """Store ``batch``, taken from the queue while the store was at ``generation``."""
         try:
             items = self._stored_items(batch)
@@ -947,13 +809,13 @@ class DiskTier:
         except lmdb.Error as exc:
             logger.debug("after a commit to %s: %s", self.path, exc)
 
-    def _stored_items(self, batch: dict[int, _Pending]) -> list[tuple[int, Stored]]:
+    def _stored_items(self, batch: Batch) -> list[tuple[int, Stored]]:
         """``batch`` by key, each Deferred value finished (which replaces it in ``batch``).
 
         Before the transaction: it holds the store's write lock, which every process shares.
         """
         items: list[tuple[int, Stored]] = []
-        finished: dict[int, _Pending] = {}
+        finished: Batch = {}
         for key, value in sorted(batch.items()):  # keys are unique: values are not compared
             if type(value) is bytes or type(value) is memoryview:
                 items.append((key, value))
@@ -1011,7 +873,7 @@ class DiskTier:
 
     def flush(self) -> None:
         """Commit everything queued and sync it to disk; return when done."""
-        self._commit_queued()
+        self.writes.commit_queued()
         with self._gate.shared():
             if self._env is not None:
                 self._sync(self._env)
@@ -1019,33 +881,10 @@ class DiskTier:
     def commit(self) -> None:
         """Commit everything queued (without syncing it to disk); return when done.
 
-        The calling thread commits the batches the writer thread is not busy with itself: a
-        DataLoader worker that commits before it hands out each batch then waits for no
-        other thread (under CPU contention a hand-off can cost a scheduler slice).
+        The calling thread commits what the writer thread is not busy with itself
+        (:meth:`~spillcache.disk.writer.WriteQueue.commit`).
         """
-        with self._state:
-            target = self._enqueued
-        while True:
-            with self._state:
-                if self._done >= target or not (self._queue or self._inflight) or self._closed:
-                    return
-                if self._inflight or self._forking:
-                    self._urgent = True
-                    self._state.notify_all()
-                    self._state.wait()
-                    continue
-                taken = self._take_locked()
-            self._commit_taken(*taken)
-
-    def _commit_queued(self) -> None:
-        """Return once the writes queued so far are committed (or the tier is closed)."""
-        with self._state:
-            target = self._enqueued
-            while self._done < target and (self._queue or self._inflight) and not self._closed:
-                self._urgent = True
-                self._ensure_writer_locked()
-                self._state.notify_all()
-                self._state.wait()
+        self.writes.commit()
 
     def _sync(self, env: lmdb.Environment) -> None:
         if self.read_only:
@@ -1059,29 +898,17 @@ class DiskTier:
                 "committed survives the end of this process, but maybe not an OS crash",
             )
 
-    def _stop_writer(self) -> None:
-        with self._state:
-            if self._queue:
-                self._ensure_writer_locked()
-            self._stopping = True
-            self._state.notify_all()
-            writer = self._writer
-        if writer is not None and writer is not threading.current_thread():
-            writer.join()
-        with self._state:
-            self._stopping = False
-
     def close(self) -> None:
         """Commit what is queued, sync, and close the environment, for every user. Idempotent."""
         with self._state:
-            if self._closed:
+            if self.writes.closed:
                 return
-            self._closed = True
+            self.writes.closed = True
             self._state.notify_all()
         with TIERS.lock:
             self.closing = True
         try:
-            self._stop_writer()
+            self.writes.stop()
             with self._gate.exclusive():
                 self._env_released = True
                 env, self._env = self._env, None
@@ -1099,15 +926,15 @@ class DiskTier:
     @property
     def closed(self) -> bool:
         """Whether :meth:`close` was called."""
-        return self._closed
+        return self.writes.closed
 
     # -- fork ------------------------------------------------------------------------------------
 
     def _before_fork(self) -> None:
         # Finish every transaction and close the environment: LMDB forbids using it across fork.
         with self._state:
-            self._forking = True
-        self._stop_writer()
+            self.writes.forking = True
+        self.writes.stop()
         self._gate.lock()
         self._state.acquire()
         if self._env is not None:
@@ -1115,18 +942,18 @@ class DiskTier:
             self._env = None
 
     def _after_fork_in_parent(self) -> None:
-        self._forking = False
-        if self._queue:
-            self._ensure_writer_locked()
+        self.writes.forking = False
+        if self.writes.queue:
+            self.writes.ensure_writer_locked()
         self._state.notify_all()
         self._state.release()
         self._gate.unlock()
 
     def _after_fork_in_child(self) -> None:
-        closed, released = self._closed, self._env_released
+        closed, released = self.writes.closed, self._env_released
         rejected, errors = self.rejected, self.write_errors
         self._init_runtime_state()
-        self._closed, self._env_released = closed, released
+        self.writes.closed, self._env_released = closed, released
         self.rejected, self.write_errors = rejected, errors
 
 
