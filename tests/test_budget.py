@@ -23,8 +23,8 @@ import pytest
 
 from reliability import popen_python, wait_for
 from spillcache import SpillCache, SpillCacheWarning
+from spillcache.disk import env as env_module
 from spillcache.disk import owned_files, writer
-from spillcache.disk import tier as disk_module
 from spillcache.disk.growth import Growth
 
 KIB, MIB = 1 << 10, 1 << 20
@@ -156,7 +156,7 @@ def test_a_batch_partly_fits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 def test_a_budget_below_a_small_file_system(
     small_fs: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(disk_module, "_INITIAL_MAP_SIZE", MIB)  # the map grows during the fill
+    monkeypatch.setattr(env_module, "_INITIAL_MAP_SIZE", MIB)  # the map grows during the fill
     budget = 5 * MIB
     path = small_fs / "store"
     sizes = mixed(60)  # ~15 MiB

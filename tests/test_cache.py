@@ -27,6 +27,7 @@ from spillcache import (
 )
 from spillcache.codec import Encoding, Unsealed
 from spillcache.disk import Value, buffers, live_tier, writer
+from spillcache.disk import env as env_module
 from spillcache.disk import tier as disk_module
 from spillcache.sizing import sample_nbytes
 
@@ -718,7 +719,7 @@ def test_disk_budget_refuses_new_entries_and_training_goes_on(tmp_path: Path) ->
 
 
 def test_map_grows_by_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(disk_module, "_INITIAL_MAP_SIZE", 1 << 20)
+    monkeypatch.setattr(env_module, "_INITIAL_MAP_SIZE", 1 << 20)
     blob = {"x": np.arange(256 * 1024, dtype=np.uint8)}
     with SpillCache(tmp_path / "s", ram_budget=0) as cache:
         for i in range(40):  # 10 MiB through a 1 MiB initial map

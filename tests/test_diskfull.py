@@ -36,8 +36,8 @@ from reliability import (
 )
 from spillcache import CachedDataset, SpillCache, SpillCacheWarning
 from spillcache.admin import verify
+from spillcache.disk import env as env_module
 from spillcache.disk import fill as fill_module
-from spillcache.disk import tier as disk_module
 
 
 def spill_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
@@ -287,7 +287,7 @@ def test_a_store_can_be_created_once_space_is_back(tmp_path: Path) -> None:
 def test_map_growth_is_seen_by_a_reader_in_another_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(disk_module, "_INITIAL_MAP_SIZE", 1 << 20)
+    monkeypatch.setattr(env_module, "_INITIAL_MAP_SIZE", 1 << 20)
     path = tmp_path / "store"
     fill(path, range(1))
     result = tmp_path / "reader.json"

@@ -35,10 +35,10 @@ from typing import Any, TypeVar
 import lmdb
 
 from .. import forksafe
-from ..codec import FORMAT_VERSION
 from ..errors import FingerprintMismatch, StoreError
 from ..userwarn import warn
 from .buffers import RECYCLE_MIN, BufferPool
+from .env import DAMAGE_IN_TXN, DamagedStore, damaged, key_bytes, open_env
 from .filesystem import require_local
 from .fill import FillPolicy
 from .gate import Gate
@@ -49,6 +49,7 @@ from .layout import (
     is_store,
 )
 from .lockfile import enter_store
+from .meta import CLEARED, GENERATION, describe, identity, new_generation, put_meta, recorded
 from .options import OnMismatch, TierOptions
 from .registry import Registry
 from .values import Buffer, Stored, Value, readable
@@ -61,13 +62,6 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 _Txn = TypeVar("_Txn", bound="lmdb.Transaction[Any]")
 
-# The meta record naming the store's generation: a token that changes whenever the store is
-# emptied (rebuilt for other data, or cleared), so that a process that opened an earlier
-# generation can tell its view is stale.
-_GENERATION = b"generation"
-_CLEARED = b"cleared-"
-_INITIAL_MAP_SIZE = 256 << 20
-_MAX_READERS = 1024
 # After commits, the slots of killed readers are cleared once this many bytes were committed
 # since the last time (the file may grow by this much while a killed reader's slot pins old
 # pages), or this many seconds passed: not after every commit, since each check makes a training
@@ -86,25 +80,6 @@ class _Stale(Exception):
     def __init__(self, stored: bytes | None) -> None:
         super().__init__()
         self.stored = stored
-
-
-def _new_generation() -> bytes:
-    return os.urandom(8).hex().encode()
-
-
-class _DamagedStore(StoreError):
-    """The store's LMDB files are damaged (the directory is ours: it has our marker)."""
-
-
-# What LMDB raises for damaged files, as opposed to resource or usage errors.
-_DAMAGE = (lmdb.InvalidError, lmdb.CorruptedError, lmdb.PanicError, lmdb.PageNotFoundError)
-# Inside a transaction, a damaged page can also poison the transaction itself.
-_DAMAGE_IN_TXN = (*_DAMAGE, lmdb.BadTxnError)
-
-
-def _key(key: int) -> bytes:
-    # Big-endian so that LMDB's byte order is numeric order: sequential fills append to the B-tree.
-    return key.to_bytes(8, "big")
 
 
 class DiskTier:
@@ -161,7 +136,7 @@ class DiskTier:
             else:
                 self._env = self._open_env()
                 with self._read_txn() as txn:
-                    stored = txn.get(_GENERATION, db=self._meta_db)
+                    stored = txn.get(GENERATION, db=self._meta_db)
                 self.generation = None if stored is None else bytes(stored)
         except BaseException:
             self._drop_lock()
@@ -308,76 +283,14 @@ class DiskTier:
     # -- opening ---------------------------------------------------------------------------------
 
     def _open_env(self) -> lmdb.Environment:
-        data_file = self.path / "data.mdb"
-        size = data_file.stat().st_size if data_file.exists() else 0
-        how_to_fix = (
-            f"clear it with `spillcache clear {self.path}` or open it with on_mismatch='rebuild'"
-        )
-        lock_mdb = self.path / "lock.mdb"
-        # LMDB writes its reader table into lock.mdb even to read: a store on a read-only
-        # mount is read without it (nobody can write there meanwhile).
-        locking = not self.read_only or (lock_mdb.exists() and os.access(lock_mdb, os.W_OK))
-        try:
-            env = lmdb.open(
-                str(self.path),
-                map_size=max(_INITIAL_MAP_SIZE, 2 * size),
-                subdir=True,
-                max_dbs=2,
-                max_readers=_MAX_READERS,
-                sync=False,
-                readahead=self.readahead,
-                meminit=False,
-                max_spare_txns=1,
-                lock=locking,
-                readonly=self.read_only,
-                writemap=False,
-            )
-        except _DAMAGE as exc:
-            raise _DamagedStore(
-                f"the store at {str(self.path)!r} is damaged ({exc}); {how_to_fix}"
-            ) from exc
-        except lmdb.Error as exc:
-            raise StoreError(f"the store at {str(self.path)!r} cannot be opened: {exc}") from exc
-        try:
-            # A truncated data file opens fine and then kills the process with SIGBUS on the
-            # first read of a missing page: compare the file with what LMDB believes it holds.
-            info, stat = env.info(), env.stat()
-            expected = (info["last_pgno"] + 1) * stat["psize"]
-            if size and data_file.stat().st_size < expected:
-                raise _DamagedStore(
-                    f"the store at {str(self.path)!r} is truncated ({size} bytes, LMDB expects "
-                    f"{expected}); {how_to_fix}"
-                )
-            with env.begin(write=not self.read_only) as txn:
-                foreign = [k for k, _ in txn.cursor() if k not in (b"data", b"meta")]
-                if foreign:
-                    raise StoreError(
-                        f"the LMDB database at {str(self.path)!r} was not written by spillcache "
-                        f"(it has {foreign[0]!r}); spillcache will not modify it"
-                    )
-                if not self.read_only:
-                    self._data_db = env.open_db(b"data", txn=txn)
-                    self._meta_db = env.open_db(b"meta", txn=txn)
-            if self.read_only:
-                # Not in that transaction: handles opened in a read transaction die with it.
-                self._data_db = env.open_db(b"data", create=False)
-                self._meta_db = env.open_db(b"meta", create=False)
-            if locking:
-                env.reader_check()
-        except (*_DAMAGE, lmdb.NotFoundError) as exc:
-            env.close()
-            raise _DamagedStore(
-                f"the store at {str(self.path)!r} is damaged ({exc}); {how_to_fix}"
-            ) from exc
-        except BaseException:
-            env.close()
-            raise
-        return env
+        opened = open_env(self.path, read_only=self.read_only, readahead=self.readahead)
+        self._data_db, self._meta_db = opened.data_db, opened.meta_db
+        return opened.env
 
     def _open_checked(self, on_mismatch: OnMismatch) -> None:
         try:
             self._open_and_identify(on_mismatch)
-        except _DamagedStore as exc:
+        except DamagedStore as exc:
             if on_mismatch != "rebuild" or self.read_only:
                 raise
             # Only the LMDB files of a directory with our marker: a damaged store of ours.
@@ -402,19 +315,19 @@ class DiskTier:
         The generation is what the opener's reads and writes belong to (see
         :meth:`generation`): the stored one, or a new one if the store was (re)built for it.
         """
-        expected = self._identity(fingerprint)
+        expected = identity(fingerprint)
         if self.read_only:
             with self._read_txn() as txn:
-                stored_fmt, stored_fp, generation = self._stored_identity(txn)
+                stored_fmt, stored_fp, generation = recorded(txn, self._meta_db)
         else:
             with self._write_txn() as txn:
-                stored_fmt, stored_fp, generation = self._stored_identity(txn)
+                stored_fmt, stored_fp, generation = recorded(txn, self._meta_db)
                 if stored_fmt is None:  # a new store; in this transaction, or a process
                     # creating it at the same time would give it another generation
-                    generation = self._put_meta(txn, fingerprint)
+                    generation = put_meta(txn, self._meta_db, fingerprint)
                 elif generation is None:  # an older version's store
-                    generation = _new_generation()
-                    txn.put(_GENERATION, generation, db=self._meta_db)
+                    generation = new_generation()
+                    txn.put(GENERATION, generation, db=self._meta_db)
         if stored_fmt is None:
             if self.read_only:
                 raise StoreError(f"the store at {str(self.path)!r} is empty and read-only")
@@ -422,7 +335,7 @@ class DiskTier:
             return generation
         stored = f"format {stored_fmt.decode()}, fingerprint {(stored_fp or b'').decode()!r}"
         if fingerprint is None:
-            expected = self._identity((stored_fp or b"").decode())
+            expected = identity((stored_fp or b"").decode())
         if stored == expected:
             self._adopt(
                 generation, (stored_fp or b"").decode() if fingerprint is None else fingerprint
@@ -438,17 +351,6 @@ class DiskTier:
             )
         return self.reset(f"it holds {stored}, expected {expected}", fingerprint)
 
-    def _stored_identity(
-        self, txn: lmdb.Transaction[Any]
-    ) -> tuple[bytes | None, bytes | None, bytes | None]:
-        meta = self._meta_db
-
-        def get(name: bytes) -> bytes | None:
-            value = txn.get(name, db=meta)
-            return None if value is None else bytes(value)
-
-        return get(b"format_version"), get(b"fingerprint"), get(_GENERATION)
-
     def _adopt(self, generation: bytes | None, fingerprint: str | None) -> None:
         """Make ``generation`` the one this process writes to (the store holds it)."""
         with self._state:
@@ -456,19 +358,6 @@ class DiskTier:
                 self._stale = False
                 self.generation = generation
                 self.fingerprint = fingerprint
-
-    @staticmethod
-    def _identity(fingerprint: str | None) -> str:
-        return f"format {FORMAT_VERSION}, fingerprint {fingerprint or ''!r}"
-
-    def _put_meta(self, txn: lmdb.Transaction[bytes], fingerprint: str | None) -> bytes:
-        """Record a new store's identity in ``txn``; its generation."""
-        generation = _new_generation()
-        txn.put(b"format_version", str(FORMAT_VERSION).encode(), db=self._meta_db)
-        txn.put(b"fingerprint", (fingerprint or "").encode(), db=self._meta_db)
-        txn.put(b"created", repr(time.time()).encode(), db=self._meta_db)
-        txn.put(_GENERATION, generation, db=self._meta_db)
-        return generation
 
     def _discard_queue(self) -> None:
         """Drop queued writes and stop accepting new ones; return once none is in flight."""
@@ -490,7 +379,7 @@ class DiskTier:
             # One transaction: readers see either the old store or the empty new one.
             txn.drop(self._data_db, delete=False)
             txn.drop(self._meta_db, delete=False)
-            generation = self._put_meta(txn, fingerprint)
+            generation = put_meta(txn, self._meta_db, fingerprint)
         self._adopt(generation, fingerprint)
         return generation
 
@@ -501,7 +390,7 @@ class DiskTier:
             self._stale = True
         with self._write_txn() as txn:
             txn.drop(self._data_db, delete=False)
-            txn.put(_GENERATION, _CLEARED + _new_generation(), db=self._meta_db)
+            txn.put(GENERATION, CLEARED + new_generation(), db=self._meta_db)
 
     def _env_for_use(self) -> lmdb.Environment:
         """This process's environment (caller is inside the gate)."""
@@ -529,18 +418,12 @@ class DiskTier:
                     with txn:
                         try:
                             yield txn
-                        except _DAMAGE_IN_TXN as exc:
-                            raise self._damaged(exc) from exc
+                        except DAMAGE_IN_TXN as exc:
+                            raise damaged(self.path, exc) from exc
                     return
             with self._gate.exclusive():
                 if self._env is not None:
                     self._env.set_mapsize(0)  # adopt the size another process grew the map to
-
-    def _damaged(self, exc: BaseException) -> _DamagedStore:
-        return _DamagedStore(
-            f"the store at {str(self.path)!r} is damaged ({exc}); clear it with "
-            f"`spillcache clear {self.path}` or open it with on_mismatch='rebuild'"
-        )
 
     def _read_txn(self) -> contextlib.AbstractContextManager[lmdb.Transaction[memoryview]]:
         return self._began(lambda env: env.begin(buffers=True))
@@ -579,13 +462,13 @@ class DiskTier:
             else:
                 try:
                     # In the value's transaction: the store cannot be emptied in between.
-                    stored = txn.get(_GENERATION, db=self._meta_db)
+                    stored = txn.get(GENERATION, db=self._meta_db)
                     if generation is None or stored == generation:  # type: ignore[comparison-overlap]
-                        value = txn.get(_key(key), db=self._data_db)
+                        value = txn.get(key_bytes(key), db=self._data_db)
                         return None if value is None else decode(value)
                     seen = None if stored is None else bytes(stored)
-                except _DAMAGE_IN_TXN as exc:
-                    raise self._damaged(exc) from exc
+                except DAMAGE_IN_TXN as exc:
+                    raise damaged(self.path, exc) from exc
                 finally:
                     txn.abort()
                 self._went_stale(generation, seen)
@@ -593,9 +476,9 @@ class DiskTier:
         finally:
             gate.leave()
         with self._read_txn() as txn:
-            stored = txn.get(_GENERATION, db=self._meta_db)
+            stored = txn.get(GENERATION, db=self._meta_db)
             if generation is None or stored == generation:  # type: ignore[comparison-overlap]
-                value = txn.get(_key(key), db=self._data_db)
+                value = txn.get(key_bytes(key), db=self._data_db)
                 return None if value is None else decode(value)
             seen = None if stored is None else bytes(stored)
         self._went_stale(generation, seen)
@@ -612,7 +495,7 @@ class DiskTier:
             self._state.notify_all()
         how = (
             "cleared (`spillcache clear --force`)"
-            if stored is not None and stored.startswith(_CLEARED)
+            if stored is not None and stored.startswith(CLEARED)
             else "emptied or rebuilt for other data"
         )
         self._warn_once(
@@ -628,16 +511,16 @@ class DiskTier:
             return True
         generation = self.generation
         with self._read_txn() as txn:
-            stored = txn.get(_GENERATION, db=self._meta_db)
+            stored = txn.get(GENERATION, db=self._meta_db)
             if generation is not None and stored != generation:  # type: ignore[comparison-overlap]
                 return False
-            return txn.get(_key(key), db=self._data_db) is not None
+            return txn.get(key_bytes(key), db=self._data_db) is not None
 
     def __len__(self) -> int:
         pending = self.writes.keys()
         with self._read_txn() as txn:
             stored = int(txn.stat(self._data_db)["entries"])
-            new = sum(1 for k in pending if txn.get(_key(k), db=self._data_db) is None)
+            new = sum(1 for k in pending if txn.get(key_bytes(k), db=self._data_db) is None)
         return stored + new
 
     def file_bytes(self) -> int:
@@ -667,7 +550,7 @@ class DiskTier:
         with self._write_txn() as txn:
             if generation is None or self._stale:
                 return
-            stored = txn.get(_GENERATION, db=self._meta_db)
+            stored = txn.get(GENERATION, db=self._meta_db)
             if stored == generation:
                 txn.put(b"user:" + name.encode(), value, db=self._meta_db)
                 return
@@ -676,7 +559,7 @@ class DiskTier:
     def describe(self) -> dict[str, object]:
         """Items, format version, fingerprint and creation time, read from the store."""
         with self._read_txn() as txn:
-            return _describe(txn, self._data_db, self._meta_db)
+            return describe(txn, self._data_db, self._meta_db)
 
     def scan(self, visit: Callable[[int, memoryview], None]) -> int:
         """Call ``visit(key, value)`` for every stored entry in key order; return the count.
@@ -765,14 +648,14 @@ class DiskTier:
                 with self._write_txn() as txn:
                     # Inside the transaction, which excludes every other writer of the node:
                     # a store emptied by another process since is never written to.
-                    current = txn.get(_GENERATION, db=self._meta_db)
+                    current = txn.get(GENERATION, db=self._meta_db)
                     if generation is not None and current != generation:
                         raise _Stale(current)
                     stored = self.fill.admitted(
                         txn, self._data_db, self._env_for_use(), items, need
                     )
                     for key, value in stored:
-                        txn.put(_key(key), value, db=self._data_db)
+                        txn.put(key_bytes(key), value, db=self._data_db)
             except _Stale as stale:
                 with self._state:
                     self.rejected += len(items)
@@ -955,23 +838,6 @@ class DiskTier:
         self._init_runtime_state()
         self.writes.closed, self._env_released = closed, released
         self.rejected, self.write_errors = rejected, errors
-
-
-def _describe(
-    txn: lmdb.Transaction[memoryview], data_db: lmdb._Database, meta_db: lmdb._Database
-) -> dict[str, object]:
-    def meta(name: bytes) -> str | None:
-        value = txn.get(name, db=meta_db)
-        return None if value is None else bytes(value).decode()
-
-    created = meta(b"created")
-    fmt = meta(b"format_version")
-    return {
-        "items": int(txn.stat(data_db)["entries"]),
-        "format_version": int(fmt) if fmt is not None else None,
-        "fingerprint": meta(b"fingerprint"),
-        "created": float(created) if created is not None else None,
-    }
 
 
 # The open tier of each store in this process.
