@@ -33,14 +33,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from spillcache import CachedDataset, SpillCache, disk
+from spillcache import CachedDataset, SpillCache
+from spillcache.disk.writer import MAX_QUEUED_BYTES
 
 from .contenders import Unavailable, require
 from .warm import accounted_bytes
 from .workloads import Sample, TimedSource, Workload, monai_transform, tensors, tree_clone
 
 SOURCE_SECONDS = 0.002
-_QUEUED_BYTES = disk._MAX_QUEUED_BYTES
+_QUEUED_BYTES = MAX_QUEUED_BYTES
 
 
 # What the put path times, by key in its results: how each epoch runs.

@@ -37,8 +37,8 @@ import torch
 from helpers import assert_sample_equal
 from spillcache import CachedDataset, SpillCache
 from spillcache import cache as cache_module
-from spillcache import disk as disk_module
 from spillcache.budget import parse_budget
+from spillcache.disk import env as env_module
 
 LONG = os.environ.get("SPILLCACHE_LONG") == "1"
 TESTS = Path(__file__).resolve().parent
@@ -224,7 +224,7 @@ def crash_writer(*, path: str, seed: int, keys: int, flushed_log: str, result: s
     appended to ``flushed_log``: they must survive any later kill. A tiny initial map makes the
     map grow while kills land.
     """
-    disk_module._INITIAL_MAP_SIZE = 1 << 20
+    env_module._INITIAL_MAP_SIZE = 1 << 20
     rng = random.Random(seed)
     log_fd = os.open(flushed_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     with (
@@ -496,7 +496,7 @@ def full_disk_trainer(*, path: str, samples: int, file_size_limit: int | None, r
 
 def late_reader(*, path: str, keys: int, ready: str, go: str, result: str) -> None:
     """Open the store while it is small, then read entries written after the map grew."""
-    disk_module._INITIAL_MAP_SIZE = 1 << 20
+    env_module._INITIAL_MAP_SIZE = 1 << 20
     with _reported(Path(result)) as report, SpillCache(path, ram_budget=0) as cache:
         report["before"] = verdict(0, cache.get(0), 0)
         Path(ready).touch()

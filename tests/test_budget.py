@@ -23,9 +23,9 @@ import pytest
 
 from reliability import popen_python, wait_for
 from spillcache import SpillCache, SpillCacheWarning
-from spillcache import disk as disk_module
-from spillcache.disk import owned_files
-from spillcache.growth import Growth
+from spillcache.disk import env as env_module
+from spillcache.disk import owned_files, writer
+from spillcache.disk.growth import Growth
 
 KIB, MIB = 1 << 10, 1 << 20
 
@@ -133,8 +133,8 @@ def test_small_samples_fill_the_budget_and_no_further(tmp_path: Path) -> None:
 
 
 def test_a_batch_partly_fits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(disk_module, "_COMMIT_INTERVAL", 60.0)  # one batch, at flush
-    monkeypatch.setattr(disk_module, "_BATCH_BYTES", 64 * MIB)
+    monkeypatch.setattr(writer, "_COMMIT_INTERVAL", 60.0)  # one batch, at flush
+    monkeypatch.setattr(writer, "BATCH_BYTES", 64 * MIB)
     path = tmp_path / "store"
     sizes = {0: 2 * MIB, 1: 32 * KIB, 2: 32 * KIB, 3: 32 * KIB, 5: 32 * KIB}
     with (
@@ -156,7 +156,7 @@ def test_a_batch_partly_fits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 def test_a_budget_below_a_small_file_system(
     small_fs: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(disk_module, "_INITIAL_MAP_SIZE", MIB)  # the map grows during the fill
+    monkeypatch.setattr(env_module, "_INITIAL_MAP_SIZE", MIB)  # the map grows during the fill
     budget = 5 * MIB
     path = small_fs / "store"
     sizes = mixed(60)  # ~15 MiB

@@ -25,8 +25,10 @@ from spillcache import (
     StoreError,
     cache_info,
 )
-from spillcache import disk as disk_module
-from spillcache.codec import Encoding
+from spillcache.codec import Encoding, Unsealed
+from spillcache.disk import Value, buffers, live_tier, writer
+from spillcache.disk import env as env_module
+from spillcache.disk import tier as disk_module
 from spillcache.footprint import sample_nbytes
 
 
@@ -83,14 +85,12 @@ def test_metadata_is_committed_after_the_writes_queued_before_it(
 ) -> None:
     # Another process (a DDP rank checking a data set's probe digests) must never see a
     # record without the entries put before it: they would be loaded once more.
-    from spillcache import disk as disk_module
-
-    monkeypatch.setattr(disk_module, "_COMMIT_INTERVAL", 600.0)  # no commit by the clock
+    monkeypatch.setattr(writer, "_COMMIT_INTERVAL", 600.0)  # no commit by the clock
     with SpillCache(tmp_path / "s", ram_budget=0) as cache:
         cache.put(7, {"v": 7})
-        assert 7 in cache._disk._queue  # small: waits for more, up to the commit interval
+        assert 7 in cache._disk.writes.queue  # small: waits for more, up to the commit interval
         cache.set_meta("probes", b"{}")
-        assert not cache._disk._queue and not cache._disk._inflight
+        assert not cache._disk.writes.queue and not cache._disk.writes.inflight
         assert cache.get(7) == {"v": 7}  # from the store: nothing is queued any more
         assert cache.get_meta("probes") == b"{}"
 
@@ -199,7 +199,7 @@ def test_large_values_are_encoded_into_recycled_buffers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     big = _big
-    monkeypatch.setattr(disk_module, "_WRITER_IDLE_EXIT", 600.0)  # keep the spare buffers
+    monkeypatch.setattr(writer, "_WRITER_IDLE_EXIT", 600.0)  # keep the spare buffers
     with SpillCache(tmp_path / "s", ram_budget=0) as cache:
         cache.put(0, big(0))
         early = cache.get(0)  # most likely still queued: decoded from a copy of its buffer
@@ -207,7 +207,7 @@ def test_large_values_are_encoded_into_recycled_buffers(
             cache.put(i, big(i))
         cache.flush()
         disk = cache._disk
-        spare = list(disk._spare)
+        spare = list(disk.pool.spare)
         assert spare  # committed values gave their buffers back...
         size = len(spare[0])
         assert any(disk.buffer(size) is b for b in spare)  # ...and they are handed out again
@@ -217,19 +217,19 @@ def test_large_values_are_encoded_into_recycled_buffers(
             np.testing.assert_array_equal(got["x"], big(i)["x"])
         np.testing.assert_array_equal(early["x"], big(0)["x"])
         assert cache.stats().disk_items == 60
-        assert disk._spare_bytes <= disk_module._MAX_QUEUED_BYTES
+        assert disk.pool.spare_bytes <= disk.pool.limit
 
 
 def _held_commits(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
     """Make the writer wait before each commit until the returned event is set."""
     release = threading.Event()
-    commit = disk_module.DiskTier._commit
+    commit = disk_module.DiskTier.store_batch
 
-    def held(self: disk_module.DiskTier, batch: dict[int, disk_module.Value], *args: Any) -> None:
+    def held(self: disk_module.DiskTier, batch: dict[int, Value], *args: Any) -> None:
         release.wait(60)
         commit(self, batch, *args)
 
-    monkeypatch.setattr(disk_module.DiskTier, "_commit", held)
+    monkeypatch.setattr(disk_module.DiskTier, "store_batch", held)
     return release
 
 
@@ -251,7 +251,7 @@ def test_large_values_are_sealed_by_the_writer_and_readable_before(
 def test_large_samples_in_ram_share_the_written_value_and_survive_recycling(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(disk_module, "_WRITER_IDLE_EXIT", 600.0)  # keep the spare buffers
+    monkeypatch.setattr(writer, "_WRITER_IDLE_EXIT", 600.0)  # keep the spare buffers
     budget = 4 * 280_000  # four 256 KiB samples, not five
     with SpillCache(tmp_path / "s", ram_budget=budget) as cache:
         for i in range(4):
@@ -263,7 +263,7 @@ def test_large_samples_in_ram_share_the_written_value_and_survive_recycling(
             cache.put(i, _big(i), evict=False)
         cache.flush()
         assert cache.stats().ram_items == 4
-        assert disk_module._Kept not in {type(b) for b in cache._disk._spare}
+        assert buffers.Kept not in {type(b) for b in cache._disk.pool.spare}
         for i in range(4):  # no later value was encoded over a kept one
             got = cache.get(i)
             np.testing.assert_array_equal(got["x"], _big(i)["x"])
@@ -274,26 +274,26 @@ def test_large_samples_in_ram_share_the_written_value_and_survive_recycling(
 def test_the_writer_prepares_buffers_for_samples_the_ram_tier_keeps(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(disk_module, "_WRITER_IDLE_EXIT", 600.0)
+    monkeypatch.setattr(writer, "_WRITER_IDLE_EXIT", 600.0)
     with SpillCache(tmp_path / "s", ram_budget=10 * 280_000) as cache:
         cache.put(0, _big(0))
         cache.flush()
         disk = cache._disk
-        size = disk._keep_size
+        size = disk.pool.keep_size
         assert size == len(cache._ram.get(0)["x"].base)  # the size of the value kept
 
         def ready() -> int:
-            with disk._state:
-                return sum(len(b) for b in disk._spare if disk_module._fits(b, size, keep=True))
+            with disk.pool.lock:
+                return sum(len(b) for b in disk.pool.spare if buffers.fits(b, size, keep=True))
 
         deadline = time.monotonic() + 60
-        while ready() < disk_module._STOCK_BYTES and time.monotonic() < deadline:
+        while ready() < buffers.STOCK_BYTES and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert ready() >= disk_module._STOCK_BYTES
-        stock = {id(b) for b in disk._spare}
+        assert ready() >= buffers.STOCK_BYTES
+        stock = {id(b) for b in disk.pool.spare}
         cache.put(1, _big(1))  # encoded into one of them
         assert id(cache._ram.get(1)["x"].base) in stock
-        assert disk._spare_bytes <= disk_module._MAX_QUEUED_BYTES
+        assert disk.pool.spare_bytes <= disk.pool.limit
         np.testing.assert_array_equal(cache.get(1)["x"], _big(1)["x"])
 
 
@@ -303,9 +303,9 @@ def test_a_kept_buffer_fits_its_value_exactly(tmp_path: Path) -> None:
         disk = cache._disk
         size = 1 << 17
         larger = np.empty(size + 64, np.uint8)
-        with disk._state:
-            disk._spare.append(larger)
-            disk._spare_bytes += len(larger)
+        with disk.pool.lock:
+            disk.pool.spare.append(larger)
+            disk.pool.spare_bytes += len(larger)
         kept = disk.buffer(size, keep=True)
         assert kept is not None and len(kept) == size and kept.base is not larger
         assert disk.buffer(size) is larger  # good enough for a value written and recycled
@@ -315,25 +315,25 @@ def test_a_writer_that_fell_behind_commits_in_small_batches(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Large commits make glibc return LMDB's page buffers to the kernel, and a writer behind
-    # would only fall further behind: whatever is queued, batches stay near _BATCH_BYTES.
+    # would only fall further behind: whatever is queued, batches stay near BATCH_BYTES.
     release = threading.Event()
     batches: list[int] = []
-    commit = disk_module.DiskTier._commit
+    commit = disk_module.DiskTier.store_batch
 
-    def held(self: disk_module.DiskTier, batch: dict[int, disk_module.Value], *args: Any) -> None:
+    def held(self: disk_module.DiskTier, batch: dict[int, Value], *args: Any) -> None:
         release.wait(60)
         batches.append(sum(len(v) for v in batch.values()))
         commit(self, batch, *args)
 
-    monkeypatch.setattr(disk_module.DiskTier, "_commit", held)
+    monkeypatch.setattr(disk_module.DiskTier, "store_batch", held)
     with SpillCache(tmp_path / "s", ram_budget=0) as cache:
         for i in range(24):  # 6 MiB, queued behind the held commit
             cache.put(i, _big(i))
         release.set()
         cache.flush()
-        assert sum(len(b) for b in [cache._disk._queue, cache._disk._inflight]) == 0
+        assert sum(len(b) for b in [cache._disk.writes.queue, cache._disk.writes.inflight]) == 0
         assert len(batches) >= 6
-        assert max(batches) <= disk_module._BATCH_BYTES + len(Encoding(_big(0)).to_bytes())
+        assert max(batches) <= writer.BATCH_BYTES + len(Encoding(_big(0)).to_bytes())
         for i in range(24):
             np.testing.assert_array_equal(cache.get(i)["x"], _big(i)["x"])
 
@@ -341,17 +341,17 @@ def test_a_writer_that_fell_behind_commits_in_small_batches(
 def test_an_idle_store_keeps_no_spare_buffers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(disk_module, "_WRITER_IDLE_EXIT", 0.05)
+    monkeypatch.setattr(writer, "_WRITER_IDLE_EXIT", 0.05)
     with SpillCache(tmp_path / "s", ram_budget=0) as cache:
         for i in range(8):
             cache.put(i, _big(i))
         cache.flush()
         disk = cache._disk
         deadline = time.monotonic() + 60
-        while disk._writer is not None and time.monotonic() < deadline:
+        while disk.writes.writer is not None and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert disk._writer is None  # the writer went idle and exited...
-        assert (disk._spare, disk._spare_bytes) == ([], 0)  # ...dropping the spare buffers
+        assert disk.writes.writer is None  # the writer went idle and exited...
+        assert (disk.pool.spare, disk.pool.spare_bytes) == ([], 0)  # ...dropping the spare buffers
         np.testing.assert_array_equal(cache.get(7)["x"], _big(7)["x"])
 
 
@@ -397,24 +397,24 @@ def test_copy_false_leaves_large_copies_to_the_writer(
         return into(self, buffer)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Encoding, "into", recording)
-    monkeypatch.setattr(disk_module, "_WRITER_IDLE_EXIT", 600.0)  # keep the spare buffers
+    monkeypatch.setattr(writer, "_WRITER_IDLE_EXIT", 600.0)  # keep the spare buffers
     release = _held_commits(monkeypatch)
     with SpillCache(tmp_path / "s", ram_budget=0, copy=copy) as cache:
         cache.put(0, _big(0))
         cache.put(1, {"small": np.arange(10)})
         disk = cache._disk
-        with disk._state:  # queued, or taken by the writer, which waits before committing
-            queued = {**disk._inflight, **disk._queue}
+        with disk.writes.lock:  # queued, or taken by the writer, which waits before committing
+            queued = {**disk.writes.inflight, **disk.writes.queue}
         # A small value is encoded by the caller either way.
         assert type(queued[1]) is bytes
-        assert type(queued[0]) is (memoryview if copy else Encoding)
+        assert type(queued[0]) is (Unsealed if copy else Encoding)
         assert copied_in == (["MainThread"] if copy else [])
         np.testing.assert_array_equal(cache.get(0)["x"], _big(0)["x"])  # from the queue
         release.set()
         cache.flush()
         assert len(copied_in) == 1
         assert copied_in[0].startswith("MainThread" if copy else "spillcache-writer")
-        assert disk._spare  # the writer's buffer went back for reuse
+        assert disk.pool.spare  # the writer's buffer went back for reuse
     with SpillCache(tmp_path / "s", copy=copy) as cache:
         np.testing.assert_array_equal(cache.get(0)["x"], _big(0)["x"])  # from LMDB
         np.testing.assert_array_equal(cache.get(1)["small"], np.arange(10))
@@ -515,7 +515,7 @@ def test_unreferenced_cache_releases_its_store(tmp_path: Path) -> None:
     cache = SpillCache(tmp_path / "s")
     cache.put(0, {"x": 1})
     del cache
-    assert disk_module.live_tier(tmp_path / "s") is None
+    assert live_tier(tmp_path / "s") is None
     # The store was committed and can be opened again in this process.
     with SpillCache(tmp_path / "s") as again:
         assert again.get(0) == {"x": 1}
@@ -602,7 +602,7 @@ def test_second_process_reads_every_entry_from_disk(tmp_path: Path) -> None:
 
 
 def test_writes_are_committed_without_flush(tmp_path: Path) -> None:
-    # The writer commits at most _COMMIT_INTERVAL after a put: another process sees the entry
+    # The writer commits at most writer._COMMIT_INTERVAL after a put: another process sees the entry
     # while this one keeps the cache open and never flushes.
     path = tmp_path / "s"
     with SpillCache(path) as cache:
@@ -719,7 +719,7 @@ def test_disk_budget_refuses_new_entries_and_training_goes_on(tmp_path: Path) ->
 
 
 def test_map_grows_by_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(disk_module, "_INITIAL_MAP_SIZE", 1 << 20)
+    monkeypatch.setattr(env_module, "_INITIAL_MAP_SIZE", 1 << 20)
     blob = {"x": np.arange(256 * 1024, dtype=np.uint8)}
     with SpillCache(tmp_path / "s", ram_budget=0) as cache:
         for i in range(40):  # 10 MiB through a 1 MiB initial map

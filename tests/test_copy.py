@@ -19,8 +19,8 @@ import pytest
 
 from reliability import check_store, fill
 from spillcache import StoreError
-from spillcache import disk as disk_module
 from spillcache.admin import copy_cache, verify
+from spillcache.disk import tier as disk_module
 
 
 def snapshot(root: Path) -> dict[str, str]:

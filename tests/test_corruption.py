@@ -266,7 +266,7 @@ def test_damaged_file_is_a_clear_error_never_a_crash(tmp_path: Path, damage: str
     report = in_child(probe_store, path=str(path), on_mismatch="error", keys=40)
     assert report.get("raised") == "spillcache.errors.StoreError" or report.get(
         "raised", ""
-    ).endswith("._DamagedStore"), report
+    ).endswith("disk.env.DamagedStore"), report
     assert f"spillcache clear {path}" in report["message"]
     assert "on_mismatch='rebuild'" in report["message"]
     with pytest.raises(StoreError, match=r"damaged|truncated"):

@@ -35,8 +35,9 @@ from reliability import (
     wait_for,
 )
 from spillcache import CachedDataset, SpillCache, SpillCacheWarning
-from spillcache import disk as disk_module
 from spillcache.admin import verify
+from spillcache.disk import env as env_module
+from spillcache.disk import fill as fill_module
 
 
 def spill_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
@@ -132,7 +133,7 @@ def _failing_commits(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Even
     real_open = lmdb.open
     monkeypatch.setattr(lmdb, "open", lambda *a, **k: _FullDiskEnv(real_open(*a, **k), full))
     # Look at the file system again at every put, so that "space frees up" takes effect at once.
-    monkeypatch.setattr(disk_module, "_FILL_RECHECK_SECONDS", 0.0)
+    monkeypatch.setattr(fill_module, "_FILL_RECHECK_SECONDS", 0.0)
     yield full
 
 
@@ -286,7 +287,7 @@ def test_a_store_can_be_created_once_space_is_back(tmp_path: Path) -> None:
 def test_map_growth_is_seen_by_a_reader_in_another_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(disk_module, "_INITIAL_MAP_SIZE", 1 << 20)
+    monkeypatch.setattr(env_module, "_INITIAL_MAP_SIZE", 1 << 20)
     path = tmp_path / "store"
     fill(path, range(1))
     result = tmp_path / "reader.json"

@@ -17,7 +17,7 @@ from torch.utils.data import DistributedSampler
 
 from helpers import assert_sample_equal
 from spillcache import CachedDataset, SpillCache, StoreError
-from spillcache import disk as disk_module
+from spillcache.disk import filesystem as filesystem_module
 
 N = 48
 WORLD = 2
@@ -101,13 +101,13 @@ def test_store_on_a_network_file_system_is_refused(
         f"30 22 0:40 / {tmp_path / 'shared'} rw - nfs4 server:/export rw\n"
         f"31 22 0:41 / {escaped} rw - lustre mds@tcp:/fs rw\n"
     )
-    real = disk_module.filesystem_type
+    real = filesystem_module.filesystem_type
     monkeypatch.setattr(
-        disk_module, "filesystem_type", lambda path: real(path, mountinfo=str(mountinfo))
+        filesystem_module, "filesystem_type", lambda path: real(path, mountinfo=str(mountinfo))
     )
-    assert disk_module.filesystem_type(tmp_path / "shared" / "cache") == "nfs4"
-    assert disk_module.filesystem_type(tmp_path / "my disk" / "x" / "y") == "lustre"
-    assert disk_module.filesystem_type(tmp_path / "local") == "ext4"
+    assert filesystem_module.filesystem_type(tmp_path / "shared" / "cache") == "nfs4"
+    assert filesystem_module.filesystem_type(tmp_path / "my disk" / "x" / "y") == "lustre"
+    assert filesystem_module.filesystem_type(tmp_path / "local") == "ext4"
     with pytest.raises(StoreError, match=r"nfs4.*SLURM_TMPDIR.*allow_remote_fs"):
         SpillCache(tmp_path / "shared" / "cache")
     assert not (tmp_path / "shared" / "cache").exists()

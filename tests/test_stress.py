@@ -35,9 +35,9 @@ from reliability import (
 )
 from spillcache import SpillCache
 from spillcache import cache as cache_module
-from spillcache import disk as disk_module
 from spillcache.admin import verify
 from spillcache.codec import decode
+from spillcache.disk import tier as disk_module
 
 SECONDS = scaled(8, 60)
 
@@ -161,7 +161,7 @@ def test_flush_returns_while_other_threads_keep_writing(
     # threads delayed flush() by 0.3-11 s and more in trials; here another thread's put lands
     # right after every commit, which is the worst case made certain.
     stop = threading.Event()
-    real_commit = disk_module.DiskTier._commit
+    real_commit = disk_module.DiskTier.store_batch
 
     def commit_then_another_put(
         self: disk_module.DiskTier, batch: dict[int, bytes], *args: Any
@@ -171,7 +171,7 @@ def test_flush_returns_while_other_threads_keep_writing(
             threading.Thread(target=self.write, args=(max(batch) + 1, b"x")).start()
             time.sleep(0.01)  # that put lands before the flushing thread looks again
 
-    monkeypatch.setattr(disk_module.DiskTier, "_commit", commit_then_another_put)
+    monkeypatch.setattr(disk_module.DiskTier, "store_batch", commit_then_another_put)
     with SpillCache(tmp_path / "store", ram_budget=0) as cache:
         cache.put(7, make_sample(7))
         flushed = threading.Event()

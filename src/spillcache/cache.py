@@ -17,7 +17,7 @@ import torch
 from . import forksafe
 from .budget import check_ram_budget, filesystem_size, memory_limit, parse_budget
 from .closing import Closing
-from .codec import Encoding, clone, decode, replicate, view
+from .codec import Encoding, Unsealed, clone, decode, replicate, view
 from .disk import Value, open_tier
 from .errors import CodecError, SpillCacheWarning
 from .flight import SingleFlight
@@ -529,7 +529,7 @@ class SpillCache(Closing):
             # prepared (its pages faulted in already).
             buffer = self._disk.buffer(encoding.size, keep=copied)
             shared = None if buffer is None else encoding.into(buffer)
-            value: Value = encoding.to_bytes() if shared is None else shared
+            value: Value = encoding.to_bytes() if shared is None else Unsealed(shared)
         else:
             # The caller leaves the sample unchanged (copy=False): the writer thread copies a
             # large one (DiskTier.write), and the copy, ~7 % of a first epoch over a 2 ms

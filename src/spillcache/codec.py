@@ -455,6 +455,27 @@ class Encoding:
         # cast: numpy's stubs declare no buffer protocol before Python 3.12.
         return memoryview(cast(bytearray, buffer)).cast("B")[: self.size]
 
+    def finish(self, take: Callable[[int], Buffer | None]) -> bytes | memoryview:
+        """The value, sealed: in ``take(size)``'s buffer if it gives one, else as bytes.
+
+        The disk tier's writer thread calls it (:class:`spillcache.disk.values.Deferred`) to
+        copy the sample there, off the thread of the put.
+        """
+        buffer = take(self.size)
+        if buffer is None:
+            return self.to_bytes()
+        value = self.into(buffer)
+        seal(value)
+        return value
+
+    def snapshot(self) -> bytes:
+        """The value, sealed, in memory of its own (:meth:`to_bytes`)."""
+        return self.to_bytes()
+
+    def pooled(self) -> None:
+        """No buffer holds the value before :meth:`finish` (see :meth:`Unsealed.pooled`)."""
+        return None
+
 
 def seal(value: memoryview | bytearray) -> None:
     """Write the checksum into a value made by :meth:`Encoding.into` (its last eight bytes).
@@ -466,6 +487,43 @@ def seal(value: memoryview | bytearray) -> None:
     """
     limit = len(value) - _CHECKSUM.size
     _CHECKSUM.pack_into(value, limit, xxhash.xxh3_64_intdigest(memoryview(value)[:limit]))
+
+
+class Unsealed:
+    """A value :meth:`Encoding.into` copied into a buffer, sealed later by the disk's writer.
+
+    A :class:`spillcache.disk.values.Deferred`: the checksum (:func:`seal`) is written by
+    the disk tier's writer thread, off the thread of the put.
+
+    Parameters
+    ----------
+    value : memoryview
+        What :meth:`Encoding.into` returned.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: memoryview) -> None:
+        self._value = value
+
+    def __len__(self) -> int:
+        """Bytes of the value."""
+        return len(self._value)
+
+    def finish(self, take: Callable[[int], Buffer | None]) -> memoryview:
+        """The value, sealed in its buffer (``take`` is not needed)."""
+        seal(self._value)
+        return self._value
+
+    def snapshot(self) -> memoryview:
+        """The value, sealed, in memory of its own (its buffer is recycled once written)."""
+        copy = bytearray(self._value)
+        seal(copy)
+        return memoryview(copy)
+
+    def pooled(self) -> memoryview:
+        """The view of the buffer the value lies in, for the disk tier to take back."""
+        return self._value
 
 
 def _joined(parts: list[_Data]) -> bytes:

@@ -1,0 +1,125 @@
+"""Opening a store's LMDB environment, and telling damaged files from other LMDB errors.
+
+Inside LMDB the named database ``data`` maps 8-byte big-endian keys to stored values and
+``meta`` records the store's identity (:mod:`spillcache.disk.meta`). The environment runs with
+``sync=False``: a committed transaction survives the death of the process (``kill -9``); only
+an OS crash or power loss can lose transactions committed since the last ``env.sync(True)``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import lmdb
+
+from ..errors import StoreError
+
+__all__ = ["DAMAGE", "DAMAGE_IN_TXN", "DamagedStore", "Opened", "damaged", "key_bytes", "open_env"]
+
+_INITIAL_MAP_SIZE = 256 << 20
+_MAX_READERS = 1024
+
+# What LMDB raises for damaged files, as opposed to resource or usage errors.
+DAMAGE = (lmdb.InvalidError, lmdb.CorruptedError, lmdb.PanicError, lmdb.PageNotFoundError)
+# Inside a transaction, a damaged page can also poison the transaction itself.
+DAMAGE_IN_TXN = (*DAMAGE, lmdb.BadTxnError)
+
+
+class DamagedStore(StoreError):
+    """The store's LMDB files are damaged (the directory is ours: it has our marker)."""
+
+
+class Opened(NamedTuple):
+    """An open environment and the handles of its two named databases."""
+
+    env: lmdb.Environment
+    data_db: lmdb._Database
+    meta_db: lmdb._Database
+
+
+def key_bytes(key: int) -> bytes:
+    """The LMDB key of ``key``: big-endian, so LMDB's byte order is numeric order."""
+    # Sequential fills then append to the B-tree.
+    return key.to_bytes(8, "big")
+
+
+def _how_to_fix(path: Path) -> str:
+    return f"clear it with `spillcache clear {path}` or open it with on_mismatch='rebuild'"
+
+
+def damaged(path: Path, exc: BaseException) -> DamagedStore:
+    """The error for the store at ``path`` found damaged by ``exc``."""
+    return DamagedStore(f"the store at {str(path)!r} is damaged ({exc}); {_how_to_fix(path)}")
+
+
+def open_env(path: Path, *, read_only: bool, readahead: bool) -> Opened:
+    """Open the environment of the store at ``path``, checked (not truncated, only ours)."""
+    data_file = path / "data.mdb"
+    size = data_file.stat().st_size if data_file.exists() else 0
+    lock_mdb = path / "lock.mdb"
+    # LMDB writes its reader table into lock.mdb even to read: a store on a read-only
+    # mount is read without it (nobody can write there meanwhile).
+    locking = not read_only or (lock_mdb.exists() and os.access(lock_mdb, os.W_OK))
+    try:
+        env = lmdb.open(
+            str(path),
+            map_size=max(_INITIAL_MAP_SIZE, 2 * size),
+            subdir=True,
+            max_dbs=2,
+            max_readers=_MAX_READERS,
+            sync=False,
+            readahead=readahead,
+            meminit=False,
+            max_spare_txns=1,
+            lock=locking,
+            readonly=read_only,
+            writemap=False,
+        )
+    except DAMAGE as exc:
+        raise damaged(path, exc) from exc
+    except lmdb.Error as exc:
+        raise StoreError(f"the store at {str(path)!r} cannot be opened: {exc}") from exc
+    try:
+        _check_size(env, path, size)
+        opened = _open_dbs(env, path, read_only)
+        if locking:
+            env.reader_check()
+    except (*DAMAGE, lmdb.NotFoundError) as exc:
+        env.close()
+        raise damaged(path, exc) from exc
+    except BaseException:
+        env.close()
+        raise
+    return opened
+
+
+def _check_size(env: lmdb.Environment, path: Path, size: int) -> None:
+    """Refuse a truncated data file.
+
+    It opens fine and then kills the process with SIGBUS on the first read of a missing page:
+    compare the file with what LMDB believes it holds.
+    """
+    info, stat = env.info(), env.stat()
+    expected = (info["last_pgno"] + 1) * stat["psize"]
+    if size and (path / "data.mdb").stat().st_size < expected:
+        raise DamagedStore(
+            f"the store at {str(path)!r} is truncated ({size} bytes, LMDB expects "
+            f"{expected}); {_how_to_fix(path)}"
+        )
+
+
+def _open_dbs(env: lmdb.Environment, path: Path, read_only: bool) -> Opened:
+    """The handles of ``data`` and ``meta``; refuses a database with anything else."""
+    with env.begin(write=not read_only) as txn:
+        foreign = [k for k, _ in txn.cursor() if k not in (b"data", b"meta")]
+        if foreign:
+            raise StoreError(
+                f"the LMDB database at {str(path)!r} was not written by spillcache "
+                f"(it has {foreign[0]!r}); spillcache will not modify it"
+            )
+        if not read_only:
+            return Opened(env, env.open_db(b"data", txn=txn), env.open_db(b"meta", txn=txn))
+    # Not in that transaction: handles opened in a read transaction die with it.
+    return Opened(env, env.open_db(b"data", create=False), env.open_db(b"meta", create=False))
