@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers import assert_sample_equal
-from spillcache import codec
+from spillcache.codec import encoding as codec
 from spillcache.codec import (
     FORMAT_VERSION,
     Encoding,
