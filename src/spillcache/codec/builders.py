@@ -1,0 +1,201 @@
+"""Decoders of one plan: the interpreter, and straight-line code generated per spec.
+
+A builder turns a value's bytes into the sample, walking the plan's ops (:func:`interpret`) or
+running code generated from them (:func:`generate`); both check every payload's end against the
+value's size before touching its bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, cast
+
+import numpy as np
+import xxhash
+
+from spillcache.errors import CodecError
+
+from .format import ALIGN
+from .rules import Array, Data
+
+if TYPE_CHECKING:
+    from .plan import Node, Plan
+
+__all__ = ["ARRAY", "BLOB", "SCALAR", "Builder", "Op", "generate", "interpret"]
+
+# How a leaf with a payload is decoded (the ``kind`` of an :class:`Op`):
+ARRAY: Final = 0  # nums[slot:slot + ndim] is the shape; data at the next multiple of ALIGN
+SCALAR: Final = 1  # a numpy scalar: itemsize bytes of dtype
+BLOB: Final = 2  # nums[slot] bytes passed to convert
+
+
+class Op(NamedTuple):
+    """How one leaf with a payload is decoded."""
+
+    kind: int
+    slot: int  # first table slot holding its shape or length
+    ndim: int
+    dtype: np.dtype[Any] | None
+    itemsize: int
+    # Applied to the copied array (None: keep the numpy array) or to the blob's bytes.
+    convert: Callable[[Any], object] | None
+
+
+# (value, limit, hasher) -> sample; the hasher, if any, is fed every byte before ``limit``.
+Builder = Callable[[Any, int, "xxhash.xxh3_64 | None"], object]
+
+
+def _overrun() -> CodecError:
+    return CodecError("data runs past the end of the value")
+
+
+def _unexplained(count: int) -> CodecError:
+    return CodecError(f"{count} unexplained bytes before the checksum")
+
+
+def _flat_bytes(array: Array) -> Data:
+    """A fresh C-ordered array's bytes as a buffer (datetime arrays export none themselves)."""
+    return array.reshape(-1).view(np.uint8)
+
+
+def interpret(
+    plan: Plan, value: Any, limit: int, hasher: xxhash.xxh3_64 | None, copy: bool
+) -> object:
+    """Decode by walking the plan's ops and makers (see :func:`generate` for the fast path).
+
+    ``copy``: arrays are copies (:func:`decode`) or views of ``value`` (:func:`view`).
+    """
+    nums = plan.table.unpack_from(value, plan.table_start)
+    vals: list[object] = [*nums, None]
+    pos = plan.data_start
+    hashed = 0
+    for kind, slot, ndim, dtype, itemsize, convert in plan.ops:
+        if kind == ARRAY:
+            pos += -pos % ALIGN
+            shape = nums[slot : slot + ndim]
+            end = pos + math.prod(shape) * itemsize
+            if end > limit:
+                raise _overrun()
+            array = np.ndarray(shape, dtype, value, pos)
+            if copy:
+                array = array.copy()
+            if hasher is not None:
+                hasher.update(value[hashed:pos])
+                hasher.update(_flat_bytes(array))
+                hashed = end
+            vals.append(array if convert is None else convert(array))
+        elif kind == SCALAR:
+            end = pos + itemsize
+            if end > limit:
+                raise _overrun()
+            vals.append(np.ndarray((), dtype, value, pos)[()])
+        else:
+            assert convert is not None  # every blob op has one
+            end = pos + nums[slot]
+            if end > limit:
+                raise _overrun()
+            vals.append(convert(value[pos:end]))
+        pos = end
+    if pos != limit:
+        raise _unexplained(limit - pos)
+    if hasher is not None:
+        hasher.update(value[hashed:limit])
+    for make in plan.makers:
+        vals.append(make(vals))
+    return vals[plan.root]
+
+
+def generate(plan: Plan, copy: bool) -> Builder:
+    """Generate the decoder of one spec: :func:`interpret` unrolled into straight-line code.
+
+    Only names chosen here and integers computed here enter the source. Dict keys, dtypes and
+    converters are passed in as constants, so no byte of any value is ever parsed as code.
+    """
+    consts: dict[str, object] = {
+        "unpack_from": plan.table.unpack_from,
+        "ndarray": np.ndarray,
+        "flat_bytes": _flat_bytes,
+        "overrun": _overrun,
+        "unexplained": _unexplained,
+    }
+    slots = len(plan.table.format) - 1
+    lines = ["def build(value, limit, hasher):"]
+    if slots:
+        names = "".join(f"n{i}, " for i in range(slots))
+        lines.append(f"    {names}= unpack_from(value, {plan.table_start})")
+    lines += [f"    pos = {plan.data_start}", "    hashed = 0"]
+    for index, (kind, slot, ndim, dtype, itemsize, convert) in enumerate(plan.ops):
+        leaf = f"v{index}"
+        if dtype is not None:
+            consts[f"d{index}"] = dtype
+        if convert is not None:
+            consts[f"f{index}"] = convert
+        if kind == ARRAY:
+            dims = [f"n{slot + d}" for d in range(ndim)]
+            lines += [
+                f"    pos += -pos % {ALIGN}",
+                f"    end = pos + {' * '.join([*dims, str(itemsize)])}",
+                "    if end > limit:",
+                "        raise overrun()",
+                f"    {leaf} = ndarray(({''.join(d + ', ' for d in dims)}), d{index}, value, pos)"
+                + (".copy()" if copy else ""),
+                "    if hasher is not None:",
+                "        hasher.update(value[hashed:pos])",
+                f"        hasher.update(flat_bytes({leaf}))",
+                "        hashed = end",
+            ]
+            if convert is not None:
+                lines.append(f"    {leaf} = f{index}({leaf})")
+        elif kind == SCALAR:
+            lines += [
+                f"    end = pos + {itemsize}",
+                "    if end > limit:",
+                "        raise overrun()",
+                f"    {leaf} = ndarray((), d{index}, value, pos)[()]",
+            ]
+        else:
+            lines += [
+                f"    end = pos + n{slot}",
+                "    if end > limit:",
+                "        raise overrun()",
+                f"    {leaf} = f{index}(value[pos:end])",
+            ]
+        lines.append("    pos = end")
+    lines += [
+        "    if pos != limit:",
+        "        raise unexplained(limit - pos)",
+        "    if hasher is not None:",
+        "        hasher.update(value[hashed:limit])",
+    ]
+    keys: list[object] = []
+    containers = 0
+
+    def expression(node: Node) -> str:
+        """Source of a node's value; a container is built into a variable of its own."""
+        if node is None:
+            return "None"
+        if isinstance(node, int):
+            return f"n{node}" if node >= 0 else f"v{~node}"
+        tag, node_keys, children = node
+        parts = [expression(child) for child in children]
+        if node_keys is not None:
+            names = []
+            for key in node_keys:
+                names.append(f"k{len(keys)}")
+                keys.append(key)
+            body = "{" + ", ".join(f"{k}: {p}" for k, p in zip(names, parts, strict=True)) + "}"
+        elif tag == b"L":
+            body = "[" + ", ".join(parts) + "]"
+        else:
+            body = "(" + "".join(f"{p}, " for p in parts) + ")"
+        nonlocal containers
+        name = f"c{containers}"
+        containers += 1
+        lines.append(f"    {name} = {body}")
+        return name
+
+    lines.append(f"    return {expression(plan.tree)}")
+    consts.update((f"k{i}", key) for i, key in enumerate(keys))
+    exec(compile("\n".join(lines), "<spillcache decoder>", "exec"), consts)
+    return cast(Builder, consts["build"])
