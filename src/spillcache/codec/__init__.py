@@ -85,22 +85,27 @@ Modules
     A spec parsed into a plan, the bounded plan cache, and the interpreted and generated
     builders that turn a value into a sample.
 ``decoding``
-    :func:`decode` and :func:`view`.
+    :func:`decode`, :func:`decode_sized` (with the footprint and copier a cache needs) and
+    :func:`view`.
+``footprint``
+    What :func:`~spillcache.sizing.sample_nbytes` says of a decoded sample, from its plan.
 ``copying``
     :func:`clone` and :func:`replicate`, the RAM tier's copies of samples.
 """
 
 from .copying import clone, replicate
-from .decoding import decode, view
+from .decoding import Decoded, decode, decode_sized, view
 from .encoding import Buffer, Encoding, encode, seal
 from .format import FORMAT_VERSION, digest
 
 __all__ = [
     "FORMAT_VERSION",
     "Buffer",
+    "Decoded",
     "Encoding",
     "clone",
     "decode",
+    "decode_sized",
     "digest",
     "encode",
     "replicate",

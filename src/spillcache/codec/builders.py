@@ -8,7 +8,7 @@ value's size before touching its bytes.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, cast
 
 import numpy as np
@@ -22,7 +22,7 @@ from .rules import Array, Data
 if TYPE_CHECKING:
     from .plan import Node, Plan
 
-__all__ = ["ARRAY", "BLOB", "SCALAR", "Builder", "Op", "generate", "interpret"]
+__all__ = ["ARRAY", "BLOB", "SCALAR", "Builder", "Built", "Op", "generate", "interpret"]
 
 # How a leaf with a payload is decoded (the ``kind`` of an :class:`Op`):
 ARRAY: Final = 0  # nums[slot:slot + ndim] is the shape; data at the next multiple of ALIGN
@@ -42,8 +42,11 @@ class Op(NamedTuple):
     convert: Callable[[Any], object] | None
 
 
-# (value, limit, hasher) -> sample; the hasher, if any, is fed every byte before ``limit``.
-Builder = Callable[[Any, int, "xxhash.xxh3_64 | None"], object]
+# What a builder returns: the sample, the table's numbers and the leaves with payloads (one per
+# op, in op order), from which the footprint and the copy of a decoded sample are computed.
+Built = tuple[object, tuple[Any, ...], Sequence[object]]
+# (value, limit, hasher) -> Built; the hasher, if any, is fed every byte before ``limit``.
+Builder = Callable[[Any, int, "xxhash.xxh3_64 | None"], Built]
 
 
 def _overrun() -> CodecError:
@@ -61,15 +64,27 @@ def _flat_bytes(array: Array) -> Data:
 
 def interpret(
     plan: Plan, value: Any, limit: int, hasher: xxhash.xxh3_64 | None, copy: bool
-) -> object:
+) -> Built:
     """Decode by walking the plan's ops and makers (see :func:`generate` for the fast path).
 
-    ``copy``: arrays are copies (:func:`decode`) or views of ``value`` (:func:`view`).
+    ``copy``: arrays are copies (:func:`~.decoding.decode`) or views of ``value``
+    (:func:`~.decoding.view`).
     """
+    nums, leaves = _read(plan, value, limit, hasher=hasher, copy=copy)
+    vals: list[object] = [*nums, None, *leaves]
+    for make in plan.makers:
+        vals.append(make(vals))
+    return vals[plan.root], nums, leaves
+
+
+def _read(
+    plan: Plan, value: Any, limit: int, *, hasher: xxhash.xxh3_64 | None, copy: bool
+) -> tuple[tuple[Any, ...], list[object]]:
+    """The table's numbers and the leaves with payloads of ``value``, up to ``limit``."""
     nums = plan.table.unpack_from(value, plan.table_start)
-    vals: list[object] = [*nums, None]
     pos = plan.data_start
     hashed = 0
+    leaves: list[object] = []
     for kind, slot, ndim, dtype, itemsize, convert in plan.ops:
         if kind == ARRAY:
             pos += -pos % ALIGN
@@ -84,26 +99,33 @@ def interpret(
                 hasher.update(value[hashed:pos])
                 hasher.update(_flat_bytes(array))
                 hashed = end
-            vals.append(array if convert is None else convert(array))
-        elif kind == SCALAR:
-            end = pos + itemsize
-            if end > limit:
-                raise _overrun()
-            vals.append(np.ndarray((), dtype, value, pos)[()])
+            leaves.append(array if convert is None else convert(array))
         else:
-            assert convert is not None  # every blob op has one
-            end = pos + nums[slot]
+            end = pos + (itemsize if kind == SCALAR else nums[slot])
             if end > limit:
                 raise _overrun()
-            vals.append(convert(value[pos:end]))
+            leaves.append(_small_leaf(kind, dtype, convert, value, (pos, end)))
         pos = end
     if pos != limit:
         raise _unexplained(limit - pos)
     if hasher is not None:
         hasher.update(value[hashed:limit])
-    for make in plan.makers:
-        vals.append(make(vals))
-    return vals[plan.root]
+    return nums, leaves
+
+
+def _small_leaf(
+    kind: int,
+    dtype: np.dtype[Any] | None,
+    convert: Callable[[Any], object] | None,
+    value: Any,
+    span: tuple[int, int],
+) -> object:
+    """A numpy scalar or a blob's object, from the bytes ``span`` (start, end) of ``value``."""
+    pos, end = span
+    if kind == SCALAR:
+        return np.ndarray((), dtype, value, pos)[()]
+    assert convert is not None  # every blob op has one
+    return convert(value[pos:end])
 
 
 def generate(plan: Plan, copy: bool) -> Builder:
@@ -121,46 +143,12 @@ def generate(plan: Plan, copy: bool) -> Builder:
     }
     slots = len(plan.table.format) - 1
     lines = ["def build(value, limit, hasher):"]
+    lines.append(f"    nums = unpack_from(value, {plan.table_start})")
     if slots:
-        names = "".join(f"n{i}, " for i in range(slots))
-        lines.append(f"    {names}= unpack_from(value, {plan.table_start})")
+        lines.append("    " + "".join(f"n{i}, " for i in range(slots)) + "= nums")
     lines += [f"    pos = {plan.data_start}", "    hashed = 0"]
-    for index, (kind, slot, ndim, dtype, itemsize, convert) in enumerate(plan.ops):
-        leaf = f"v{index}"
-        if dtype is not None:
-            consts[f"d{index}"] = dtype
-        if convert is not None:
-            consts[f"f{index}"] = convert
-        if kind == ARRAY:
-            dims = [f"n{slot + d}" for d in range(ndim)]
-            lines += [
-                f"    pos += -pos % {ALIGN}",
-                f"    end = pos + {' * '.join([*dims, str(itemsize)])}",
-                "    if end > limit:",
-                "        raise overrun()",
-                f"    {leaf} = ndarray(({''.join(d + ', ' for d in dims)}), d{index}, value, pos)"
-                + (".copy()" if copy else ""),
-                "    if hasher is not None:",
-                "        hasher.update(value[hashed:pos])",
-                f"        hasher.update(flat_bytes({leaf}))",
-                "        hashed = end",
-            ]
-            if convert is not None:
-                lines.append(f"    {leaf} = f{index}({leaf})")
-        elif kind == SCALAR:
-            lines += [
-                f"    end = pos + {itemsize}",
-                "    if end > limit:",
-                "        raise overrun()",
-                f"    {leaf} = ndarray((), d{index}, value, pos)[()]",
-            ]
-        else:
-            lines += [
-                f"    end = pos + n{slot}",
-                "    if end > limit:",
-                "        raise overrun()",
-                f"    {leaf} = f{index}(value[pos:end])",
-            ]
+    for index, op in enumerate(plan.ops):
+        lines += _leaf_lines(index, op, copy, consts)
         lines.append("    pos = end")
     lines += [
         "    if pos != limit:",
@@ -168,6 +156,49 @@ def generate(plan: Plan, copy: bool) -> Builder:
         "    if hasher is not None:",
         "        hasher.update(value[hashed:limit])",
     ]
+    root = _container_lines(plan.tree, lines, consts)
+    leaves = "".join(f"v{index}, " for index in range(len(plan.ops)))
+    lines.append(f"    return {root}, nums, ({leaves})")
+    exec(compile("\n".join(lines), "<spillcache decoder>", "exec"), consts)
+    return cast(Builder, consts["build"])
+
+
+def _leaf_lines(index: int, op: Op, copy: bool, consts: dict[str, object]) -> list[str]:
+    """Source reading the leaf of ``op`` into ``v<index>`` and setting ``end`` past its payload."""
+    kind, slot, ndim, dtype, itemsize, convert = op
+    leaf = f"v{index}"
+    if dtype is not None:
+        consts[f"d{index}"] = dtype
+    if convert is not None:
+        consts[f"f{index}"] = convert
+    check = ["    if end > limit:", "        raise overrun()"]
+    if kind == SCALAR:
+        return [
+            f"    end = pos + {itemsize}",
+            *check,
+            f"    {leaf} = ndarray((), d{index}, value, pos)[()]",
+        ]
+    if kind == BLOB:
+        return [f"    end = pos + n{slot}", *check, f"    {leaf} = f{index}(value[pos:end])"]
+    dims = [f"n{slot + d}" for d in range(ndim)]
+    lines = [
+        f"    pos += -pos % {ALIGN}",
+        f"    end = pos + {' * '.join([*dims, str(itemsize)])}",
+        *check,
+        f"    {leaf} = ndarray(({''.join(d + ', ' for d in dims)}), d{index}, value, pos)"
+        + (".copy()" if copy else ""),
+        "    if hasher is not None:",
+        "        hasher.update(value[hashed:pos])",
+        f"        hasher.update(flat_bytes({leaf}))",
+        "        hashed = end",
+    ]
+    if convert is not None:
+        lines.append(f"    {leaf} = f{index}({leaf})")
+    return lines
+
+
+def _container_lines(tree: Node, lines: list[str], consts: dict[str, object]) -> str:
+    """Append the source building the containers of ``tree``; return the root's expression."""
     keys: list[object] = []
     containers = 0
 
@@ -180,10 +211,8 @@ def generate(plan: Plan, copy: bool) -> Builder:
         tag, node_keys, children = node
         parts = [expression(child) for child in children]
         if node_keys is not None:
-            names = []
-            for key in node_keys:
-                names.append(f"k{len(keys)}")
-                keys.append(key)
+            names = [f"k{len(keys) + i}" for i in range(len(node_keys))]
+            keys.extend(node_keys)
             body = "{" + ", ".join(f"{k}: {p}" for k, p in zip(names, parts, strict=True)) + "}"
         elif tag == b"L":
             body = "[" + ", ".join(parts) + "]"
@@ -195,7 +224,6 @@ def generate(plan: Plan, copy: bool) -> Builder:
         lines.append(f"    {name} = {body}")
         return name
 
-    lines.append(f"    return {expression(plan.tree)}")
+    root = expression(tree)
     consts.update((f"k{i}", key) for i, key in enumerate(keys))
-    exec(compile("\n".join(lines), "<spillcache decoder>", "exec"), consts)
-    return cast(Builder, consts["build"])
+    return root

@@ -21,7 +21,7 @@ from .format import CACHE_LIMIT, CONTAINER_TAGS, I64, MAX_DEPTH, MAX_NDIM, PREFI
 from .plan import Node, Plan
 from .rules import ARRAY_KINDS, SCALAR_KINDS, TORCH_BY_NAME, Array, PathError, stored_dtype
 
-__all__ = ["PLANS", "SpecCompiler", "decode_str", "plan_of", "remember"]
+__all__ = ["PLANS", "SpecCompiler", "decode_int", "decode_str", "plan_of", "remember"]
 
 PLANS: dict[bytes, Plan] = {}
 
@@ -47,7 +47,8 @@ def decode_str(raw: bytes | memoryview) -> str:
     return str(raw, "utf-8", "surrogatepass")
 
 
-def _decode_int(raw: bytes | memoryview) -> int:
+def decode_int(raw: bytes | memoryview) -> int:
+    """Decode a stored int outside the int64 range (two's complement, little-endian)."""
     return int.from_bytes(raw, "little", signed=True)
 
 
@@ -72,7 +73,7 @@ def _tensor_converter(
 
 
 _BLOB_DECODERS: Final[dict[bytes, Callable[[Any], object]]] = {
-    b"j": _decode_int,
+    b"j": decode_int,
     b"s": decode_str,
     b"y": bytes,
     b"S": lambda raw: np.str_(decode_str(raw)),
@@ -156,20 +157,7 @@ class SpecCompiler:
         self.nodes += 1
         tag = self._take(1)
         if tag in CONTAINER_TAGS.values():
-            if depth >= MAX_DEPTH:
-                raise CodecError("structure nests too deep")
-            count = self._count()
-            keys: list[object] | None = [] if tag == b"D" else None
-            children: list[Node] = []
-            for _ in range(count):
-                if keys is not None:
-                    keys.append(self._key())
-                children.append(self._node(depth + 1))
-            if keys is None:
-                return (tag, None, children)
-            if len(set(keys)) != count:
-                raise CodecError("duplicate dict key in the structure spec")
-            return (tag, tuple(keys), children)
+            return self._container(tag, depth)
         if tag == b"N":
             return None
         if tag in _TABLE_CODES:
@@ -182,15 +170,33 @@ class SpecCompiler:
         if tag == b"a":
             return self._op(self._array_op(self._dtype(ARRAY_KINDS), None))
         if tag in (b"t", b"r"):
-            info = TORCH_BY_NAME.get(self._take(self._take(1)[0]))
-            if info is None:
-                raise CodecError("unknown torch dtype")
-            grad = tag == b"r"
-            if grad and not (info.dtype.is_floating_point or info.dtype.is_complex):
-                raise CodecError(f"a {info.dtype} tensor cannot require grad")
-            convert = _tensor_converter(None if info.carrier is None else info.dtype, grad)
-            return self._op(self._array_op(info.numpy_dtype, convert))
+            return self._op(self._tensor_op(grad=tag == b"r"))
         raise CodecError(f"unknown tag {tag!r} in the structure spec")
+
+    def _container(self, tag: bytes, depth: int) -> Node:
+        if depth >= MAX_DEPTH:
+            raise CodecError("structure nests too deep")
+        count = self._count()
+        keys: list[object] | None = [] if tag == b"D" else None
+        children: list[Node] = []
+        for _ in range(count):
+            if keys is not None:
+                keys.append(self._key())
+            children.append(self._node(depth + 1))
+        if keys is None:
+            return (tag, None, children)
+        if len(set(keys)) != count:
+            raise CodecError("duplicate dict key in the structure spec")
+        return (tag, tuple(keys), children)
+
+    def _tensor_op(self, *, grad: bool) -> Op:
+        info = TORCH_BY_NAME.get(self._take(self._take(1)[0]))
+        if info is None:
+            raise CodecError("unknown torch dtype")
+        if grad and not (info.dtype.is_floating_point or info.dtype.is_complex):
+            raise CodecError(f"a {info.dtype} tensor cannot require grad")
+        convert = _tensor_converter(None if info.carrier is None else info.dtype, grad)
+        return self._array_op(info.numpy_dtype, convert)
 
     def _array_op(self, dtype: np.dtype[Any], convert: Callable[[Array], object] | None) -> Op:
         ndim = self._ndim()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Final, TypeVar, cast
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 import numpy as np
 import torch
 
+from .builders import ARRAY, Op
 from .format import MAX_DEPTH
 from .rules import (
     IMMUTABLE,
@@ -23,7 +24,10 @@ from .rules import (
     unsupported,
 )
 
-__all__ = ["clone", "replicate"]
+if TYPE_CHECKING:
+    from .plan import Plan
+
+__all__ = ["clone", "replicate", "replicate_built"]
 
 _T = TypeVar("_T")
 
@@ -73,9 +77,7 @@ def _clone(x: Any, depth: int) -> Any:
     copies = {}
     for key, value in x.items() if is_dict else enumerate(x):
         if is_dict:
-            key_token(key)
-            if type(key) is not str and type(key) is not int:
-                key = as_base(key)  # noqa: PLW2901 (the copy's key is of the base type)
+            key = _checked_key(key)  # noqa: PLW2901 (the copy's key is of the base type)
         if type(value) in IMMUTABLE:
             copies[key] = value
             continue
@@ -89,17 +91,21 @@ def _clone(x: Any, depth: int) -> Any:
     return list(copies.values()) if kind is list else tuple(copies.values())
 
 
+def _checked_key(key: object) -> object:
+    """A dict key as the copy keeps it (of its base type), refusing unsupported keys."""
+    key_token(key)
+    return key if type(key) is str or type(key) is int else as_base(key)
+
+
 def _copy_tensor(t: torch.Tensor) -> torch.Tensor:
     torch_type(t)
     copied = _copy_plain_tensor(dense(t))
     return copied.requires_grad_() if t.requires_grad else copied
 
 
-# torch copies tensors of this many elements or more with its intra-op thread pool
-# (at::internal::GRAIN_SIZE), whose barrier stalls for milliseconds when the cores are busy
-# (DataLoader workers, other jobs): on 2 busy cores, copies of 64 Ki floats took 10 us at the
-# median but 20 ms at p99. numpy copies them in the calling thread; smaller tensors are
-# cloned, which is faster than a round trip through numpy (1.8 against 2.8 us for 4 KiB).
+# torch copies tensors of this many elements or more with its intra-op thread pool, whose
+# barrier stalls when the cores are busy: numpy copies those in the calling thread (see
+# docs/design.rst, "Copies of samples").
 _PARALLEL_NUMEL: Final = 32768
 
 
@@ -170,3 +176,33 @@ def _replicate(x: Any) -> Any:
     if kind is tuple:
         return tuple([v if type(v) in IMMUTABLE else _replicate(v) for v in x])
     return x
+
+
+def replicate_built(plan: Plan, nums: tuple[Any, ...], leaves: Sequence[object]) -> object:
+    """Copy a sample its ``plan`` just built from ``nums`` and ``leaves``, as :func:`replicate`.
+
+    The plan's container makers rebuild the structure around copies of its tensors and arrays
+    (the other leaves are shared): no walk of the sample, no look at its types.
+    """
+    copiers = plan.copiers
+    if copiers is None:
+        copiers = plan.copiers = tuple(map(_leaf_copier, plan.ops))
+    vals: list[object] = [*nums, None]
+    vals += [copy(leaf) for copy, leaf in zip(copiers, leaves, strict=True)]
+    for make in plan.makers:
+        vals.append(make(vals))
+    return vals[plan.root]
+
+
+def _leaf_copier(op: Op) -> Callable[[Any], object]:
+    """How :func:`replicate_built` copies the leaf of ``op``."""
+    if op.kind != ARRAY:  # numpy scalars, str, bytes and big ints are immutable
+        return _share
+    return np.ndarray.copy if op.convert is None else _replicate_tensor
+
+
+def _replicate_tensor(x: torch.Tensor) -> torch.Tensor:
+    """Copy a contiguous tensor as :func:`replicate` does."""
+    if x.requires_grad:  # a clone would be a non-leaf with the original in its history
+        return _copy_plain_tensor(x.detach()).requires_grad_()
+    return x.clone() if x.numel() < _PARALLEL_NUMEL else _copy_plain_tensor(x)

@@ -1,18 +1,25 @@
-"""The decoders: :func:`decode` (checked, copies) and :func:`view` (unchecked, views)."""
+"""The decoders: :func:`decode` and :func:`decode_sized` (checked, copies), :func:`view`."""
 
 from __future__ import annotations
 
 import struct
-from typing import Final
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Final
 
 import xxhash
 
 from spillcache.errors import CodecError
 
+from .builders import Builder, Built
 from .compiler import PLANS, SpecCompiler, plan_of, remember
+from .copying import replicate_built
+from .footprint import Footprint
 from .format import CHECKSUM, FORMAT_VERSION, MAGIC, PREFIX
 
-__all__ = ["decode", "view"]
+if TYPE_CHECKING:
+    from .plan import Plan
+
+__all__ = ["Decoded", "decode", "decode_sized", "view"]
 
 # Values at least this large are checked while they are copied: each array is hashed from its
 # fresh copy, still in the CPU cache, instead of from the value (in RAM, or in LMDB's mapped
@@ -44,11 +51,114 @@ def decode(value: bytes | bytearray | memoryview) -> object:
         For any invalid ``value``: corrupt, truncated, extended, of another format or version,
         or not a buffer at all.
     """
+    return _decode(value)[2][0]
+
+
+def decode_sized(value: bytes | bytearray | memoryview) -> Decoded:
+    """Rebuild a sample as :func:`decode` does, with its footprint and a way to copy it.
+
+    For a cache that keeps the sample in RAM and hands out a copy: what the decode knows (the
+    plan's structure, the table's numbers) gives both without a walk of the sample.
+
+    Parameters
+    ----------
+    value : bytes, bytearray or memoryview
+        The encoded value.
+
+    Returns
+    -------
+    Decoded
+        The sample, its :func:`~spillcache.sizing.sample_nbytes` and its copier.
+
+    Raises
+    ------
+    CodecError
+        As :func:`decode`.
+    """
+    plan, builder, (sample, nums, leaves) = _decode(value)
+    footprint = plan.footprint
+    if footprint is None:
+        footprint = plan.footprint = Footprint(plan)
+    return Decoded(sample, footprint.nbytes(builder, sample, nums, leaves), plan, nums, leaves)
+
+
+class Decoded:
+    """A sample :func:`decode_sized` rebuilt, with what its plan knows about it.
+
+    Attributes
+    ----------
+    sample : object
+        The sample, as :func:`decode` returns it.
+    nbytes : int
+        Exactly what :func:`~spillcache.sizing.sample_nbytes` says of ``sample`` when it was
+        decoded, computed from the plan.
+    """
+
+    __slots__ = ("_leaves", "_nums", "_plan", "nbytes", "sample")
+
+    def __init__(
+        self,
+        sample: object,
+        nbytes: int,
+        plan: Plan,
+        nums: tuple[Any, ...],
+        leaves: Sequence[object],
+    ) -> None:
+        self.sample = sample
+        self.nbytes = nbytes
+        self._plan = plan
+        self._nums = nums
+        self._leaves = leaves
+
+    def copy(self) -> object:
+        """A copy of :attr:`sample`, as :func:`~spillcache.codec.replicate` makes one.
+
+        Containers rebuilt by the plan, every tensor and array copied, other leaves shared.
+        """
+        return replicate_built(self._plan, self._nums, self._leaves)
+
+
+def _decode(value: bytes | bytearray | memoryview) -> tuple[Plan, Builder, Built]:
+    """Check and decode ``value``: its plan, the builder that ran and what it built."""
     if type(value) is not bytes:
-        try:
-            value = memoryview(value).cast("B")
-        except TypeError as exc:
-            raise CodecError(f"cannot decode a {type(value).__qualname__}: {exc}") from None
+        value = _as_bytes(value)
+    limit, checksum, flags, spec_len = _open(value)
+    hasher = None
+    if limit >= _FUSED_MIN:
+        hasher = xxhash.xxh3_64()
+    elif xxhash.xxh3_64_intdigest(memoryview(value)[:limit]) != checksum:
+        raise CodecError(_CHECKSUM_MISMATCH)
+    spec = _spec(value, flags, spec_len, limit)
+    plan = PLANS.get(spec)
+    known = plan is not None
+    if plan is None:
+        plan = SpecCompiler(spec).compile()
+    if plan.data_start > limit:
+        raise CodecError("table runs past the end of the value")
+    builder = plan.build
+    try:
+        built = builder(value, limit, hasher)
+    except CodecError:
+        raise
+    except (ValueError, TypeError, OverflowError, struct.error) as exc:
+        raise CodecError(f"invalid value: {exc}") from exc
+    if hasher is not None and hasher.intdigest() != checksum:
+        raise CodecError(_CHECKSUM_MISMATCH)
+    if not known:
+        # Only once the checksum held: damaged values must not crowd out real specs.
+        remember(spec, plan)
+    return plan, builder, built
+
+
+def _as_bytes(value: object) -> memoryview:
+    try:
+        return memoryview(value).cast("B")  # type: ignore[arg-type]
+    except TypeError as exc:
+        raise CodecError(f"cannot decode a {type(value).__qualname__}: {exc}") from None
+
+
+def _open(value: bytes | memoryview) -> tuple[int, int, int, int]:
+    """Check magic and version: the checksum's offset, the checksum, flags and spec length."""
     size = len(value)
     if size < PREFIX.size + CHECKSUM.size:
         raise CodecError(f"value of {size} bytes is too short")
@@ -59,35 +169,17 @@ def decode(value: bytes | bytearray | memoryview) -> object:
         raise CodecError(f"value has format version {version}, this codec reads {FORMAT_VERSION}")
     limit = size - CHECKSUM.size
     (checksum,) = CHECKSUM.unpack_from(value, limit)
-    hasher = None
-    if limit >= _FUSED_MIN:
-        hasher = xxhash.xxh3_64()
-    elif xxhash.xxh3_64_intdigest(memoryview(value)[:limit]) != checksum:
-        raise CodecError(_CHECKSUM_MISMATCH)
+    return limit, checksum, flags, spec_len
+
+
+def _spec(value: bytes | memoryview, flags: int, spec_len: int, limit: int) -> bytes:
+    """The structure spec, once the checksum held (the flags are checked only then)."""
     if flags:
         raise CodecError(f"unknown flags {flags:#x}")
     spec_end = PREFIX.size + spec_len
     if spec_end > limit:
         raise CodecError("structure spec runs past the end of the value")
-    spec = bytes(value[PREFIX.size : spec_end])
-    plan = PLANS.get(spec)
-    known = plan is not None
-    if plan is None:
-        plan = SpecCompiler(spec).compile()
-    if plan.data_start > limit:
-        raise CodecError("table runs past the end of the value")
-    try:
-        sample = plan.build(value, limit, hasher)
-    except CodecError:
-        raise
-    except (ValueError, TypeError, OverflowError, struct.error) as exc:
-        raise CodecError(f"invalid value: {exc}") from exc
-    if hasher is not None and hasher.intdigest() != checksum:
-        raise CodecError(_CHECKSUM_MISMATCH)
-    if not known:
-        # Only once the checksum held: damaged values must not crowd out real specs.
-        remember(spec, plan)
-    return sample
+    return bytes(value[PREFIX.size : spec_end])
 
 
 _CHECKSUM_MISMATCH: Final = "checksum mismatch (corrupt or truncated value)"
@@ -113,4 +205,4 @@ def view(value: memoryview) -> object:
     """
     (_, _, _, spec_len) = PREFIX.unpack_from(value)
     plan = plan_of(bytes(value[PREFIX.size : PREFIX.size + spec_len]))
-    return plan.view_build(value, len(value) - CHECKSUM.size, None)
+    return plan.view_build(value, len(value) - CHECKSUM.size, None)[0]

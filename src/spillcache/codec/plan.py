@@ -9,11 +9,14 @@ import struct
 from collections.abc import Callable, Sequence
 from functools import partial
 from operator import itemgetter
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import xxhash
 
-from .builders import Builder, Op, generate, interpret
+from .builders import Builder, Built, Op, generate, interpret
+
+if TYPE_CHECKING:
+    from .footprint import Footprint
 
 __all__ = ["Leaf", "Maker", "Node", "Plan"]
 
@@ -35,7 +38,9 @@ class Plan:
 
     __slots__ = (
         "build",
+        "copiers",
         "data_start",
+        "footprint",
         "makers",
         "nodes",
         "ops",
@@ -63,13 +68,16 @@ class Plan:
         self.nodes = nodes
         self.makers, self.root = assemble(tree, len(table.format) - 1, len(ops))
         self.uses = 0
+        # Made on first use by decode_sized and by Decoded.copy.
+        self.footprint: Footprint | None = None
+        self.copiers: tuple[Callable[[Any], object], ...] | None = None
         # What decode() and view() call: interpreted until the spec has been used twice.
         self.build: Builder = partial(self._count_and_interpret, True)
         self.view_build: Builder = partial(self._count_and_interpret, False)
 
     def _count_and_interpret(
         self, copy: bool, value: Any, limit: int, hasher: xxhash.xxh3_64 | None
-    ) -> object:
+    ) -> Built:
         self.uses += 1
         if self.uses >= _GENERATE_AT_USE and self.nodes <= _GENERATE_MAX_NODES:
             if copy:
