@@ -88,14 +88,16 @@ Modules
     :func:`decode`, :func:`decode_sized` (with the footprint and copier a cache needs) and
     :func:`view`.
 ``footprint``
-    What :func:`~spillcache.sizing.sample_nbytes` says of a decoded sample, from its plan.
+    What :func:`~spillcache.sizing.sample_nbytes` says of a decoded sample, from its plan, and
+    :class:`Decoded`, what :func:`decode_sized` returns.
 ``copying``
     :func:`clone` and :func:`replicate`, the RAM tier's copies of samples.
 """
 
 from .copying import clone, replicate
-from .decoding import Decoded, decode, decode_sized, view
+from .decoding import decode, decode_sized, view
 from .encoding import Buffer, Encoding, encode, seal
+from .footprint import Decoded
 from .format import FORMAT_VERSION, digest
 
 __all__ = [

@@ -8,7 +8,7 @@ value's size before touching its bytes.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, cast
 
 import numpy as np
@@ -22,7 +22,20 @@ from .rules import Array, Data
 if TYPE_CHECKING:
     from .plan import Node, Plan
 
-__all__ = ["ARRAY", "BLOB", "SCALAR", "Builder", "Built", "Op", "generate", "interpret"]
+__all__ = [
+    "ARRAY",
+    "BLOB",
+    "COPY",
+    "SCALAR",
+    "SIZED",
+    "VIEW",
+    "Builder",
+    "Op",
+    "decode_int",
+    "decode_str",
+    "generate",
+    "interpret",
+]
 
 # How a leaf with a payload is decoded (the ``kind`` of an :class:`Op`):
 ARRAY: Final = 0  # nums[slot:slot + ndim] is the shape; data at the next multiple of ALIGN
@@ -42,15 +55,34 @@ class Op(NamedTuple):
     convert: Callable[[Any], object] | None
 
 
-# What a builder returns: the sample, the table's numbers and the leaves with payloads (one per
-# op, in op order), from which the footprint and the copy of a decoded sample are computed.
-Built = tuple[object, tuple[Any, ...], Sequence[object]]
-# (value, limit, hasher) -> Built; the hasher, if any, is fed every byte before ``limit``.
-Builder = Callable[[Any, int, "xxhash.xxh3_64 | None"], Built]
+# (value, limit, hasher) -> the sample (a Decoded in SIZED mode); the hasher, if any, is fed
+# every byte before ``limit``.
+Builder = Callable[[Any, int, "xxhash.xxh3_64 | None"], Any]
+
+# What a builder makes: the sample with copies of the payloads (decode), with views of them
+# (view), or a Decoded with copies (decode_sized: the plan sizes and copies it from the table's
+# numbers and the leaves, so its containers are built as the interpreter builds them).
+COPY: Final = 0
+VIEW: Final = 1
+SIZED: Final = 2
+
+
+def decode_str(raw: bytes | memoryview) -> str:
+    """Decode the UTF-8 of a stored str (lone surrogates were kept with ``surrogatepass``)."""
+    return str(raw, "utf-8", "surrogatepass")
+
+
+def decode_int(raw: bytes | memoryview) -> int:
+    """Decode a stored int outside the int64 range (two's complement, little-endian)."""
+    return int.from_bytes(raw, "little", signed=True)
 
 
 def _overrun() -> CodecError:
     return CodecError("data runs past the end of the value")
+
+
+def _short_table() -> CodecError:
+    return CodecError("table runs past the end of the value")
 
 
 def _unexplained(count: int) -> CodecError:
@@ -62,27 +94,25 @@ def _flat_bytes(array: Array) -> Data:
     return array.reshape(-1).view(np.uint8)
 
 
-def interpret(
-    plan: Plan, value: Any, limit: int, hasher: xxhash.xxh3_64 | None, copy: bool
-) -> Built:
-    """Decode by walking the plan's ops and makers (see :func:`generate` for the fast path).
-
-    ``copy``: arrays are copies (:func:`~.decoding.decode`) or views of ``value``
-    (:func:`~.decoding.view`).
-    """
-    nums, leaves = _read(plan, value, limit, hasher=hasher, copy=copy)
+def interpret(plan: Plan, value: Any, limit: int, hasher: xxhash.xxh3_64 | None, mode: int) -> Any:
+    """Decode by walking the plan's ops and makers (see :func:`generate` for the fast path)."""
+    nums, leaves = _read(plan, value, limit, hasher=hasher, copy=mode != VIEW)
     vals: list[object] = [*nums, None, *leaves]
     for make in plan.makers:
         vals.append(make(vals))
-    return vals[plan.root], nums, leaves
+    if mode == SIZED:
+        return plan.decoded(vals[plan.root], nums, leaves)
+    return vals[plan.root]
 
 
 def _read(
     plan: Plan, value: Any, limit: int, *, hasher: xxhash.xxh3_64 | None, copy: bool
 ) -> tuple[tuple[Any, ...], list[object]]:
     """The table's numbers and the leaves with payloads of ``value``, up to ``limit``."""
-    nums = plan.table.unpack_from(value, plan.table_start)
     pos = plan.data_start
+    if pos > limit:
+        raise _short_table()
+    nums = plan.table.unpack_from(value, plan.table_start)
     hashed = 0
     leaves: list[object] = []
     for kind, slot, ndim, dtype, itemsize, convert in plan.ops:
@@ -128,7 +158,7 @@ def _small_leaf(
     return convert(value[pos:end])
 
 
-def generate(plan: Plan, copy: bool) -> Builder:
+def generate(plan: Plan, mode: int) -> Builder:
     """Generate the decoder of one spec: :func:`interpret` unrolled into straight-line code.
 
     Only names chosen here and integers computed here enter the source. Dict keys, dtypes and
@@ -140,15 +170,25 @@ def generate(plan: Plan, copy: bool) -> Builder:
         "flat_bytes": _flat_bytes,
         "overrun": _overrun,
         "unexplained": _unexplained,
+        "short_table": _short_table,
+        "decoded": plan.decoded,
     }
     slots = len(plan.table.format) - 1
-    lines = ["def build(value, limit, hasher):"]
-    lines.append(f"    nums = unpack_from(value, {plan.table_start})")
-    if slots:
-        lines.append("    " + "".join(f"n{i}, " for i in range(slots)) + "= nums")
+    lines = [
+        "def build(value, limit, hasher):",
+        f"    if limit < {plan.data_start}:",
+        "        raise short_table()",
+    ]
+    names = "".join(f"n{i}, " for i in range(slots))
+    if mode == SIZED:
+        lines.append(f"    nums = unpack_from(value, {plan.table_start})")
+        if slots:
+            lines.append(f"    {names}= nums")
+    elif slots:
+        lines.append(f"    {names}= unpack_from(value, {plan.table_start})")
     lines += [f"    pos = {plan.data_start}", "    hashed = 0"]
     for index, op in enumerate(plan.ops):
-        lines += _leaf_lines(index, op, copy, consts)
+        lines += _leaf_lines(index, op, mode != VIEW, consts)
         lines.append("    pos = end")
     lines += [
         "    if pos != limit:",
@@ -156,9 +196,12 @@ def generate(plan: Plan, copy: bool) -> Builder:
         "    if hasher is not None:",
         "        hasher.update(value[hashed:limit])",
     ]
-    root = _container_lines(plan.tree, lines, consts)
-    leaves = "".join(f"v{index}, " for index in range(len(plan.ops)))
-    lines.append(f"    return {root}, nums, ({leaves})")
+    root = _container_lines(plan.tree, lines, consts, inserted=mode == SIZED)
+    if mode == SIZED:
+        leaves = "".join(f"v{index}, " for index in range(len(plan.ops)))
+        lines.append(f"    return decoded({root}, nums, ({leaves}))")
+    else:
+        lines.append(f"    return {root}")
     exec(compile("\n".join(lines), "<spillcache decoder>", "exec"), consts)
     return cast(Builder, consts["build"])
 
@@ -197,8 +240,15 @@ def _leaf_lines(index: int, op: Op, copy: bool, consts: dict[str, object]) -> li
     return lines
 
 
-def _container_lines(tree: Node, lines: list[str], consts: dict[str, object]) -> str:
-    """Append the source building the containers of ``tree``; return the root's expression."""
+def _container_lines(
+    tree: Node, lines: list[str], consts: dict[str, object], *, inserted: bool
+) -> str:
+    """Append the source building the containers of ``tree``; return the root's expression.
+
+    ``inserted``: containers are made as the interpreter's makers make them, so that they take
+    the same memory: dicts filled key by key and lists made from tuples (a display presizes
+    them differently), tuples made from lists (a display of constants is one shared object).
+    """
     keys: list[object] = []
     containers = 0
 
@@ -210,20 +260,29 @@ def _container_lines(tree: Node, lines: list[str], consts: dict[str, object]) ->
             return f"n{node}" if node >= 0 else f"v{~node}"
         tag, node_keys, children = node
         parts = [expression(child) for child in children]
-        if node_keys is not None:
-            names = [f"k{len(keys) + i}" for i in range(len(node_keys))]
-            keys.extend(node_keys)
-            body = "{" + ", ".join(f"{k}: {p}" for k, p in zip(names, parts, strict=True)) + "}"
-        elif tag == b"L":
-            body = "[" + ", ".join(parts) + "]"
-        else:
-            body = "(" + "".join(f"{p}, " for p in parts) + ")"
         nonlocal containers
         name = f"c{containers}"
         containers += 1
-        lines.append(f"    {name} = {body}")
+        if node_keys is not None:
+            names = [f"k{len(keys) + i}" for i in range(len(node_keys))]
+            keys.extend(node_keys)
+            lines.extend(_dict_lines(name, names, parts, inserted=inserted))
+        elif tag == b"L":
+            items = "".join(f"{p}, " for p in parts)
+            lines.append(f"    {name} = list(({items}))" if inserted else f"    {name} = [{items}]")
+        elif inserted:  # a tuple of constants in a display would be one shared object
+            lines.append(f"    {name} = tuple([{''.join(f'{p}, ' for p in parts)}])")
+        else:
+            lines.append(f"    {name} = ({''.join(f'{p}, ' for p in parts)})")
         return name
 
     root = expression(tree)
     consts.update((f"k{i}", key) for i, key in enumerate(keys))
     return root
+
+
+def _dict_lines(name: str, keys: list[str], parts: list[str], *, inserted: bool) -> list[str]:
+    pairs = list(zip(keys, parts, strict=True))
+    if not inserted:
+        return [f"    {name} = {{{', '.join(f'{k}: {p}' for k, p in pairs)}}}"]
+    return [f"    {name} = {{}}", *(f"    {name}[{k}] = {p}" for k, p in pairs)]

@@ -16,12 +16,12 @@ import torch
 
 from spillcache.errors import CodecError
 
-from .builders import ARRAY, BLOB, SCALAR, Op
+from .builders import ARRAY, BLOB, SCALAR, Op, decode_int, decode_str
 from .format import CACHE_LIMIT, CONTAINER_TAGS, I64, MAX_DEPTH, MAX_NDIM, PREFIX, U32
 from .plan import Node, Plan
 from .rules import ARRAY_KINDS, SCALAR_KINDS, TORCH_BY_NAME, Array, PathError, stored_dtype
 
-__all__ = ["PLANS", "SpecCompiler", "decode_int", "decode_str", "plan_of", "remember"]
+__all__ = ["PLANS", "SpecCompiler", "plan_of", "remember"]
 
 PLANS: dict[bytes, Plan] = {}
 
@@ -40,16 +40,6 @@ def remember(spec: bytes, plan: Plan) -> None:
     if len(PLANS) >= CACHE_LIMIT:
         PLANS.clear()
     PLANS[spec] = plan
-
-
-def decode_str(raw: bytes | memoryview) -> str:
-    """Decode the UTF-8 of a stored str (lone surrogates were kept with ``surrogatepass``)."""
-    return str(raw, "utf-8", "surrogatepass")
-
-
-def decode_int(raw: bytes | memoryview) -> int:
-    """Decode a stored int outside the int64 range (two's complement, little-endian)."""
-    return int.from_bytes(raw, "little", signed=True)
 
 
 def _tensor_converter(

@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, cast
 
 import xxhash
 
 from spillcache.errors import CodecError
 
-from .builders import Builder, Built
 from .compiler import PLANS, SpecCompiler, plan_of, remember
-from .copying import replicate_built
-from .footprint import Footprint
+from .footprint import Decoded
 from .format import CHECKSUM, FORMAT_VERSION, MAGIC, PREFIX
 
-if TYPE_CHECKING:
-    from .plan import Plan
-
-__all__ = ["Decoded", "decode", "decode_sized", "view"]
+__all__ = ["decode", "decode_sized", "view"]
 
 # Values at least this large are checked while they are copied: each array is hashed from its
 # fresh copy, still in the CPU cache, instead of from the value (in RAM, or in LMDB's mapped
@@ -51,7 +45,7 @@ def decode(value: bytes | bytearray | memoryview) -> object:
         For any invalid ``value``: corrupt, truncated, extended, of another format or version,
         or not a buffer at all.
     """
-    return _decode(value)[2][0]
+    return _decode(value, False)
 
 
 def decode_sized(value: bytes | bytearray | memoryview) -> Decoded:
@@ -75,79 +69,50 @@ def decode_sized(value: bytes | bytearray | memoryview) -> Decoded:
     CodecError
         As :func:`decode`.
     """
-    plan, builder, (sample, nums, leaves) = _decode(value)
-    footprint = plan.footprint
-    if footprint is None:
-        footprint = plan.footprint = Footprint(plan)
-    return Decoded(sample, footprint.nbytes(builder, sample, nums, leaves), plan, nums, leaves)
+    return cast(Decoded, _decode(value, True))
 
 
-class Decoded:
-    """A sample :func:`decode_sized` rebuilt, with what its plan knows about it.
+def _decode(value: bytes | bytearray | memoryview, sized: bool) -> Any:
+    """Check ``value`` and build its sample (a :class:`Decoded` if ``sized``).
 
-    Attributes
-    ----------
-    sample : object
-        The sample, as :func:`decode` returns it.
-    nbytes : int
-        Exactly what :func:`~spillcache.sizing.sample_nbytes` says of ``sample`` when it was
-        decoded, computed from the plan.
+    One function on purpose: this runs on every disk hit, where each call costs (~2 %).
     """
-
-    __slots__ = ("_leaves", "_nums", "_plan", "nbytes", "sample")
-
-    def __init__(
-        self,
-        sample: object,
-        nbytes: int,
-        plan: Plan,
-        nums: tuple[Any, ...],
-        leaves: Sequence[object],
-    ) -> None:
-        self.sample = sample
-        self.nbytes = nbytes
-        self._plan = plan
-        self._nums = nums
-        self._leaves = leaves
-
-    def copy(self) -> object:
-        """A copy of :attr:`sample`, as :func:`~spillcache.codec.replicate` makes one.
-
-        Containers rebuilt by the plan, every tensor and array copied, other leaves shared.
-        """
-        return replicate_built(self._plan, self._nums, self._leaves)
-
-
-def _decode(value: bytes | bytearray | memoryview) -> tuple[Plan, Builder, Built]:
-    """Check and decode ``value``: its plan, the builder that ran and what it built."""
-    if type(value) is not bytes:
-        value = _as_bytes(value)
-    limit, checksum, flags, spec_len = _open(value)
-    hasher = None
-    if limit >= _FUSED_MIN:
-        hasher = xxhash.xxh3_64()
-    elif xxhash.xxh3_64_intdigest(memoryview(value)[:limit]) != checksum:
+    data = value
+    # LMDB's buffers are byte views already: only other buffers need one made.
+    if type(data) is not bytes and not (
+        type(data) is memoryview and data.format == "B" and data.ndim == 1 and data.c_contiguous
+    ):
+        data = _as_bytes(data)
+    size = len(data)
+    if size < PREFIX.size + CHECKSUM.size:
+        raise CodecError(f"value of {size} bytes is too short")
+    magic, version, flags, spec_len = PREFIX.unpack_from(data)
+    if magic != MAGIC or version != FORMAT_VERSION:
+        raise _foreign(magic, version)
+    limit = size - CHECKSUM.size
+    (checksum,) = CHECKSUM.unpack_from(data, limit)
+    # The checksum comes before any length in the value is trusted (fused with the copy if large).
+    hasher = xxhash.xxh3_64() if limit >= _FUSED_MIN else None
+    if hasher is None and xxhash.xxh3_64_intdigest(memoryview(data)[:limit]) != checksum:
         raise CodecError(_CHECKSUM_MISMATCH)
-    spec = _spec(value, flags, spec_len, limit)
-    plan = PLANS.get(spec)
-    known = plan is not None
-    if plan is None:
-        plan = SpecCompiler(spec).compile()
-    if plan.data_start > limit:
-        raise CodecError("table runs past the end of the value")
-    builder = plan.build
-    try:
-        built = builder(value, limit, hasher)
+    spec_end = PREFIX.size + spec_len
+    if flags or spec_end > limit:
+        raise _bad_spec(flags)
+    spec = bytes(data[PREFIX.size : spec_end])
+    known = PLANS.get(spec)
+    plan = known or SpecCompiler(spec).compile()
+    try:  # the builder checks the table's end and each payload's against ``limit``
+        built = (plan.sized_build if sized else plan.build)(data, limit, hasher)
     except CodecError:
         raise
     except (ValueError, TypeError, OverflowError, struct.error) as exc:
         raise CodecError(f"invalid value: {exc}") from exc
     if hasher is not None and hasher.intdigest() != checksum:
         raise CodecError(_CHECKSUM_MISMATCH)
-    if not known:
+    if known is None:
         # Only once the checksum held: damaged values must not crowd out real specs.
         remember(spec, plan)
-    return plan, builder, built
+    return built
 
 
 def _as_bytes(value: object) -> memoryview:
@@ -157,29 +122,16 @@ def _as_bytes(value: object) -> memoryview:
         raise CodecError(f"cannot decode a {type(value).__qualname__}: {exc}") from None
 
 
-def _open(value: bytes | memoryview) -> tuple[int, int, int, int]:
-    """Check magic and version: the checksum's offset, the checksum, flags and spec length."""
-    size = len(value)
-    if size < PREFIX.size + CHECKSUM.size:
-        raise CodecError(f"value of {size} bytes is too short")
-    magic, version, flags, spec_len = PREFIX.unpack_from(value)
+def _foreign(magic: bytes, version: int) -> CodecError:
     if magic != MAGIC:
-        raise CodecError("not a spillcache value (bad magic)")
-    if version != FORMAT_VERSION:
-        raise CodecError(f"value has format version {version}, this codec reads {FORMAT_VERSION}")
-    limit = size - CHECKSUM.size
-    (checksum,) = CHECKSUM.unpack_from(value, limit)
-    return limit, checksum, flags, spec_len
+        return CodecError("not a spillcache value (bad magic)")
+    return CodecError(f"value has format version {version}, this codec reads {FORMAT_VERSION}")
 
 
-def _spec(value: bytes | memoryview, flags: int, spec_len: int, limit: int) -> bytes:
-    """The structure spec, once the checksum held (the flags are checked only then)."""
+def _bad_spec(flags: int) -> CodecError:
     if flags:
-        raise CodecError(f"unknown flags {flags:#x}")
-    spec_end = PREFIX.size + spec_len
-    if spec_end > limit:
-        raise CodecError("structure spec runs past the end of the value")
-    return bytes(value[PREFIX.size : spec_end])
+        return CodecError(f"unknown flags {flags:#x}")
+    return CodecError("structure spec runs past the end of the value")
 
 
 _CHECKSUM_MISMATCH: Final = "checksum mismatch (corrupt or truncated value)"
@@ -205,4 +157,4 @@ def view(value: memoryview) -> object:
     """
     (_, _, _, spec_len) = PREFIX.unpack_from(value)
     plan = plan_of(bytes(value[PREFIX.size : PREFIX.size + spec_len]))
-    return plan.view_build(value, len(value) - CHECKSUM.size, None)[0]
+    return plan.view_build(value, len(value) - CHECKSUM.size, None)

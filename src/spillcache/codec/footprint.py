@@ -40,13 +40,13 @@ from spillcache.sizing import (
     _split_alloc,
 )
 
-from .builders import ARRAY, SCALAR, Builder, Op
-from .compiler import decode_int, decode_str
+from .builders import ARRAY, SCALAR, Op, decode_int, decode_str
+from .copying import replicate_built
 
 if TYPE_CHECKING:
     from .plan import Node, Plan
 
-__all__ = ["Footprint"]
+__all__ = ["Decoded", "Footprint"]
 
 # A leaf whose size depends on its content: op index and the function that sizes it.
 _Measure = Callable[[Any], int]
@@ -92,7 +92,7 @@ class Footprint:
         The plan whose samples are measured.
     """
 
-    __slots__ = ("_buffers", "_fixed", "_ints", "_keys", "_objects", "_shells", "_tree")
+    __slots__ = ("_buffers", "_fixed", "_ints", "_keys", "_objects", "_shell", "_tree")
 
     def __init__(self, plan: Plan) -> None:
         self._tree = plan.tree
@@ -109,8 +109,8 @@ class Footprint:
         self._keys = tuple(
             (key, size) for key in _keys(plan.tree) if (size := _leaf_nbytes(key)) > 0
         )
-        # Container bytes by builder: interpreted and generated code may size dicts apart.
-        self._shells: dict[Builder, int] = {}
+        # The containers' bytes, measured once: every builder of decode_sized makes them alike.
+        self._shell: int | None = None
 
     def _add_op(self, index: int, op: Op) -> None:
         if op.kind == ARRAY:
@@ -123,10 +123,8 @@ class Footprint:
         else:
             self._objects.append((index, _BLOB_MEASURES.get(op.convert, _object_nbytes)))
 
-    def nbytes(
-        self, builder: Builder, sample: object, nums: tuple[Any, ...], leaves: Sequence[object]
-    ) -> int:
-        """Bytes of ``sample``, just built by ``builder`` with ``nums`` and ``leaves``."""
+    def nbytes(self, sample: object, nums: tuple[Any, ...], leaves: Sequence[object]) -> int:
+        """Bytes of ``sample``, just built with ``nums`` and ``leaves``."""
         total = self._fixed
         for slot, ndim, itemsize in self._buffers:
             total += _malloc(math.prod(nums[slot : slot + ndim]) * itemsize)
@@ -138,10 +136,47 @@ class Footprint:
         for key, size in self._keys:
             if _getrefcount(key) <= _SHARED_REFCOUNT:
                 total += size
-        shell = self._shells.get(builder)
+        shell = self._shell
         if shell is None:
-            shell = self._shells[builder] = _shell_nbytes(self._tree, sample)
+            shell = self._shell = _shell_nbytes(self._tree, sample)
         return total + shell
+
+
+class Decoded:
+    """A sample :func:`~spillcache.codec.decode_sized` rebuilt, with what its plan knows of it.
+
+    Attributes
+    ----------
+    sample : object
+        The sample, as :func:`~spillcache.codec.decode` returns it.
+    nbytes : int
+        Exactly what :func:`~spillcache.sizing.sample_nbytes` says of ``sample`` when it was
+        decoded, computed from the plan.
+    """
+
+    __slots__ = ("_leaves", "_nums", "_plan", "nbytes", "sample")
+
+    def __init__(
+        self,
+        sample: object,
+        nbytes: int,
+        plan: Plan,
+        nums: tuple[Any, ...],
+        leaves: Sequence[object],
+    ) -> None:
+        self.sample = sample
+        self.nbytes = nbytes
+        self._plan = plan
+        self._nums = nums
+        self._leaves = leaves
+
+    def copy(self) -> object:
+        """A copy of :attr:`sample`, as :func:`~spillcache.codec.replicate` makes one.
+
+        The plan's makers rebuild the containers around copies of the tensors and arrays;
+        the other leaves are shared.
+        """
+        return replicate_built(self._plan, self._nums, self._leaves)
 
 
 def _array_overhead(op: Op) -> int:

@@ -9,14 +9,12 @@ import struct
 from collections.abc import Callable, Sequence
 from functools import partial
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import xxhash
 
-from .builders import Builder, Built, Op, generate, interpret
-
-if TYPE_CHECKING:
-    from .footprint import Footprint
+from .builders import COPY, SIZED, VIEW, Builder, Op, generate, interpret
+from .footprint import Decoded, Footprint
 
 __all__ = ["Leaf", "Maker", "Node", "Plan"]
 
@@ -45,6 +43,7 @@ class Plan:
         "nodes",
         "ops",
         "root",
+        "sized_build",
         "table",
         "table_start",
         "tree",
@@ -71,23 +70,29 @@ class Plan:
         # Made on first use by decode_sized and by Decoded.copy.
         self.footprint: Footprint | None = None
         self.copiers: tuple[Callable[[Any], object], ...] | None = None
-        # What decode() and view() call: interpreted until the spec has been used twice.
-        self.build: Builder = partial(self._count_and_interpret, True)
-        self.view_build: Builder = partial(self._count_and_interpret, False)
+        # What decode(), view() and decode_sized() call: interpreted until the spec has been
+        # used twice.
+        self.build: Builder = partial(self._count_and_interpret, COPY)
+        self.view_build: Builder = partial(self._count_and_interpret, VIEW)
+        self.sized_build: Builder = partial(self._count_and_interpret, SIZED)
 
     def _count_and_interpret(
-        self, copy: bool, value: Any, limit: int, hasher: xxhash.xxh3_64 | None
-    ) -> Built:
+        self, mode: int, value: Any, limit: int, hasher: xxhash.xxh3_64 | None
+    ) -> Any:
         self.uses += 1
         if self.uses >= _GENERATE_AT_USE and self.nodes <= _GENERATE_MAX_NODES:
-            if copy:
-                self.build = generate(self, copy=True)
-            else:
-                self.view_build = generate(self, copy=False)
-        return interpret(self, value, limit, hasher, copy)
+            setattr(self, _BUILDERS[mode], generate(self, mode))
+        return interpret(self, value, limit, hasher, mode)
+
+    def decoded(self, sample: object, nums: tuple[Any, ...], leaves: Sequence[object]) -> Decoded:
+        """The :class:`~.footprint.Decoded` of a sample built with ``nums`` and ``leaves``."""
+        footprint = self.footprint
+        if footprint is None:
+            footprint = self.footprint = Footprint(self)
+        return Decoded(sample, footprint.nbytes(sample, nums, leaves), self, nums, leaves)
 
 
-PLANS: dict[bytes, Plan] = {}
+_BUILDERS: Final = {COPY: "build", VIEW: "view_build", SIZED: "sized_build"}
 
 
 def assemble(root: Node, n_slots: int, n_ops: int) -> tuple[tuple[Maker, ...], int]:
