@@ -105,7 +105,7 @@ def _copy_tensor(t: torch.Tensor) -> torch.Tensor:
 
 # torch copies tensors of this many elements or more with its intra-op thread pool, whose
 # barrier stalls when the cores are busy: numpy copies those in the calling thread (see
-# docs/design.rst, "Copies of samples").
+# docs/design.rst, "The codec's costs").
 _PARALLEL_NUMEL: Final = 32768
 
 

@@ -16,10 +16,8 @@ from .format import CHECKSUM, FORMAT_VERSION, MAGIC, PREFIX
 __all__ = ["decode", "decode_sized", "view"]
 
 # Values at least this large are checked while they are copied: each array is hashed from its
-# fresh copy, still in the CPU cache, instead of from the value (in RAM, or in LMDB's mapped
-# page cache), so a large value is read from memory once rather than twice. Measured on 1 MiB
-# values here: a decode 20-30 % faster. Smaller values fit the cache anyway and are checked
-# first, in one call.
+# fresh copy, still in the CPU cache, so a large value is read from memory once, not twice
+# (docs/design.rst, "The codec's costs"). Smaller values are checked first, in one call.
 _FUSED_MIN: Final = 1 << 18
 
 
@@ -75,7 +73,8 @@ def decode_sized(value: bytes | bytearray | memoryview) -> Decoded:
 def _decode(value: bytes | bytearray | memoryview, sized: bool) -> Any:
     """Check ``value`` and build its sample (a :class:`Decoded` if ``sized``).
 
-    One function on purpose: this runs on every disk hit, where each call costs (~2 %).
+    One function on purpose: it runs on every disk hit, where each call shows
+    (docs/design.rst, "The codec's costs").
     """
     data = value
     # LMDB's buffers are byte views already: only other buffers need one made.

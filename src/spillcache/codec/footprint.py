@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 import torch
 
-# sizing.py's footprint model, imported rule by rule (see docs/design.rst, "Sizes of decoded
-# samples"): these names are private to sizing today.
+# sizing.py's footprint model, imported rule by rule (docs/design.rst, "Decoding for the RAM
+# tier"); sizing does not export these names (yet).
 from spillcache.sizing import (
     _DICT_OBJECT,
     _FLOAT_NBYTES,

@@ -16,19 +16,19 @@ import xxhash
 from .builders import COPY, SIZED, VIEW, Builder, Op, generate, interpret
 from .footprint import Decoded, Footprint
 
-__all__ = ["Leaf", "Maker", "Node", "Plan"]
+__all__ = ["Node", "Plan"]
 
 # A spec's decoder is generated when the spec comes up for its second decode: straight-line
-# code is about twice as fast on small samples as interpreting the plan, but generating it
-# costs about as much as ten decodes, which samples whose structure never repeats would pay
-# in vain. Specs with more nodes than this stay interpreted: the code would grow with them.
+# code is faster, but generating it costs what samples whose structure never repeats would pay
+# in vain (docs/design.rst, "The codec's costs"). Specs with more nodes than this stay
+# interpreted: the code would grow with them.
 _GENERATE_AT_USE: Final = 2
 _GENERATE_MAX_NODES: Final = 256
 
-Maker = Callable[[list[object]], object]
+_Maker = Callable[[list[object]], object]
 
-Leaf = int | None
-Node = Leaf | tuple[bytes, "tuple[object, ...] | None", "list[Node]"]
+_Leaf = int | None
+Node = _Leaf | tuple[bytes, "tuple[object, ...] | None", "list[Node]"]
 
 
 class Plan:
@@ -95,11 +95,11 @@ class Plan:
 _BUILDERS: Final = {COPY: "build", VIEW: "view_build", SIZED: "sized_build"}
 
 
-def assemble(root: Node, n_slots: int, n_ops: int) -> tuple[tuple[Maker, ...], int]:
+def assemble(root: Node, n_slots: int, n_ops: int) -> tuple[tuple[_Maker, ...], int]:
     """Return the container makers in build order and the index of the sample in vals."""
     # vals holds the table slots, None, the payload leaves, then the containers.
     n_leaves = n_slots + 1 + n_ops
-    makers: list[Maker] = []
+    makers: list[_Maker] = []
 
     def place(node: Node) -> int:
         if node is None:
@@ -114,10 +114,10 @@ def assemble(root: Node, n_slots: int, n_ops: int) -> tuple[tuple[Maker, ...], i
     return tuple(makers), root_index
 
 
-def maker(tag: bytes, keys: tuple[object, ...] | None, indices: list[int]) -> Maker:
+def maker(tag: bytes, keys: tuple[object, ...] | None, indices: list[int]) -> _Maker:
     """Return a function building one container from the values at ``indices`` in vals."""
-    # Measured on CPython 3.11: a plain loop builds a small dict about twice as fast as
-    # dict(zip(...)) or a comprehension; itemgetter is the fastest gather for sequences.
+    # The fastest ways on CPython 3.11 (docs/design.rst, "The codec's costs"): a plain loop
+    # for dicts, itemgetter to gather sequences.
     if keys is not None:
         pairs = tuple(zip(keys, indices, strict=True))
 

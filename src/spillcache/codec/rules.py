@@ -26,7 +26,6 @@ __all__ = [
     "Array",
     "Data",
     "PathError",
-    "TorchType",
     "array_head",
     "as_base",
     "dense",
@@ -51,7 +50,7 @@ SCALAR_KINDS: Final = frozenset("biufcmM")
 _PLATFORM_DEPENDENT: Final = frozenset({np.dtype(np.longdouble), np.dtype(np.clongdouble)})
 
 
-class TorchType(NamedTuple):
+class _TorchType(NamedTuple):
     """How a torch dtype is stored: its name in the spec and a numpy-compatible carrier."""
 
     head: bytes  # spec bytes of a tensor leaf of this dtype, but for ndim
@@ -60,7 +59,7 @@ class TorchType(NamedTuple):
     numpy_dtype: np.dtype[Any]  # dtype of the stored bytes (the carrier's, if any)
 
 
-def _torch_types() -> dict[torch.dtype, TorchType]:
+def _torch_types() -> dict[torch.dtype, _TorchType]:
     numpy_native = {
         "bool": "|b1",
         "uint8": "|u1",
@@ -94,7 +93,7 @@ def _torch_types() -> dict[torch.dtype, TorchType]:
             continue
         carrier = getattr(torch, carried[name]) if name in carried else None
         stored = np.dtype(numpy_native[carried.get(name, name)])
-        types[dtype] = TorchType(b"t" + _short_token(name), dtype, carrier, stored)
+        types[dtype] = _TorchType(b"t" + _short_token(name), dtype, carrier, stored)
     return types
 
 
@@ -267,7 +266,7 @@ array_head: Final = _spec_heads(b"a", ARRAY_KINDS)
 scalar_head: Final = _spec_heads(b"g", SCALAR_KINDS)
 
 
-def torch_type(t: torch.Tensor) -> TorchType:
+def torch_type(t: torch.Tensor) -> _TorchType:
     """Return how a tensor is stored, refusing tensors that are not plain dense CPU data."""
     info = TORCH_TYPES.get(t.dtype)
     if info is not None and t.layout is torch.strided and t.is_cpu and not t.is_nested:
