@@ -101,7 +101,8 @@ def test_a_full_ram_tier_measures_only_disk_hits_it_may_take(
     from spillcache import cache as cache_module
 
     one = sample_nbytes({"v": np.full(100, 0.0)}) + cache_module.ENTRY_OVERHEAD
-    measured = spy(monkeypatch, cache_module, "sample_nbytes")
+    # A disk hit is measured by the decode that sizes it (decode_sized), not by a walk.
+    measured = spy(monkeypatch, cache_module, "decode_sized")
     with SpillCache(tmp_path / "s", ram_budget=3 * one) as cache:
         for i in (0, 1, 2, 10):
             cache.put(i, {"v": np.full(100, float(i))})

@@ -23,17 +23,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers import assert_sample_equal
-from spillcache import codec
 from spillcache.codec import (
     FORMAT_VERSION,
     Encoding,
     clone,
+    compiler,
     decode,
     digest,
     encode,
     seal,
     view,
 )
+from spillcache.codec import format as codec_format
 from spillcache.errors import CodecError
 from spillcache.footprint import sample_nbytes
 
@@ -332,9 +333,9 @@ def test_encode_is_deterministic_and_digest_tells_data_apart() -> None:
 
 
 def test_plan_cache_stays_bounded() -> None:
-    for i in range(codec._CACHE_LIMIT + 10):
+    for i in range(codec_format.CACHE_LIMIT + 10):
         assert decode(encode({f"key{i}": i})) == {f"key{i}": i}
-    assert len(codec._PLANS) <= codec._CACHE_LIMIT
+    assert len(compiler.PLANS) <= codec_format.CACHE_LIMIT
 
 
 # --------------------------------------------------------------------------- refusals
@@ -413,7 +414,7 @@ def test_self_references_and_absurd_depth_are_refused() -> None:
 
 def test_deepest_allowed_nesting_round_trips() -> None:
     deep: object = 1
-    for _ in range(codec._MAX_DEPTH):
+    for _ in range(codec_format.MAX_DEPTH):
         deep = (deep,)
     assert_sample_equal(roundtrip(deep), deep)
     with pytest.raises(ValueError, match="deep"):

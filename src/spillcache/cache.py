@@ -10,14 +10,14 @@ import threading
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 
 from . import forksafe
 from .budget import check_ram_budget, filesystem_size, memory_limit, parse_budget
 from .closing import Closing
-from .codec import Encoding, Unsealed, clone, decode, replicate, view
+from .codec import Decoded, Encoding, Unsealed, clone, decode, decode_sized, replicate, view
 from .disk import Value, open_tier
 from .errors import CodecError, SpillCacheWarning
 from .flight import SingleFlight
@@ -269,7 +269,9 @@ class SpillCache(Closing):
             if value is not None:
                 return replicate(value) if self._copy else value
         try:
-            value = self._disk.read(k, decode) if self._current() else None
+            # An admitting read gets the footprint and copier the RAM tier needs with the sample.
+            read = decode_sized if admits else decode
+            value = self._disk.read(k, read) if self._current() else None
             if value is not None and self._generation != self._disk.generation:
                 value = None  # emptied for another object's data during the read
         except CodecError as exc:
@@ -302,15 +304,16 @@ class SpillCache(Closing):
                 if self._watch:
                     self._report(1, self._disk_hits)
             return value
-        nbytes = sample_nbytes(value) + ENTRY_OVERHEAD
+        decoded = cast(Decoded, value)
+        nbytes = decoded.nbytes + ENTRY_OVERHEAD
         with self._lock:
             overtaken = self._done_reading(k)
             self._disk_hits += 1
             if self._watch:
                 self._report(1, self._disk_hits)
-            admitted = not overtaken and self._ram.admit(k, value, nbytes)
-        # The RAM tier now owns ``value``; the caller gets its own copy.
-        return replicate(value) if admitted and self._copy else value
+            admitted = not overtaken and self._ram.admit(k, decoded.sample, nbytes)
+        # The RAM tier now owns the sample; the caller gets its own copy.
+        return decoded.copy() if admitted and self._copy else decoded.sample
 
     # -- the miss hook ---------------------------------------------------------------------------
 
@@ -668,7 +671,7 @@ class SpillCache(Closing):
         with self._lock:
             self._start_reading(key)
         try:
-            value = self._disk.read(key, decode) if self._current() else None
+            value = self._disk.read(key, decode_sized) if self._current() else None
             if self._generation != self._disk.generation:
                 value = None
         except CodecError:
@@ -678,12 +681,14 @@ class SpillCache(Closing):
                 self._done_reading(key)
             raise
         admits = value is not None and self._may_admit()
-        nbytes = sample_nbytes(value) + ENTRY_OVERHEAD if admits else 0
+        nbytes = value.nbytes + ENTRY_OVERHEAD if value is not None and admits else 0
         with self._lock:
             overtaken = self._done_reading(key)
             if value is None:
                 return None
-            return admits and not overtaken and self._ram.admit(key, value, nbytes, evict=False)
+            return (
+                admits and not overtaken and self._ram.admit(key, value.sample, nbytes, evict=False)
+            )
 
     def get_meta(self, name: str) -> bytes | None:
         """The store's metadata record ``name`` (e.g. a data set's probe digests), or ``None``."""

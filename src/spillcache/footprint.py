@@ -16,7 +16,27 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["ENTRY_OVERHEAD", "sample_nbytes"]
+__all__ = [
+    "DICT_OBJECT",
+    "ENTRY_OVERHEAD",
+    "FLOAT_NBYTES",
+    "FOREIGN_OWNER",
+    "INLINE_DIMS",
+    "INT_NBYTES",
+    "INT_WORD",
+    "LIST_OBJECT",
+    "NDARRAY_DIMS",
+    "NDARRAY_OBJECT",
+    "SHARED_REFCOUNT",
+    "STORAGE_OBJECT",
+    "STORAGE_PYOBJECT",
+    "TENSOR_OBJECT",
+    "VIEW_RECORD",
+    "alloc",
+    "malloc",
+    "sample_nbytes",
+    "split_alloc",
+]
 
 _KIB = 1024
 
@@ -28,24 +48,24 @@ _MMAP_THRESHOLD = 128 * _KIB
 _PAGE = 4096
 
 
-def _malloc(size: int) -> int:
+def malloc(size: int) -> int:
     """Return the bytes glibc malloc takes for a request of ``size`` bytes."""
     if size >= _MMAP_THRESHOLD:
         return -(-(size + 16) // _PAGE) * _PAGE
     return (size + 8 + 15) & ~15 if size > 24 else 32
 
 
-def _alloc(size: int) -> int:
+def alloc(size: int) -> int:
     """Return the bytes CPython's object allocator takes for ``size`` bytes."""
-    return (size + 15) & ~15 if size <= _PYMALLOC_MAX else _malloc(size)
+    return (size + 15) & ~15 if size <= _PYMALLOC_MAX else malloc(size)
 
 
-def _split_alloc(size: int, head: int) -> int:
+def split_alloc(size: int, head: int) -> int:
     """Return the bytes of a container made of an object and a separate table.
 
     ``size`` is what ``sys.getsizeof`` says, ``head`` the part that is the object itself.
     """
-    return _alloc(head) + (_alloc(size - head) if size > head else 0)
+    return alloc(head) + (alloc(size - head) if size > head else 0)
 
 
 # Measured with torch 2.13 on x86-64 Linux as the RssAnon growth per tensor over 100k tensors
@@ -54,30 +74,30 @@ def _split_alloc(size: int, head: int) -> int:
 # the version counter of its base); what c10's 64-byte-aligned posix_memalign leaves unusable
 # around a buffer, on average; and the hidden owner of a buffer torch did not allocate
 # (``torch.from_numpy``: the numpy array object, its shape block and the deleter context).
-_TENSOR_OBJECT = 280
-_STORAGE_OBJECT = 134
-_VIEW_RECORD = 300
+TENSOR_OBJECT = 280
+STORAGE_OBJECT = 134
+VIEW_RECORD = 300
 _ALIGNED_SLACK = 32
-_FOREIGN_OWNER = 174
+FOREIGN_OWNER = 174
 # ``Tensor.untyped_storage()`` creates a Python storage object that torch then keeps alive as
 # long as the storage lives, so looking at the storage costs this much (once per storage).
-_STORAGE_PYOBJECT = _alloc(sys.getsizeof(torch.empty(0).untyped_storage()))
+STORAGE_PYOBJECT = alloc(sys.getsizeof(torch.empty(0).untyped_storage()))
 # TensorImpl keeps up to 5 sizes and strides inline; more go to one heap block.
-_INLINE_DIMS = 5
+INLINE_DIMS = 5
 
-_NDARRAY_OBJECT = _alloc(np.ndarray.__basicsize__)
+NDARRAY_OBJECT = alloc(np.ndarray.__basicsize__)
 # numpy keeps an array's shape and strides in one block (of at least one dimension), by ndim.
-_NDARRAY_DIMS = tuple(_malloc(16 * max(ndim, 1)) for ndim in range(65))
-_DICT_OBJECT = sys.getsizeof({})
-_LIST_OBJECT = sys.getsizeof([])
-_FLOAT_NBYTES = _alloc(sys.getsizeof(0.5))
+NDARRAY_DIMS = tuple(malloc(16 * max(ndim, 1)) for ndim in range(65))
+DICT_OBJECT = sys.getsizeof({})
+LIST_OBJECT = sys.getsizeof([])
+FLOAT_NBYTES = alloc(sys.getsizeof(0.5))
 # Every int below 2**60 takes the same size class (28 or 32 bytes before rounding).
-_INT_WORD = 1 << 60
-_INT_NBYTES = _alloc(sys.getsizeof(_INT_WORD - 1))
+INT_WORD = 1 << 60
+INT_NBYTES = alloc(sys.getsizeof(INT_WORD - 1))
 # Refcounts up to this are references from the sample itself and from this walk; an immutable
 # leaf with more (an interned or cached dict key, a string constant, an immortal object) is
 # shared with other samples and is not freed with this one.
-_SHARED_REFCOUNT = 16
+SHARED_REFCOUNT = 16
 
 # How sample_nbytes treats objects, by exact type; subclasses are classified on first sight.
 # The immutable leaves come first: sample_nbytes tells them by ``kind <= _BYTES``.
@@ -161,7 +181,7 @@ def sample_nbytes(sample: object) -> int:
             continue
         if kind <= _BYTES:  # an immutable leaf, perhaps shared
             # The refcount here, not in a helper: a call would add its own references.
-            if sys.getrefcount(obj) > _SHARED_REFCOUNT or id(obj) in seen:
+            if sys.getrefcount(obj) > SHARED_REFCOUNT or id(obj) in seen:
                 continue
             seen.add(id(obj))
             total += _leaf_nbytes(obj, kind)
@@ -174,13 +194,13 @@ def sample_nbytes(sample: object) -> int:
 def _leaf_nbytes(obj: Any, kind: int) -> int:
     """Return the bytes of an immutable leaf (str, int, float, bytes) of its own."""
     if kind == _FLOAT:
-        return _FLOAT_NBYTES
+        return FLOAT_NBYTES
     if kind == _INT:
         if -5 <= obj <= 256:  # CPython's small ints are singletons
             return 0
-        return _INT_NBYTES if -_INT_WORD < obj < _INT_WORD else _alloc(sys.getsizeof(obj))
+        return INT_NBYTES if -INT_WORD < obj < INT_WORD else alloc(sys.getsizeof(obj))
     if len(obj) > 1 or (kind == _STR and obj > "\xff"):
-        return _alloc(sys.getsizeof(obj))
+        return alloc(sys.getsizeof(obj))
     # The empty string and those of one Latin-1 character (bytes: one byte) are singletons.
     return 0
 
@@ -196,23 +216,23 @@ def _node_nbytes(
     if kind == _DICT:
         visit_all(obj.keys())
         visit_all(obj.values())
-        return _split_alloc(sys.getsizeof(obj), _DICT_OBJECT)
+        return split_alloc(sys.getsizeof(obj), DICT_OBJECT)
     if kind == _TENSOR:
         return _tensor_nbytes(obj, storages)
     if kind == _ARRAY:
         return _array_nbytes(obj, visit)
     if kind == _LIST:
         visit_all(obj)
-        return _split_alloc(sys.getsizeof(obj), _LIST_OBJECT)
+        return split_alloc(sys.getsizeof(obj), LIST_OBJECT)
     if kind == _TUPLE:
         visit_all(obj)
-        return _alloc(sys.getsizeof(obj)) if obj else 0  # the empty tuple is a singleton
-    return _alloc(sys.getsizeof(obj))
+        return alloc(sys.getsizeof(obj)) if obj else 0  # the empty tuple is a singleton
+    return alloc(sys.getsizeof(obj))
 
 
 def _array_nbytes(array: np.ndarray, visit: Callable[[object], None]) -> int:
     """Return the bytes of a numpy array, passing to ``visit`` the objects it keeps alive."""
-    nbytes = _NDARRAY_OBJECT + _NDARRAY_DIMS[array.ndim]
+    nbytes = NDARRAY_OBJECT + NDARRAY_DIMS[array.ndim]
     if array.base is not None:
         # The buffer belongs to the base (an array, a tensor, bytes...), which this view
         # keeps alive: it is counted there, once.
@@ -221,27 +241,27 @@ def _array_nbytes(array: np.ndarray, visit: Callable[[object], None]) -> int:
     if array.dtype.hasobject:
         for item in array.flat:
             visit(item)
-    return nbytes + _malloc(array.nbytes)
+    return nbytes + malloc(array.nbytes)
 
 
 def _tensor_nbytes(tensor: torch.Tensor, storages: set[int]) -> int:
     """Return the bytes of a tensor's objects, and of its storage unless in ``storages``."""
-    nbytes = _TENSOR_OBJECT
+    nbytes = TENSOR_OBJECT
     if tensor._is_view():
-        nbytes += _VIEW_RECORD
-    if tensor.dim() > _INLINE_DIMS:
-        nbytes += _malloc(16 * tensor.dim())
+        nbytes += VIEW_RECORD
+    if tensor.dim() > INLINE_DIMS:
+        nbytes += malloc(16 * tensor.dim())
     storage = tensor.untyped_storage()
     # The StorageImpl address identifies the buffer even when its data pointer is null.
     if storage._cdata in storages:
         return nbytes
     storages.add(storage._cdata)
-    nbytes += _STORAGE_OBJECT + _STORAGE_PYOBJECT
+    nbytes += STORAGE_OBJECT + STORAGE_PYOBJECT
     if not tensor.is_cpu:
         return nbytes
     size = storage.nbytes()
     # Only storages from torch's own allocator can be resized; the others wrap a buffer
     # allocated (with plain malloc) by numpy or Python and keep its owner alive.
     if storage.resizable():
-        return nbytes + (_malloc(size) + _ALIGNED_SLACK if size else 0)
-    return nbytes + _malloc(size) + _FOREIGN_OWNER
+        return nbytes + (malloc(size) + _ALIGNED_SLACK if size else 0)
+    return nbytes + malloc(size) + FOREIGN_OWNER
