@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 import torch
 
-# The RAM footprint model (spillcache.footprint), rule by rule (docs/design.rst, "Decoding for the RAM
-# tier").
+# The RAM footprint model (spillcache.footprint), rule by rule (docs/design.rst,
+# "Decoding for the RAM tier").
 from ..footprint import (
     DICT_OBJECT,
     FLOAT_NBYTES,
@@ -131,7 +131,7 @@ class Footprint:
             total += _int_nbytes(nums[slot])
         for index, measure in self._objects:
             total += measure(leaves[index])
-        # Dict keys belong to the plan: once many samples hold one, sample_nbytes counts it as shared.
+        # Dict keys belong to the plan: once many samples hold one, it counts as shared.
         for key, size in self._keys:
             if _getrefcount(key) <= SHARED_REFCOUNT:
                 total += size
