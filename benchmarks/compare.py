@@ -184,9 +184,9 @@ def main(argv: list[str] | None = None) -> None:
         ]
         raw[figure.label] = rounds
         print(row(figure, rounds, settings.stat, args.limit), flush=True)
+        if args.json:  # after each figure: a long run stopped early keeps what it measured
+            args.json.write_text(json.dumps({"settings": vars(settings), "values": raw}))
     print(f"\n{time.monotonic() - start:.0f} s")
-    if args.json:
-        args.json.write_text(json.dumps({"settings": vars(settings), "values": raw}, indent=1))
 
 
 if __name__ == "__main__":

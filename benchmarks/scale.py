@@ -8,7 +8,9 @@ store is filled once more at the end and its two rates averaged (the machine dri
 Then all stores are opened at once (``ram_budget=0``) and read at random, interleaved: each pass
 reads READS uniformly drawn keys (fresh ones each pass) from every store in turn, after one
 untimed pass; the ratio is the median over passes of a store's rate over the smallest store's
-rate in the same pass. The same is done straight from LMDB (``txn.get`` into a buffer, no
+rate in the same pass. *Same keys again*: each pass rereads the warming pass's keys (their pages
+already mapped and cached), which leaves out the first touch of a page of the memory map. The
+same is done straight from LMDB (``txn.get`` into a buffer, no
 decode, no copy) to tell LMDB's share from spillcache's. Open is the time of ``SpillCache(path)``
 on the filled store, ``len()`` of one call (medians of OPENS). The B-tree's depth and branch
 pages come from the data db's ``txn.stat``.
@@ -66,8 +68,12 @@ class Scale:
     fill_last: float  # puts/s over the last WINDOW puts, flush included
     reads: float  # random disk-tier gets/s (median of the passes)
     reads_ratio: float  # median over passes of this store's rate / the smallest's, same pass
+    again: float  # random disk-tier gets/s, each pass reading the keys of the warming pass
+    again_ratio: float
     raw_reads: float  # random raw LMDB gets/s of the same keys
     raw_ratio: float
+    raw_again: float
+    raw_again_ratio: float
     open_ms: float
     len_ms: float
     depth: int
@@ -97,22 +103,29 @@ def read_all(get: Callable[[Any], object], keys: list[Any]) -> None:
 def interleaved(
     gets: list[Callable[[Any], object]],
     sizes: list[int],
-    reads: int,
-    passes: int,
+    counts: tuple[int, int],
     key: Callable[[int], Any],
+    *,
+    again: bool,
 ) -> list[list[float]]:
     """Gets/s per pass of each ``gets[j]`` over ``reads`` random keys below ``sizes[j]``.
 
-    Every pass reads each store once, in an order rotated per pass, with fresh keys; the first
-    pass warms and is dropped.
+    ``counts``: (reads, passes).
+
+    Every pass reads each store once, in an order rotated per pass, with fresh keys (``again``:
+    the keys of the first pass); the first pass warms and is dropped.
     """
+    reads, passes = counts
     rng = np.random.default_rng(1)
     rates: list[list[float]] = [[] for _ in gets]
+    drawn = [[key(k) for k in rng.integers(0, n, reads).tolist()] for n in sizes]
     for p in range(passes + 1):
         order = list(range(len(gets)))
         order = order[p % len(order) :] + order[: p % len(order)]
         for j in order:
-            keys = [key(k) for k in rng.integers(0, sizes[j], reads).tolist()]
+            if p and not again:
+                drawn[j] = [key(k) for k in rng.integers(0, sizes[j], reads).tolist()]
+            keys = drawn[j]
             seconds = timed(partial(read_all, gets[j], keys))
             if p:
                 rates[j].append(reads / seconds)
@@ -130,7 +143,10 @@ def paired(rates: list[list[float]]) -> list[tuple[float, float]]:
 def cache_reads(paths: list[Path], sizes: list[int], reads: int, passes: int) -> list[Any]:
     with contextlib.ExitStack() as stack:
         caches = [stack.enter_context(SpillCache(p, ram_budget=0)) for p in paths]
-        return paired(interleaved([c.get for c in caches], sizes, reads, passes, int))
+        gets = [c.get for c in caches]
+        fresh = paired(interleaved(gets, sizes, (reads, passes), int, again=False))
+        again = paired(interleaved(gets, sizes, (reads, passes), int, again=True))
+    return [(*f, *a) for f, a in zip(fresh, again, strict=True)]
 
 
 def raw_reads(paths: list[Path], sizes: list[int], reads: int, passes: int) -> list[Any]:
@@ -139,7 +155,10 @@ def raw_reads(paths: list[Path], sizes: list[int], reads: int, passes: int) -> l
     try:
         dbs = [env.open_db(b"data", create=False) for env in envs]
         txns = [env.begin(db=db, buffers=True) for env, db in zip(envs, dbs, strict=True)]
-        got = paired(interleaved([t.get for t in txns], sizes, reads, passes, lmdb_key))
+        gets = [t.get for t in txns]
+        fresh = paired(interleaved(gets, sizes, (reads, passes), lmdb_key, again=False))
+        again = paired(interleaved(gets, sizes, (reads, passes), lmdb_key, again=True))
+        got = [(*f, *a) for f, a in zip(fresh, again, strict=True)]
         stats = [t.stat(db) for t, db in zip(txns, dbs, strict=True)]
         for txn in txns:
             txn.abort()
@@ -181,7 +200,7 @@ def measure(tmp: Path, sizes: list[int], quick: bool) -> list[Scale]:
     for j, n in enumerate(sizes):
         open_ms, len_ms = open_and_len(paths[j], 2 if quick else OPENS)
         gib = (paths[j] / "data.mdb").stat().st_blocks * 512 / 2**30
-        rows.append(Scale(n, *filled[j], *ours[j], *raw[j][:2], open_ms, len_ms, *raw[j][2:], gib))
+        rows.append(Scale(n, *filled[j], *ours[j], *raw[j][:4], open_ms, len_ms, *raw[j][4:], gib))
     return rows
 
 
@@ -191,16 +210,17 @@ def report(rows: list[Scale]) -> str:
         f"### 4 KiB samples: fill and random disk-tier reads vs entries (ratios: / {base.n:,})",
         "",
         "| entries | store GiB | B-tree depth | branch pages | fill puts/s | ratio | "
-        f"fill, last {WINDOW:,} puts/s | ratio | random gets/s | ratio | raw LMDB gets/s | "
-        "ratio | open ms | len() ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"fill, last {WINDOW:,} puts/s | ratio | random gets/s | ratio | same keys again | ratio | "
+        "raw LMDB gets/s | ratio | same keys again | ratio | open ms | len() ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r.n:,} | {r.store_gib:.2f} | {r.depth} | {r.branch_pages:,} | {r.fill:,.0f} | "
             f"{r.fill / base.fill:.2f} | {r.fill_last:,.0f} | {r.fill_last / base.fill_last:.2f} "
-            f"| {r.reads:,.0f} | {r.reads_ratio:.2f} | {r.raw_reads:,.0f} | {r.raw_ratio:.2f} | "
-            f"{r.open_ms:.2f} | {r.len_ms:.3f} |"
+            f"| {r.reads:,.0f} | {r.reads_ratio:.2f} | {r.again:,.0f} | {r.again_ratio:.2f} | "
+            f"{r.raw_reads:,.0f} | {r.raw_ratio:.2f} | {r.raw_again:,.0f} | "
+            f"{r.raw_again_ratio:.2f} | {r.open_ms:.2f} | {r.len_ms:.3f} |"
         )
     return "\n".join(lines) + "\n"
 
