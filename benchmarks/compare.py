@@ -1,18 +1,19 @@
 """Old code against new in one run: hit costs, put rates and first-epoch overhead, interleaved.
 
 Run: ``python -m benchmarks.compare --old OLD_SRC [--new src] [--rounds 5] [--passes 7] [--stat
-paired|median|best] [--cpus 1] [--only LABEL_START] [--json FILE] [--quick]``, where ``OLD_SRC`` is
-the ``src`` directory of another checkout, e.g. a worktree of the commit a change starts from (``git
-worktree add /tmp/old b032dad`` gives ``/tmp/old/src``). Each round starts, per figure, one fresh
-process per tree (``benchmarks/compare_child.py`` with ``PYTHONPATH`` set to that tree); both set
-the figure up, then are asked for one timed pass in turn, alternating which goes first, so that the
-two trees share the machine's load pass by pass. A round's new / old is the median of its passes'
-ratios (``--stat paired``, the default), or the ratio of the two processes' medians (``median``) or
-best passes (``best``: least time, most puts/s). Rounds alternate which tree starts first. The
-Markdown table shows, per figure, the median over the rounds of each tree's figure, of new / old,
-the range of the rounds' ratios (with identical trees: the noise) and whether new is worse than old
-by more than ``--limit`` (3 %). Only the public API is used, so any two versions compare. Machines
-drift within minutes: compare the ratios of one run, never figures across runs.
+paired|median|best] [--cpus 1] [--only LABEL_START] [--json FILE] [--quick]`` (or ``--replay FILE``
+to tabulate a ``--json`` file again, e.g. with another ``--stat``), where ``OLD_SRC`` is the ``src``
+directory of another checkout, e.g. a worktree of the commit a change starts from (``git worktree
+add /tmp/old b032dad`` gives ``/tmp/old/src``). Each round starts, per figure, one fresh process per
+tree (``benchmarks/compare_child.py`` with ``PYTHONPATH`` set to that tree); both set the figure up,
+then are asked for one timed pass in turn, alternating which goes first, so that the two trees share
+the machine's load pass by pass. A round's new / old is the median of its passes' ratios (``--stat
+paired``, the default), or the ratio of the two processes' medians (``median``) or best passes
+(``best``: least time, most puts/s). Rounds alternate which tree starts first. The Markdown table
+shows, per figure, the median over the rounds of each tree's figure, of new / old, the range of the
+rounds' ratios (with identical trees: the noise) and whether new is worse than old by more than
+``--limit`` (3 %). Only the public API is used, so any two versions compare. Machines drift within
+minutes: compare the ratios of one run, never figures across runs.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from pathlib import Path
 
 CHILD = Path(__file__).resolve().with_name("compare_child.py")
 KIB4, MIB1 = 1024, 262144  # float32 elements of a 4 KiB and a 1 MiB tensor
+# Entries per figure: a timed pass of hits takes 20-60 ms when the machine is idle, long
+# enough that one scheduling hiccup does not decide it.
 
 
 @dataclass(frozen=True)
@@ -44,11 +47,11 @@ class Figure:
 
 FIGURES = (
     Figure("RAM hit, 4 KiB (µs)", "ram", KIB4, 4000),
-    Figure("RAM hit, 1 MiB (µs)", "ram", MIB1, 64),
+    Figure("RAM hit, 1 MiB (µs)", "ram", MIB1, 256),
     Figure("disk hit, 4 KiB (µs)", "disk", KIB4, 4000),
-    Figure("disk hit, 1 MiB (µs)", "disk", MIB1, 64),
+    Figure("disk hit, 1 MiB (µs)", "disk", MIB1, 256),
     Figure("disk hit admitted to RAM, 4 KiB (µs)", "admit", KIB4, 4000),
-    Figure("disk hit admitted to RAM, 1 MiB (µs)", "admit", MIB1, 64),
+    Figure("disk hit admitted to RAM, 1 MiB (µs)", "admit", MIB1, 256),
     Figure("put, 4 KiB (puts/s)", "fill", KIB4, 4000, higher_is_better=True),
     Figure("put, 1 MiB (puts/s)", "fill", MIB1, 200, higher_is_better=True),
     Figure("CachedDataset ds[i] RAM hit, 4 KiB (µs)", "item", KIB4, 4000),
@@ -148,7 +151,7 @@ def row(figure: Figure, rounds: list[Passes], stat: str, limit: float) -> str:
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--old", type=Path, required=True, help="src directory of the old code")
+    parser.add_argument("--old", type=Path, help="src directory of the old code (required)")
     parser.add_argument("--new", type=Path, default=Path("src"), help="src directory of the new")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per figure")
     parser.add_argument("--passes", type=int, default=7, help="timed passes per process")
@@ -157,8 +160,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", action="append", help="figures whose label starts so")
     parser.add_argument("--limit", type=float, default=0.03, help="worse by more fails")
     parser.add_argument("--json", type=Path, help="also write every measured value here")
+    parser.add_argument("--replay", type=Path, help="tabulate a --json file, measure nothing")
     parser.add_argument("--quick", action="store_true", help="small sizes (CI smoke test)")
     args = parser.parse_args(argv)
+    if args.replay:
+        return args
+    if args.old is None:
+        parser.error("--old is required (unless --replay)")
     for name in ("old", "new"):
         tree = getattr(args, name).resolve()
         if not (tree / "spillcache" / "__init__.py").is_file():
@@ -167,15 +175,30 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+HEADER = "| figure | old | new | new / old | per-round range | verdict |\n|---|---|---|---|---|---|"
+
+
+def replay(args: argparse.Namespace) -> None:
+    """The table of a ``--json`` file, with this run's ``--stat`` and ``--limit``."""
+    stored = json.loads(args.replay.read_text())
+    print(f"{args.replay}: {stored['settings']}, tabulated with --stat {args.stat}\n")
+    print(HEADER)
+    by_label = {f.label: f for f in FIGURES}
+    for label, rounds in stored["values"].items():
+        print(row(by_label[label], rounds, args.stat, args.limit))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
+    if args.replay:
+        replay(args)
+        return
     trees = {"old": args.old, "new": args.new}
     settings = Settings(3 if args.quick else args.passes, args.stat, args.cpus, args.quick)
     figures = [f for f in FIGURES if not args.only or f.label.startswith(tuple(args.only))]
     start = time.monotonic()
-    print(f"old = {args.old}, new = {args.new}; {args.rounds} rounds, {settings}")
-    print("\n| figure | old | new | new / old | per-round range | verdict |")
-    print("|---|---|---|---|---|---|")
+    print(f"old = {args.old}, new = {args.new}; {args.rounds} rounds, {settings}\n")
+    print(HEADER)
     raw: dict[str, list[Passes]] = {}
     for figure in figures:
         rounds = [

@@ -97,7 +97,7 @@ def test_batched_benchmark_runs_and_batches(
 
 
 def test_compare_runs_both_trees_in_turn_and_reports_the_figure(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from benchmarks import compare
 
@@ -111,7 +111,7 @@ def test_compare_runs_both_trees_in_turn_and_reports_the_figure(
 
     monkeypatch.setattr(compare, "measure", counted)
     argv = ["--old", src, "--new", src, "--quick", "--rounds", "1", "--only", "RAM hit, 4 KiB"]
-    compare.main(argv)
+    compare.main([*argv, "--json", str(tmp_path / "run.json")])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:]
     assert [r.split("|")[1].strip() for r in rows] == ["RAM hit, 4 KiB (µs)"]
     # Each round: one child per tree, each asked for the quick setting's 3 timed passes.
@@ -126,6 +126,11 @@ def test_compare_runs_both_trees_in_turn_and_reports_the_figure(
     low, high = (float(x) for x in cells[5].split("-"))
     assert low == pytest.approx(min(paired), abs=0.001)
     assert high == pytest.approx(max(paired), abs=0.001)
+    # The kept passes tabulate again, here with the medians of each tree's passes.
+    compare.main(["--replay", str(tmp_path / "run.json"), "--stat", "median"])
+    (again,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| R")]
+    medians = [statistics.median(rounds[0][t]) for t in ("new", "old")]
+    assert float(again.split("|")[4]) == pytest.approx(medians[0] / medians[1], abs=0.001)
 
 
 @pytest.mark.parametrize("kind", ["ram", "disk", "admit", "fill", "item", "batch", "epoch_copy"])
