@@ -165,3 +165,19 @@ def test_scale_reports_every_entry_count(tmp_path: Path) -> None:
     rows = [line for line in text.splitlines() if line.startswith("| ")][1:]
     assert [r.split("|")[1].strip() for r in rows] == ["200", "400"]
     assert all(float(c.replace(",", "")) > 0 for r in rows for c in r.split("|")[5:19])
+
+
+def test_compare_ratios_pair_passes_and_verdicts_follow_the_figures_direction() -> None:
+    from benchmarks import compare
+
+    time_figure = compare.FIGURES[0]
+    rate_figure = next(f for f in compare.FIGURES if f.higher_is_better)
+    got = {"new": [1.0, 5.0, 6.0], "old": [4.0, 2.0, 5.0]}
+    assert compare.ratio(time_figure, got, "paired") == pytest.approx(1.2)  # of 0.25, 2.5, 1.2
+    assert compare.ratio(time_figure, got, "median") == pytest.approx(5 / 4)
+    assert compare.ratio(time_figure, got, "best") == pytest.approx(1 / 2)  # least times
+    assert compare.ratio(rate_figure, got, "best") == pytest.approx(6 / 5)  # most puts/s
+    assert compare.verdict(time_figure, 1.04, 0.03) == "**worse 4.0%**"
+    assert compare.verdict(time_figure, 1.02, 0.03) == "ok"
+    assert compare.verdict(rate_figure, 0.96, 0.03) == "**worse 4.2%**"
+    assert compare.verdict(rate_figure, 1.10, 0.03) == "ok"
