@@ -7,8 +7,10 @@ the same work whether or not they are installed, and checks that they are report
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -94,28 +96,88 @@ def test_batched_benchmark_runs_and_batches(
     assert [int(c) for c in calls["2 workers"]] == [128, 4]
 
 
-def test_compare_runs_both_trees_and_reports_every_figure(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+def test_compare_runs_both_trees_in_turn_and_reports_the_figure(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from benchmarks import compare
 
     src = str(REPO / "src")
-    argv = ["compare", "--old", src, "--new", src, "--quick", "--rounds", "1"]
-    monkeypatch.setattr(sys, "argv", argv)
-    chosen = compare.FIGURES[::2]  # one of each kind: RAM hit, disk hit, fill
-    monkeypatch.setattr(compare, "FIGURES", chosen)
-    calls: list[str] = []
+    rounds: list[dict[str, list[float]]] = []
     measure = compare.measure
 
-    def counted(tree: Path, figure: str, *args: int) -> float:
-        calls.append(figure)
-        return measure(tree, figure, *args)
+    def counted(*args: Any) -> dict[str, list[float]]:
+        rounds.append(measure(*args))
+        return rounds[-1]
 
     monkeypatch.setattr(compare, "measure", counted)
-    compare.main()
+    argv = ["--old", src, "--new", src, "--quick", "--rounds", "1", "--only", "RAM hit, 4 KiB"]
+    compare.main([*argv, "--json", str(tmp_path / "run.json")])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:]
-    assert [r.split("|")[1].strip() for r in rows] == [f for f, _, _ in chosen]
-    assert len(calls) == 2 * len(rows)  # each figure once per tree in the one round
-    for row in rows:
-        old, new, ratio = (float(c.replace(",", "")) for c in row.split("|")[2:5])
-        assert old > 0 and new > 0 and ratio == pytest.approx(new / old, rel=0.01, abs=0.001)
+    assert [r.split("|")[1].strip() for r in rows] == ["RAM hit, 4 KiB (µs)"]
+    # Each round: one child per tree, each asked for the quick setting's 3 timed passes.
+    assert [{k: len(v) for k, v in r.items()} for r in rounds] == [{"old": 3, "new": 3}]
+    cells = rows[0].split("|")
+    old, new, ratio = (float(c.replace(",", "")) for c in cells[2:5])
+    assert old > 0 and new > 0
+    paired = [
+        statistics.median(n / o for n, o in zip(r["new"], r["old"], strict=True)) for r in rounds
+    ]
+    assert ratio == pytest.approx(statistics.median(paired), abs=0.001)
+    low, high = (float(x) for x in cells[5].split("-"))
+    assert low == pytest.approx(min(paired), abs=0.001)
+    assert high == pytest.approx(max(paired), abs=0.001)
+    # The kept passes tabulate again, here with the medians of each tree's passes.
+    compare.main(["--replay", str(tmp_path / "run.json"), "--stat", "median"])
+    (again,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| R")]
+    medians = [statistics.median(rounds[0][t]) for t in ("new", "old")]
+    assert float(again.split("|")[4]) == pytest.approx(medians[0] / medians[1], abs=0.001)
+
+
+@pytest.mark.parametrize("kind", ["ram", "disk", "admit", "fill", "item", "batch", "epoch_copy"])
+def test_every_compare_figure_measures_positive_passes(tmp_path: Path, kind: str) -> None:
+    from benchmarks import compare, compare_child
+
+    passes = compare_child.KINDS[kind](tmp_path, 64, 8)
+    values = [next(passes) for _ in range(3)]
+    passes.close()
+    assert all(v > 0 for v in values)
+    kinds = {f.kind for f in compare.FIGURES}
+    assert kinds == set(compare_child.KINDS)
+
+
+def test_space_reports_overflow_pages_of_values_just_over_a_page(tmp_path: Path) -> None:
+    from benchmarks import space
+
+    rows = space.run([4096], quick=True)
+    (row,) = [r for r in rows if not r.shuffled]
+    pages = row.layouts["spillcache"]
+    assert pages.entries == row.n == space.entries(4096, quick=True)
+    assert pages.overflow == 2 * row.n  # 4 KiB + header: two overflow pages each
+    assert row.ratio("spillcache") > 2 > row.ratio("packed")
+    text = space.report(rows)
+    assert "| spillcache today | key |" in text and "| 4 KiB | key |" in text
+
+
+def test_scale_reports_every_entry_count(tmp_path: Path) -> None:
+    from benchmarks import scale
+
+    text = scale.main(["--quick", "--entries", "200", "400", "--dir", str(tmp_path)])
+    rows = [line for line in text.splitlines() if line.startswith("| ")][1:]
+    assert [r.split("|")[1].strip() for r in rows] == ["200", "400"]
+    assert all(float(c.replace(",", "")) > 0 for r in rows for c in r.split("|")[5:19])
+
+
+def test_compare_ratios_pair_passes_and_verdicts_follow_the_figures_direction() -> None:
+    from benchmarks import compare
+
+    time_figure = compare.FIGURES[0]
+    rate_figure = next(f for f in compare.FIGURES if f.higher_is_better)
+    got = {"new": [1.0, 5.0, 6.0], "old": [4.0, 2.0, 5.0]}
+    assert compare.ratio(time_figure, got, "paired") == pytest.approx(1.2)  # of 0.25, 2.5, 1.2
+    assert compare.ratio(time_figure, got, "median") == pytest.approx(5 / 4)
+    assert compare.ratio(time_figure, got, "best") == pytest.approx(1 / 2)  # least times
+    assert compare.ratio(rate_figure, got, "best") == pytest.approx(6 / 5)  # most puts/s
+    assert compare.verdict(time_figure, 1.04, 0.03) == "**worse 4.0%**"
+    assert compare.verdict(time_figure, 1.02, 0.03) == "ok"
+    assert compare.verdict(rate_figure, 0.96, 0.03) == "**worse 4.2%**"
+    assert compare.verdict(rate_figure, 1.10, 0.03) == "ok"
