@@ -385,6 +385,7 @@ def test_leftovers_of_a_killed_sole_user_are_reclaimed_at_the_next_open(
     assert len(tier_dirs(shm)) == 2  # left behind
     tier = open_tier(stores[0], 4 * MIB, shm)
     assert tier.stats().items == 0  # a's leftovers were replaced by a fresh tier
+    assert tier.get(1) is None
     assert tier_dirs(shm) == [Path(tier.stats().directory)]  # b's were removed
     tier.close()
     assert tier_dirs(shm) == []

@@ -140,8 +140,16 @@ class NodeTier:
         record : bool
             Count an access of ``key`` (hit or miss) in the shared frequency sketch.
         """
-        with self.view(key, record=record) as value:
-            return None if value is None else bytes(value)
+        attached = self._enter()
+        try:
+            if record:
+                attached.sketch.frequency(key, True)
+            ledger = attached.ledger
+            with ledger.env.begin(buffers=True) as txn:
+                value = txn.get(pack_key(key), db=ledger.data)
+                return None if value is None else bytes(value)
+        finally:
+            attached.gate.leave()
 
     @contextlib.contextmanager
     def view(self, key: int, *, record: bool = True) -> Iterator[memoryview | None]:
@@ -338,7 +346,7 @@ class NodeTier:
             if attached is None:
                 raise ValueError(f"the node tier of {self._store_path!r} is closed")
             attached.gate.enter()
-            if attached.current:
+            if attached.pid == os.getpid() and attached.handles:
                 return attached
             attached.gate.leave()
             self._reattach(attached)
