@@ -13,6 +13,7 @@ import os
 import random
 import signal
 import subprocess
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -210,6 +211,41 @@ def _child_reads_and_admits() -> None:
     assert tier is not None
     assert_value(1, tier.get(1))
     assert tier.admit(2, value_of(2, 8 * KIB))
+    tier.close()
+
+
+def _child_overwrites() -> None:
+    tier = _inherited
+    assert tier is not None
+    tier.discard(1)
+    for key in range(10, 30):  # reuses the pages key 1 had, unless a reader still pins them
+        tier.admit(key, value_of(key, 64 * KIB))
+    tier.close()
+
+
+def test_a_fork_waits_until_no_thread_reads_the_tier(tmp_path: Path, shm: Path) -> None:
+    global _inherited
+    tier = _inherited = open_tier(tmp_path, 4 * MIB, shm)
+    expected = value_of(1, 64 * KIB)
+    assert tier.admit(1, expected)
+    inside, seen = threading.Event(), []
+
+    def read_slowly() -> None:
+        with tier.view(1) as raw:
+            inside.set()
+            time.sleep(0.5)
+            seen.append(bytes(raw) if raw is not None else None)
+
+    reader_thread = threading.Thread(target=read_slowly)
+    reader_thread.start()
+    assert inside.wait(10)
+    child = mp.get_context("fork").Process(target=_child_overwrites)
+    child.start()  # forks only once the reader is out: the child then cannot disturb it
+    child.join(60)
+    reader_thread.join()
+    assert child.exitcode == 0
+    assert seen == [expected]
+    assert tier.get(1) is None and tier.problems() == []
     tier.close()
 
 
