@@ -192,9 +192,9 @@ def test_a_forked_child_reattaches_and_shares_with_its_parent(tmp_path: Path, sh
     assert tier.admit(1, value_of(1, 4 * KIB))
     global _inherited
     _inherited = tier
-    child = mp.get_context("fork").Process(target=_child_reads_and_admits)
+    child = mp.get_context("fork").Process(target=_child_reads_and_admits, daemon=True)
     child.start()  # the child uses the tier it inherited
-    child.join(60)
+    child.join(30)
     assert child.exitcode == 0
     assert_value(2, tier.get(2))
     assert tier.problems() == []
@@ -239,14 +239,29 @@ def test_a_fork_waits_until_no_thread_reads_the_tier(tmp_path: Path, shm: Path) 
     reader_thread = threading.Thread(target=read_slowly)
     reader_thread.start()
     assert inside.wait(10)
-    child = mp.get_context("fork").Process(target=_child_overwrites)
+    # Daemonic: a child that hangs (a gate inherited shut) must not hang the test run too.
+    child = mp.get_context("fork").Process(target=_child_overwrites, daemon=True)
     child.start()  # forks only once the reader is out: the child then cannot disturb it
-    child.join(60)
+    child.join(30)
     reader_thread.join()
     assert child.exitcode == 0
     assert seen == [expected]
     assert tier.get(1) is None and tier.problems() == []
     tier.close()
+
+
+def test_clear_empties_the_tier_for_every_handle(tmp_path: Path, shm: Path) -> None:
+    first, second = open_tier(tmp_path, 4 * MIB, shm), open_tier(tmp_path, 4 * MIB, shm)
+    for key in range(10):
+        assert first.admit(key, value_of(key, 8 * KIB))
+    second.clear()
+    assert [first.get(key) for key in range(10)] == [None] * 10
+    assert first.stats().items == first.stats().nbytes == 0
+    assert first.problems() == []
+    assert first.admit(3, value_of(3, 8 * KIB))
+    assert_value(3, second.get(3))
+    first.close()
+    second.close()
 
 
 def test_a_later_opener_adopts_the_first_budget_with_one_warning(tmp_path: Path, shm: Path) -> None:

@@ -27,7 +27,7 @@ from .place import LOCK_FILE_BYTES, Place
 from .sketch import SharedSketch
 from .users import Membership, gate
 
-__all__ = ["Attached", "Params", "attach"]
+__all__ = ["Attached", "attach"]
 
 logger = logging.getLogger(__name__)
 

@@ -146,6 +146,12 @@ class Ledger:
         account.items -= 1
         account.nbytes -= size
 
+    def empty(self, txn: Txn[Any]) -> None:
+        """Remove every entry; the budget stays."""
+        for db in (self.data, self.where, self.slots):
+            txn.drop(db, delete=False)
+        self.save(txn, Account(0, 0, self.account(txn).budget))
+
     def draw(self, txn: Txn[Any], account: Account, rand: random.Random) -> tuple[bytes, int]:
         """A resident drawn uniformly at random: its key and accounted bytes."""
         key = bytes(_row(txn, _SLOT.pack(rand.randrange(account.items)), self.slots))

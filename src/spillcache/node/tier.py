@@ -251,6 +251,16 @@ class NodeTier:
         finally:
             attached.gate.leave()
 
+    def clear(self) -> None:
+        """Remove every entry and forget every count, for every process (a store rebuilt)."""
+        attached = self._enter()
+        try:
+            with attached.ledger.env.begin(write=True) as txn:
+                attached.ledger.empty(txn)
+            attached.sketch.clear()
+        finally:
+            attached.gate.leave()
+
     def _place(
         self,
         txn: Txn[bytes],
