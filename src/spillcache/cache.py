@@ -18,7 +18,7 @@ from . import forksafe
 from .budget import check_ram_budget, filesystem_size, memory_limit, parse_budget
 from .closing import Closing
 from .codec import Decoded, Encoding, Unsealed, clone, decode, decode_sized, replicate, view
-from .disk import Value, open_tier
+from .disk import TierOptions, Value, open_tier
 from .errors import CodecError, SpillCacheWarning
 from .flight import SingleFlight
 from .footprint import ENTRY_OVERHEAD, sample_nbytes
@@ -76,7 +76,7 @@ class SpillCache(Closing):
         memory maps are not coherent there, so a store on one is refused unless you set this.
     """
 
-    def __init__(  # noqa: PLR0913, RUF100 - the store's settings, each a keyword
+    def __init__(  # noqa: PLR0913 - the store's settings, each a keyword
         self,
         path: str | os.PathLike[str] | None = None,
         *,
@@ -126,12 +126,14 @@ class SpillCache(Closing):
             # environment per process); ``_generation`` is what this object's data is under.
             self._disk, self._generation = open_tier(
                 root,
-                fingerprint=fingerprint,
-                on_mismatch=on_mismatch,
-                budget=disk_bytes,
-                readahead=readahead,
-                allow_remote_fs=allow_remote_fs,
-                temporary=temporary,
+                TierOptions(
+                    fingerprint=fingerprint,
+                    on_mismatch=on_mismatch,
+                    budget=disk_bytes,
+                    readahead=readahead,
+                    allow_remote_fs=allow_remote_fs,
+                    temporary=temporary,
+                ),
             )
         except BaseException:
             if temporary:
@@ -268,23 +270,13 @@ class SpillCache(Closing):
                         self._start_reading(k)
             if value is not None:
                 return replicate(value) if self._copy else value
+        return self._get_from_disk(k, admits)
+
+    def _get_from_disk(self, k: int, admits: bool) -> Any | None:
+        """The disk tier's part of :meth:`get`: read, count, admit what the RAM tier may take."""
         try:
             # An admitting read gets the footprint and copier the RAM tier needs with the sample.
-            read = decode_sized if admits else decode
-            value = self._disk.read(k, read) if self._current() else None
-            if value is not None and self._generation != self._disk.generation:
-                value = None  # emptied for another object's data during the read
-        except CodecError as exc:
-            with self._lock:
-                self._corrupt += 1
-                if self._watch:
-                    self._report_all()
-            self._warn_once(
-                "corrupt",
-                f"a corrupt entry (key {k}) in the store at {str(self.path)!r} was ignored and "
-                f"will be replaced by the next put ({exc}); further ones are only counted",
-            )
-            value = None
+            value = self._read_disk(k, decode_sized if admits else decode)
         except BaseException:
             if admits:
                 with self._lock:
@@ -314,6 +306,25 @@ class SpillCache(Closing):
             admitted = not overtaken and self._ram.admit(k, decoded.sample, nbytes)
         # The RAM tier now owns the sample; the caller gets its own copy.
         return decoded.copy() if admitted and self._copy else decoded.sample
+
+    def _read_disk(self, k: int, read: Callable[[memoryview | bytes], Any]) -> Any | None:
+        """``read`` of the value stored under ``k``; None if missing, stale or corrupt."""
+        try:
+            value = self._disk.read(k, read) if self._current() else None
+        except CodecError as exc:
+            with self._lock:
+                self._corrupt += 1
+                if self._watch:
+                    self._report_all()
+            self._warn_once(
+                "corrupt",
+                f"a corrupt entry (key {k}) in the store at {str(self.path)!r} was ignored and "
+                f"will be replaced by the next put ({exc}); further ones are only counted",
+            )
+            return None
+        if value is not None and self._generation != self._disk.generation:
+            return None  # emptied for another object's data during the read
+        return value
 
     # -- the miss hook ---------------------------------------------------------------------------
 

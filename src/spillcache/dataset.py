@@ -119,7 +119,7 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
         When a probed index loads differently twice.
     """
 
-    def __init__(  # noqa: PLR0913, RUF100 - SpillCache's settings plus the data set's
+    def __init__(  # noqa: PLR0913 - SpillCache's settings plus the data set's
         self,
         dataset: _MapDataset,
         path: str | os.PathLike[str] | None = None,

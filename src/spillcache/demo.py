@@ -89,7 +89,7 @@ _HEADER = (
 )
 
 
-def run_demo(  # noqa: PLR0913, RUF100 - keyword-only knobs mirroring `spillcache demo`'s options
+def run_demo(  # noqa: PLR0913 - keyword-only knobs mirroring `spillcache demo`'s options
     *,
     samples: int = 1200,
     sample_kib: int = 128,

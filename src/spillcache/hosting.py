@@ -43,7 +43,7 @@ class PreloadHost:
     def __init__(self) -> None:
         self.preloader: Preloader | None = None
 
-    def start(  # noqa: PLR0913, RUF100 - the preload's settings, each a keyword of its wrapper
+    def start(  # noqa: PLR0913 - the preload's settings, each a keyword of its wrapper
         self,
         cache: SpillCache,
         load: Callable[[int], object],

@@ -16,6 +16,7 @@ from .layout import (
 )
 from .lockfile import try_lock_exclusive
 from .opening import inspected, live_tier, open_tier
+from .options import TierOptions
 from .tier import DiskTier
 from .values import Deferred, Value
 
@@ -24,6 +25,7 @@ __all__ = [
     "MARKER",
     "Deferred",
     "DiskTier",
+    "TierOptions",
     "Value",
     "filesystem_type",
     "inspected",

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import StoreError
-from ..settings import ON_MISMATCH, READAHEAD, OnMismatch
 from .filesystem import require_local
 from .layout import is_store, not_a_store
 from .options import TierOptions
@@ -21,17 +20,7 @@ __all__ = ["inspected", "live_tier", "open_tier"]
 logger = logging.getLogger(__name__)
 
 
-def open_tier(  # noqa: PLR0913, RUF100 - the public settings of a store, each a keyword
-    path: str | os.PathLike[str],
-    *,
-    fingerprint: str | None,
-    on_mismatch: OnMismatch = ON_MISMATCH,
-    budget: int | None = None,
-    readahead: bool = READAHEAD,
-    allow_remote_fs: bool = False,
-    check_identity: bool = True,
-    temporary: bool = False,
-) -> tuple[DiskTier, bytes | None]:
+def open_tier(path: str | os.PathLike[str], options: TierOptions) -> tuple[DiskTier, bytes | None]:
     """This process's tier of the store at ``path``, and the generation opened; one more user.
 
     The tier is shared by every user of the store in this process (LMDB allows one
@@ -44,16 +33,7 @@ def open_tier(  # noqa: PLR0913, RUF100 - the public settings of a store, each a
     (see :class:`~spillcache.disk.options.TierOptions`) apply to the whole tier: the latest
     user's ``budget`` holds, the first user's ``readahead``.
     """
-    options = TierOptions(
-        fingerprint=fingerprint,
-        on_mismatch=on_mismatch,
-        budget=budget,
-        readahead=readahead,
-        allow_remote_fs=allow_remote_fs,
-        check_identity=check_identity,
-        temporary=temporary,
-    )
-    if not allow_remote_fs:
+    if not options.allow_remote_fs:
         require_local(Path(path))
     with TIERS.lock:
         tier = TIERS.live_locked(os.path.realpath(path))
@@ -91,7 +71,8 @@ def inspected(path: str | os.PathLike[str]) -> Iterator[DiskTier]:
         raise StoreError(f"{str(path)!r} {not_a_store(path)}")
     # Inspection and copying read one snapshot in one process, which is safe even where
     # sharing a store is not: this is how a store is copied back from shared storage.
-    tier, _ = open_tier(path, fingerprint=None, check_identity=False, allow_remote_fs=True)
+    inspection = TierOptions(fingerprint=None, check_identity=False, allow_remote_fs=True)
+    tier, _ = open_tier(path, inspection)
     try:
         yield tier
     finally:

@@ -97,7 +97,7 @@ class Preloader:
         What ended the preload early, if anything did.
     """
 
-    def __init__(  # noqa: PLR0913, RUF100 - the data set's parts and settings, each by keyword
+    def __init__(  # noqa: PLR0913 - the data set's parts and settings, each by keyword
         self,
         cache: SpillCache,
         load: Callable[[int], object],
