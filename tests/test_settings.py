@@ -8,7 +8,7 @@ import pytest
 
 from spillcache import CachedDataset, SpillCache, settings
 from spillcache.config import settings_from_config
-from spillcache.disk import DiskTier, open_tier
+from spillcache.disk import TierOptions
 
 # (callable, parameter, setting): every default that more than one entry point shares.
 SHARED = [
@@ -22,10 +22,8 @@ SHARED = [
     (CachedDataset, "readahead", "READAHEAD"),
     (CachedDataset, "preload_threads", "THREADS"),
     (CachedDataset, "log_every", "LOG_EVERY"),
-    (DiskTier, "on_mismatch", "ON_MISMATCH"),
-    (DiskTier, "readahead", "READAHEAD"),
-    (open_tier, "on_mismatch", "ON_MISMATCH"),
-    (open_tier, "readahead", "READAHEAD"),
+    (TierOptions, "on_mismatch", "ON_MISMATCH"),
+    (TierOptions, "readahead", "READAHEAD"),
 ]
 
 
