@@ -36,7 +36,7 @@ from reliability import (
 from spillcache import SpillCache
 from spillcache import cache as cache_module
 from spillcache.admin import verify
-from spillcache.codec import decode
+from spillcache.codec import decode_sized
 from spillcache.disk import tier as disk_module
 
 SECONDS = scaled(8, 60)
@@ -201,8 +201,9 @@ def test_a_get_racing_a_put_never_serves_the_older_value(
     with SpillCache(path, ram_budget="16MiB") as cache:
         raced = threading.Event()
 
+        # The admitting read of get() decodes with decode_sized (the sample and its footprint).
         def decode_then_race(buffer: Any) -> Any:
-            value = decode(buffer)
+            value = decode_sized(buffer)
             if not raced.is_set():
                 raced.set()
                 putter = threading.Thread(target=cache.put, args=(1, make_sample(1, 2)))
@@ -210,7 +211,7 @@ def test_a_get_racing_a_put_never_serves_the_older_value(
                 putter.join()
             return value
 
-        monkeypatch.setattr(cache_module, "decode", decode_then_race)
+        monkeypatch.setattr(cache_module, "decode_sized", decode_then_race)
         check_sample(1, cache.get(1), 1)  # began before the put: the old value is right
         assert raced.is_set()
         check_sample(1, cache.get(1), 2)
