@@ -12,6 +12,7 @@ __all__ = [
     "CodecError",
     "FingerprintMismatch",
     "HyraxIndexError",
+    "NodeTierWarning",
     "NondeterministicDataError",
     "SpillCacheWarning",
     "StoreError",
@@ -80,3 +81,7 @@ class CodecError(ValueError):
 
 class SpillCacheWarning(RuntimeWarning):
     """A storage fault that spillcache survived (corrupt entry, full disk, rebuilt store)."""
+
+
+class NodeTierWarning(SpillCacheWarning):
+    """The node RAM tier is smaller than asked, or off (training goes on without it)."""

@@ -23,7 +23,7 @@ start method, DDP ranks), on a memory file system. Files, one concept each:
 
 from __future__ import annotations
 
+from ..errors import NodeTierWarning
 from .tier import NodeStats, NodeTier
-from .warn import NodeTierWarning
 
 __all__ = ["NodeStats", "NodeTier", "NodeTierWarning"]

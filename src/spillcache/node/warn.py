@@ -5,14 +5,12 @@ from __future__ import annotations
 import threading
 import warnings
 
-__all__ = ["NodeTierWarning", "warn_once"]
+from ..errors import NodeTierWarning
+
+__all__ = ["warn_once"]
 
 _warned: set[tuple[str, str]] = set()
 _lock = threading.Lock()
-
-
-class NodeTierWarning(RuntimeWarning):
-    """The node RAM tier is smaller than asked, or off (training goes on without it)."""
 
 
 def warn_once(where: str, cause: str, message: str) -> None:
