@@ -11,9 +11,11 @@ import os
 import random
 import re
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import lmdb
 import pytest
@@ -222,3 +224,43 @@ def test_after_close_nothing_of_ours_touches_the_store(tmp_path: Path) -> None:
     assert (path / "data.mdb").stat().st_size == size
     assert (path / "data.mdb").stat().st_mtime_ns == mtime
     assert check_store(path, 301, fingerprint="fp") == set(range(300))
+
+
+def _interrupt_entering_conditions(frame: Any, event: str, arg: object) -> Any:
+    """A tracer raising KeyboardInterrupt as a Condition entered by spillcache returns.
+
+    What a Ctrl-C does when it is handled in that gap: the lock is held, the block never
+    entered, and ``__exit__`` never runs.
+    """
+    if (
+        event == "return"
+        and frame.f_code is threading.Condition.__enter__.__code__
+        and "spillcache" in frame.f_back.f_code.co_filename
+    ):
+        raise KeyboardInterrupt
+    return _interrupt_entering_conditions
+
+
+def test_a_ctrl_c_as_a_lock_is_taken_never_hangs_the_exit(tmp_path: Path) -> None:
+    cache = SpillCache(tmp_path / "store", ram_budget="1MiB", fingerprint="fp")
+    interrupted: list[int] = []
+
+    def train_then_exit() -> None:
+        sys.settrace(_interrupt_entering_conditions)
+        try:
+            for key in range(20):
+                cache.put(key, make_sample(key))
+                cache.flush()
+        except KeyboardInterrupt:
+            interrupted.append(key)
+        finally:
+            sys.settrace(None)
+            cache.close()  # what the exit hooks do after a Ctrl-C: it takes the locks again
+
+    # A thread, so that a lock left held fails the test instead of hanging it.
+    thread = threading.Thread(target=train_then_exit, daemon=True)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive(), "close() hung on a lock a KeyboardInterrupt left held"
+    assert interrupted == []  # no Python frame between taking a lock and entering its block
+    assert check_store(tmp_path / "store", 20, fingerprint="fp") == set(range(20))

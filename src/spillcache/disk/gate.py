@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Iterator
+
+from ..signalsafe import Condition
 
 __all__ = ["Gate"]
 
@@ -18,7 +19,7 @@ class Gate:
     """
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._cond = Condition()
         self._holders = 0
         self._exclusive = False
 

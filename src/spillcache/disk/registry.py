@@ -15,6 +15,8 @@ import os
 import threading
 from typing import Generic, Protocol, TypeVar
 
+from ..signalsafe import Condition
+
 __all__ = ["Registry"]
 
 
@@ -37,14 +39,14 @@ class Registry(Generic[T]):
 
     def __init__(self) -> None:
         self.tiers: dict[str, T] = {}
-        self.lock = threading.Condition(threading.RLock())
+        self.lock = Condition(threading.RLock())
         self._exit_hook_pid: int | None = None
         # A thread of the parent may have held the lock at the fork.
         os.register_at_fork(after_in_child=self._renew_lock)
         atexit.register(self.close_all)
 
     def _renew_lock(self) -> None:
-        self.lock = threading.Condition(threading.RLock())
+        self.lock = Condition(threading.RLock())
 
     def live_locked(self, key: str) -> T | None:
         """The usable tier of ``key`` (caller holds the lock); waits out one being closed."""

@@ -26,7 +26,6 @@ import contextlib
 import logging
 import os
 import shutil
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,6 +36,7 @@ import lmdb
 from .. import forksafe
 from ..errors import FingerprintMismatch, SpillCacheWarning, StoreError
 from ..settings import OnMismatch
+from ..signalsafe import Condition
 from ..userwarn import warn
 from .buffers import RECYCLE_MIN, BufferPool
 from .env import DAMAGE_IN_TXN, DamagedStore, damaged, key_bytes, open_env
@@ -198,7 +198,7 @@ class DiskTier:
 
     def _init_runtime_state(self) -> None:
         """State that lives in one process only (rebuilt after fork and unpickling)."""
-        self._state = threading.Condition(threading.Lock())
+        self._state = Condition()
         self._gate = Gate()
         self._env = None
         self.pool = BufferPool(self._state, MAX_QUEUED_BYTES)

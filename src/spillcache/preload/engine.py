@@ -25,6 +25,7 @@ from ..cache import SpillCache
 from ..flight import PRELOAD_COUNTERS, Flight, SingleFlight
 from ..indices import check_index
 from ..settings import AUTO_MAX_THREADS, Threads
+from ..signalsafe import Condition
 from ..stats import CacheStats
 from ..summary import StatsLogger
 from .concurrency import Concurrency, Slot
@@ -127,7 +128,7 @@ class Preloader:
             1 if threads == "auto" else threads,
             Tuner(AUTO_MAX_THREADS) if threads == "auto" else None,
         )
-        self._cond = threading.Condition(threading.Lock())
+        self._cond = Condition()
         # Serializes the order's iterator (a generator cannot be advanced by two threads).
         self._order_lock = threading.Lock()
         self._guard = StoreGuard()
@@ -510,7 +511,7 @@ class Preloader:
         pass
 
     def _after_fork_in_child(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._cond = Condition()
         self._order_lock = threading.Lock()
         self._guard = StoreGuard(closed=True)
         self._life = Lifecycle(self._cond, State.STOPPED)

@@ -9,8 +9,9 @@ refuses new users and waits for the current ones, which never block long.
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Iterator
+
+from ..signalsafe import Condition
 
 __all__ = ["StoreGuard"]
 
@@ -30,7 +31,7 @@ class StoreGuard:
     """
 
     def __init__(self, *, closed: bool = False) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._cond = Condition()
         self._users = 0
         self.closed = closed
 
