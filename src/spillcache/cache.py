@@ -120,7 +120,7 @@ class SpillCache(Closing):
         self._closed = False
         self._parent_block: Path | None = None
         self._init_process_state()
-        forksafe.register(self)
+        forksafe.register(self._before_fork, self._after_fork_in_parent, self._after_fork_in_child)
         try:
             # Shared with every other object on this store in this process (one LMDB
             # environment per process); ``_generation`` is what this object's data is under.
@@ -185,7 +185,7 @@ class SpillCache(Closing):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._init_process_state()
-        forksafe.register(self)
+        forksafe.register(self._before_fork, self._after_fork_in_parent, self._after_fork_in_child)
         # Unpickling the tier made this object one of its users.
         self._finalizer = weakref.finalize(self, self._disk.release)
         if self._closed:

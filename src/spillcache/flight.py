@@ -87,7 +87,7 @@ class SingleFlight:
         self._lock = threading.Lock()
         self._flights: dict[int, Flight] = {}
         self._counters = dict.fromkeys(PRELOAD_COUNTERS, 0)
-        forksafe.register(self)
+        forksafe.register(self._before_fork, self._after_fork_in_parent, self._after_fork_in_child)
 
     def claim(self, key: int, *, by_preload: bool, waitable: bool = True) -> Flight | None:
         """Claim ``key``; ``None`` if someone else is loading it."""

@@ -13,57 +13,79 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from typing import Protocol
+from collections.abc import Callable
+from typing import NamedTuple
 
-__all__ = ["ForkAware", "register"]
+__all__ = ["Hook", "register"]
+
+Hook = Callable[[], None]
 
 
-class ForkAware(Protocol):
-    """What a registered object provides; each hook must not raise."""
+class _Hooks(NamedTuple):
+    """One object's three hooks, held weakly so registration never keeps the object alive."""
 
-    def _before_fork(self) -> None: ...
-
-    def _after_fork_in_parent(self) -> None: ...
-
-    def _after_fork_in_child(self) -> None: ...
+    before: weakref.WeakMethod[Hook]
+    in_parent: weakref.WeakMethod[Hook]
+    in_child: weakref.WeakMethod[Hook]
 
 
 # Registration order matters: owners register before the objects they own, so owners are
 # prepared first (and may still use what they own) and repaired last.
-_registry: weakref.WeakValueDictionary[int, ForkAware] = weakref.WeakValueDictionary()
+_registry: dict[int, _Hooks] = {}
 _registry_lock = threading.Lock()
 _counter = 0
-_prepared: list[ForkAware] = []
+_prepared: list[tuple[Hook, Hook, Hook]] = []
 
 
-def register(obj: ForkAware) -> None:
-    """Have ``obj``'s fork hooks called around every ``os.fork`` while ``obj`` is alive."""
+def register(before: Hook, in_parent: Hook, in_child: Hook) -> None:
+    """Have an object's fork hooks called around every ``os.fork`` while it is alive.
+
+    Parameters
+    ----------
+    before, in_parent, in_child : bound methods of one object
+        Called before the fork, then in the parent or in the child after it; none may raise.
+        They are held weakly: when their object is collected its hooks are dropped.
+    """
     global _counter
     with _registry_lock:
         _counter += 1
-        _registry[_counter] = obj
+        _registry[_counter] = _Hooks(
+            weakref.WeakMethod(before), weakref.WeakMethod(in_parent), weakref.WeakMethod(in_child)
+        )
+
+
+def _live() -> list[tuple[Hook, Hook, Hook]]:
+    live = []
+    for key in sorted(_registry):
+        hooks = _registry[key]
+        bound = (hooks.before(), hooks.in_parent(), hooks.in_child())
+        if bound[0] is None or bound[1] is None or bound[2] is None:
+            del _registry[key]
+        else:
+            live.append((bound[0], bound[1], bound[2]))
+    return live
 
 
 def _before() -> None:
     _registry_lock.acquire()
     # Strong references for the duration of the fork, so an object cannot vanish between its
     # before and after hooks.
-    _prepared[:] = [o for k in sorted(_registry.keys()) if (o := _registry.get(k)) is not None]
-    for obj in _prepared:
-        obj._before_fork()
+    _prepared[:] = _live()
+    for before, _, _ in _prepared:
+        before()
 
 
 def _after_in_parent() -> None:
-    for obj in reversed(_prepared):
-        obj._after_fork_in_parent()
+    for _, in_parent, _ in reversed(_prepared):
+        in_parent()
     _prepared.clear()
     _registry_lock.release()
 
 
 def _after_in_child() -> None:
     global _registry_lock
-    for obj in reversed(_prepared):
-        obj._after_fork_in_child()
+    for _, _, in_child in reversed(_prepared):
+        in_child()
     _prepared.clear()
     _registry_lock = threading.Lock()
 

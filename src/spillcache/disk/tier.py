@@ -187,7 +187,7 @@ class DiskTier:
         self.fill.budget = budget
 
     def _register(self) -> None:
-        forksafe.register(self)
+        forksafe.register(self._before_fork, self._after_fork_in_parent, self._after_fork_in_child)
         if not TIERS.add(self._key, self):
             raise StoreError(f"the store at {str(self.path)!r} is already open in this process")
 

@@ -118,7 +118,7 @@ class DatasetsDataCache(DataCache):
         self._ram_hits = self._disk_hits = self._misses = self._puts = 0
         self._held: list[SpillCache] = []
         self._finalizer = weakref.finalize(self, _release_all, self._held)
-        forksafe.register(self)
+        forksafe.register(self._before_fork, self._after_fork_in_parent, self._after_fork_in_child)
 
     def __getstate__(self) -> dict[str, Any]:
         # For spawn/forkserver DataLoader workers: stores reopen by path, RAM starts empty.

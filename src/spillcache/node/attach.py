@@ -88,7 +88,7 @@ class Attached:
         except BaseException:
             self.ledger.close()
             raise
-        forksafe.register(self)
+        forksafe.register(self._before_fork, self._after_fork_in_parent, self._after_fork_in_child)
 
     @property
     def current(self) -> bool:

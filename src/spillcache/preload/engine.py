@@ -142,7 +142,7 @@ class Preloader:
         self.peak_threads = self._pool = 0
         self.processed = 0
         self._started_at = 0.0
-        forksafe.register(self)
+        forksafe.register(self._before_fork, self._after_fork_in_parent, self._after_fork_in_child)
 
     # -- control ---------------------------------------------------------------------------------
 
