@@ -10,6 +10,7 @@ held by the forking thread) and repairs both sides afterwards.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import weakref
@@ -17,6 +18,8 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 __all__ = ["Hook", "register"]
+
+logger = logging.getLogger(__name__)
 
 Hook = Callable[[], None]
 
@@ -34,7 +37,7 @@ class _Hooks(NamedTuple):
 _registry: dict[int, _Hooks] = {}
 _registry_lock = threading.Lock()
 _counter = 0
-_prepared: list[tuple[Hook, Hook, Hook]] = []
+_prepared: list[tuple[Hook, Hook]] = []
 
 
 def register(before: Hook, in_parent: Hook, in_child: Hook) -> None:
@@ -69,25 +72,38 @@ def _live() -> list[tuple[Hook, Hook, Hook]]:
 def _before() -> None:
     _registry_lock.acquire()
     # Strong references for the duration of the fork, so an object cannot vanish between its
-    # before and after hooks.
-    _prepared[:] = _live()
-    for before, _, _ in _prepared:
-        before()
+    # before and after hooks; an object whose before hook failed is not repaired either.
+    _prepared.clear()
+    for before, in_parent, in_child in _live():
+        if _ran(before):
+            _prepared.append((in_parent, in_child))
 
 
 def _after_in_parent() -> None:
-    for _, in_parent, _ in reversed(_prepared):
-        in_parent()
-    _prepared.clear()
-    _registry_lock.release()
+    try:
+        for in_parent, _ in reversed(_prepared):
+            _ran(in_parent)
+        _prepared.clear()
+    finally:
+        _registry_lock.release()
 
 
 def _after_in_child() -> None:
     global _registry_lock
-    for _, _, in_child in reversed(_prepared):
-        in_child()
+    for _, in_child in reversed(_prepared):
+        _ran(in_child)
     _prepared.clear()
     _registry_lock = threading.Lock()
+
+
+def _ran(hook: Hook) -> bool:
+    """Call ``hook``; a hook that raises is a bug, logged, and must not break the fork."""
+    try:
+        hook()
+    except Exception:
+        logger.exception("fork hook %s failed", getattr(hook, "__qualname__", hook))
+        return False
+    return True
 
 
 os.register_at_fork(
