@@ -19,6 +19,7 @@ from spillcache import (
     NondeterministicDataError,
     SpillCacheWarning,
 )
+from spillcache.counters import PUTS
 from spillcache.dataset import default_fingerprint
 
 
@@ -182,7 +183,7 @@ def test_a_miss_reads_the_store_once_unless_a_put_landed_meanwhile(
         assert reads == list(range(20))  # the miss, and no second look: nothing was put since
         # A put landing between the miss and the claim (another thread's load) is found by
         # the second look instead of being loaded again.
-        stamp = ds.cache._puts
+        stamp = ds.cache._counters.values[PUTS]
         assert ds.cache.get(20 - 1) is not None
         ds.cache.put(5, {"x": torch.zeros(4), "id": "other", "label": -5})
         reads.clear()

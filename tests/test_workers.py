@@ -168,9 +168,9 @@ def test_a_collected_cache_removes_its_block_and_leftovers_are_reclaimed(tmp_pat
     import gc
 
     cache = SpillCache(tmp_path / "s")
-    block = cache._own_block()
-    assert block is not None and block.path.exists()
-    del cache, block
+    block = cache._counters.own_block()
+    assert block is not None and block.exists()
+    del cache
     gc.collect()
     assert blocks(os.getpid()) == []
     # A block of a process killed with -9 (a pid that no longer exists) is removed by the

@@ -18,6 +18,7 @@ from . import forksafe
 from .budget import check_ram_budget, filesystem_size, memory_limit, parse_budget
 from .closing import Closing
 from .codec import Decoded, Encoding, Unsealed, clone, decode, decode_sized, replicate, view
+from .counters import CORRUPT, DISK_HITS, MISSES, PUTS, RAM_HITS, Counters
 from .disk import TierOptions, Value, open_tier
 from .errors import CodecError, SpillCacheWarning
 from .flight import SingleFlight
@@ -26,7 +27,7 @@ from .indices import MAX_KEY, check_key
 from .loading import Misses
 from .ram import RamTier
 from .settings import COPY, ON_MISMATCH, RAM_BUDGET, READAHEAD, OnMismatch
-from .shared import FIELDS, CounterBlock, WorkerSlot, attach
+from .shared import FIELDS
 from .stats import CacheStats
 from .userwarn import warn
 
@@ -139,27 +140,17 @@ class SpillCache(Closing):
             if temporary:
                 shutil.rmtree(root, ignore_errors=True)
             raise
+        self._counters = Counters(self._disk)
         self._finalizer = weakref.finalize(self, self._disk.release)
 
     def _init_process_state(self) -> None:
         self._lock = threading.Lock()
         self._ram = RamTier(self._ram_budget)
-        self._role_known = False
-        self._admits = self._ram_budget > 0
-        self._ram_hits = self._disk_hits = self._misses = self._puts = self._corrupt = 0
+        self._admits: bool | None = None  # learnt at first use: see _may_admit
         self._reading: dict[int, int] = {}
         self._overtaken: set[int] = set()
         self._warned: set[str] = set()
         self._flights = SingleFlight(copy=self._copy)
-        # The workers' counters: the block this process owns (made when it may start
-        # workers), and, in a worker, its slot in its parent's block. ``_watch``: this process
-        # may be a worker (it then publishes its counts after each request); cleared once it
-        # turns out not to be one.
-        self._block: CounterBlock | None = None
-        self._closed_totals: dict[str, int] | None = None
-        self._slot: WorkerSlot | None = None
-        self._watch = True
-        self._base = (0,) * len(FIELDS)
 
     # -- pickling --------------------------------------------------------------------------------
 
@@ -169,7 +160,7 @@ class SpillCache(Closing):
         # Unpickled in the process that pickled it (or a deep copy), it shares the tier. A
         # DataLoader worker that unpickles it counts its requests into our block, and finds
         # what we put so far committed.
-        block = self._own_block()
+        block = self._counters.own_block()
         if not self.closed:
             self._disk.commit()
         return {
@@ -179,12 +170,13 @@ class SpillCache(Closing):
             "_generation": self._generation,
             "_closed": self._closed,
             "_disk": self._disk,
-            "_parent_block": None if block is None else block.path,
+            "_parent_block": block,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._init_process_state()
+        self._counters = Counters(self._disk, self._parent_block)
         forksafe.register(self._before_fork, self._after_fork_in_parent, self._after_fork_in_child)
         # Unpickling the tier made this object one of its users.
         self._finalizer = weakref.finalize(self, self._disk.release)
@@ -261,9 +253,7 @@ class SpillCache(Closing):
             with self._lock:
                 value = self._ram.get(k)
                 if value is not None:
-                    self._ram_hits += 1
-                    if self._watch:
-                        self._report(0, self._ram_hits)
+                    self._counters.add(RAM_HITS)
                 else:
                     admits = self._may_admit() and self._ram.may_take(k)
                     if admits:
@@ -276,55 +266,43 @@ class SpillCache(Closing):
         """The disk tier's part of :meth:`get`: read, count, admit what the RAM tier may take."""
         try:
             # An admitting read gets the footprint and copier the RAM tier needs with the sample.
-            value = self._read_disk(k, decode_sized if admits else decode)
+            value = (
+                self._disk.read(k, decode_sized if admits else decode) if self._current() else None
+            )
+        except CodecError as exc:
+            self._found_corrupt(k, exc)
+            value = None
         except BaseException:
             if admits:
                 with self._lock:
                     self._done_reading(k)
             raise
-        if value is None:
+        if value is not None and self._generation != self._disk.generation:
+            value = None  # emptied for another object's data during the read
+        if value is None or not admits:
             with self._lock:
                 if admits:
                     self._done_reading(k)
-                self._misses += 1
-                if self._watch:
-                    self._report(2, self._misses)
-            return None
-        if not admits:
-            with self._lock:
-                self._disk_hits += 1
-                if self._watch:
-                    self._report(1, self._disk_hits)
+                self._counters.add(MISSES if value is None else DISK_HITS)
             return value
         decoded = cast(Decoded, value)
         nbytes = decoded.nbytes + ENTRY_OVERHEAD
         with self._lock:
             overtaken = self._done_reading(k)
-            self._disk_hits += 1
-            if self._watch:
-                self._report(1, self._disk_hits)
+            self._counters.add(DISK_HITS)
             admitted = not overtaken and self._ram.admit(k, decoded.sample, nbytes)
         # The RAM tier now owns the sample; the caller gets its own copy.
         return decoded.copy() if admitted and self._copy else decoded.sample
 
-    def _read_disk(self, k: int, read: Callable[[memoryview | bytes], Any]) -> Any | None:
-        """``read`` of the value stored under ``k``; None if missing, stale or corrupt."""
-        try:
-            value = self._disk.read(k, read) if self._current() else None
-        except CodecError as exc:
-            with self._lock:
-                self._corrupt += 1
-                if self._watch:
-                    self._report_all()
-            self._warn_once(
-                "corrupt",
-                f"a corrupt entry (key {k}) in the store at {str(self.path)!r} was ignored and "
-                f"will be replaced by the next put ({exc}); further ones are only counted",
-            )
-            return None
-        if value is not None and self._generation != self._disk.generation:
-            return None  # emptied for another object's data during the read
-        return value
+    def _found_corrupt(self, k: int, exc: CodecError) -> None:
+        """Count and warn about the corrupt entry under ``k``, served as a miss."""
+        with self._lock:
+            self._counters.add(CORRUPT)
+        self._warn_once(
+            "corrupt",
+            f"a corrupt entry (key {k}) in the store at {str(self.path)!r} was ignored and "
+            f"will be replaced by the next put ({exc}); further ones are only counted",
+        )
 
     # -- the miss hook ---------------------------------------------------------------------------
 
@@ -363,7 +341,7 @@ class SpillCache(Closing):
             cannot be stored; whatever ``load`` raises propagates, and nothing is cached.
         """
         k = key if type(key) is int and 0 <= key <= MAX_KEY else check_key(key)
-        stamp = self._puts
+        stamp = self._counters.values[PUTS]
         sample = self.get(k)
         if sample is None:
             sample = self._request(stamp, source).load(k, load)
@@ -402,7 +380,7 @@ class SpillCache(Closing):
             If ``load_many`` returns another number of samples than it was given keys.
         """
         ks = [k if type(k) is int and 0 <= k <= MAX_KEY else check_key(k) for k in keys]
-        stamp = self._puts
+        stamp = self._counters.values[PUTS]
         samples = [self.get(k) for k in ks]
         if self._request(stamp, source).load_many(ks, samples, load_many):
             self._hand_out()
@@ -416,7 +394,7 @@ class SpillCache(Closing):
         :meth:`release`; meanwhile a preload skips it and nobody waits for it.
         """
         k = key if type(key) is int and 0 <= key <= MAX_KEY else check_key(key)
-        stamp = self._puts
+        stamp = self._counters.values[PUTS]
         sample = self.get(k)
         return sample if sample is not None else self._request(stamp, None).load(k, None)
 
@@ -425,7 +403,7 @@ class SpillCache(Closing):
         self._flights.release(check_key(key))
 
     def _request(self, stamp: int, source: str | None) -> Misses:
-        """The misses of a request that began when ``self._puts`` was ``stamp``."""
+        """The misses of a request that began when this process had made ``stamp`` puts."""
         return Misses(
             self,
             self._flights,
@@ -446,13 +424,13 @@ class SpillCache(Closing):
     def _reread(self, key: int, since: int) -> Any | None:
         """The sample under ``key`` for a second look right after a counted miss, or None.
 
-        ``since`` is ``self._puts`` taken before the miss: if no put landed in this process
+        ``since`` is the count of puts taken before the miss: if no put landed in this process
         since, the look is skipped (a disk read saved: see "One miss hook" in design.rst); puts of
         other processes are not waited for anyway (single flight is per process).  Counts
         nothing and admits nothing: the miss was this request's count.  A corrupt entry is
         None without a second warning or count (the miss that found it counted it).
         """
-        if self._puts == since:
+        if self._counters.values[PUTS] == since:
             return None
         with self._lock:
             value = self._ram.peek(key)
@@ -559,9 +537,8 @@ class SpillCache(Closing):
         nbytes = sample_nbytes(kept) + ENTRY_OVERHEAD if fits else 0
         on_disk = self._disk.write(k, value, self._generation)
         with self._lock:
-            self._puts += 1
-            if self._watch:
-                self._report_all()  # with the disk tier's counters: a put may be rejected
+            self._counters.add(PUTS)
+            self._counters.publish()  # with the disk tier's counters: a put may be rejected
             if k in self._reading:
                 self._overtaken.add(k)
             if fits:
@@ -579,74 +556,10 @@ class SpillCache(Closing):
         the main process had in RAM when they were forked (copy-on-write: the sample data is
         not copied) and otherwise the LMDB pages in the OS page cache, which all processes share.
         """
-        if not self._role_known:
-            self._learn_role()
-        return self._admits
-
-    def _learn_role(self) -> None:
-        """Whether this process is a DataLoader worker; a worker claims its counter slot.
-
-        Learnt at first use: a worker learns it is one only once its loop has started.
-        """
-        worker = torch.utils.data.get_worker_info() is not None
-        self._admits = self._ram_budget > 0 and not worker
-        if worker and self._parent_block is not None and self._slot is None:
-            self._slot = attach(self._parent_block)
-        self._role_known = True
-
-    def _report(self, field: int, value: int) -> None:
-        """Publish counter ``field`` (now ``value``) to this worker's parent (under the lock).
-
-        One memory store: a request in a worker costs ~0.1 us more.
-        """
-        slot = self._slot
-        if slot is not None:
-            slot.words[field] = value - self._base[field]
-        else:
-            self._report_all()
-
-    def _report_all(self) -> None:
-        """Publish every counter to this worker's parent (caller holds the lock)."""
-        if not self._role_known:
-            self._learn_role()
-        slot = self._slot
-        if slot is None:
-            self._watch = False  # not a worker, or one that cannot report: stop asking
-            return
-        slot.publish(
-            tuple(now - then for now, then in zip(self._counts(), self._base, strict=True))
-        )
-
-    def _counts(self) -> tuple[int, ...]:
-        """This process's counters, in :data:`~spillcache.shared.FIELDS` order."""
-        disk = self._disk
-        return (
-            self._ram_hits,
-            self._disk_hits,
-            self._misses,
-            self._puts,
-            self._corrupt,
-            disk.rejected,
-            disk.write_errors,
-        )
-
-    def _own_block(self) -> CounterBlock | None:
-        """The counter block of this process's workers, made on first need."""
-        block = self._block
-        if block is not None and block.owned:
-            return block
-        if self.closed:
-            return None
-        try:
-            self._block = block = CounterBlock()
-        except OSError as exc:
-            self._warn_once(
-                "counters",
-                f"could not create the shared counters of DataLoader workers ({exc}); "
-                "stats() counts this process only",
-            )
-            self._block = None
-        return block if self._block is not None else None
+        admits = self._admits
+        if admits is None:
+            admits = self._admits = self._ram_budget > 0 and not self._counters.worker
+        return admits
 
     # -- for a preloader and for the probes of a data set ---------------------------------------
 
@@ -740,12 +653,9 @@ class SpillCache(Closing):
         figures are this process's (workers keep no RAM tier of their own).
         """
         with self._lock:
-            counters = dict(zip(FIELDS, self._counts(), strict=True))
+            counters = dict(zip(FIELDS, self._counters.snapshot(), strict=True))
             ram = {"ram_bytes": self._ram.nbytes, "ram_items": len(self._ram)}
-        block = self._block
-        workers = self._closed_totals
-        if workers is None and block is not None and block.owned:
-            workers = block.totals()
+        workers = self._counters.workers()
         if workers is not None:
             counters = {name: counters[name] + workers[name] for name in FIELDS}
         return CacheStats(
@@ -762,9 +672,8 @@ class SpillCache(Closing):
         before handing out a batch it loaded, so that no sibling loads those samples again.
         """
         self._disk.commit()
-        if self._watch:
-            with self._lock:
-                self._report_all()  # a failed commit counts write errors
+        with self._lock:
+            self._counters.publish()  # a failed commit counts write errors
 
     def flush(self) -> None:
         """Commit every queued write and sync the store to disk."""
@@ -779,16 +688,8 @@ class SpillCache(Closing):
         """
         self._closed = True
         self._finalizer()
-        block, slot = self._block, self._slot
-        if block is not None and block.owned:
-            # Kept: stats() after close still counts the workers.
-            self._closed_totals = block.totals()
-            block.close()
-        with self._lock:
-            self._slot = None
-            self._watch = False
-            if slot is not None:
-                slot.close()  # under the lock: no request publishes into it meanwhile
+        with self._lock:  # no request publishes into the worker's slot meanwhile
+            self._counters.close()
             self._ram.clear()
 
     def __repr__(self) -> str:
@@ -803,8 +704,6 @@ class SpillCache(Closing):
     # -- fork ------------------------------------------------------------------------------------
 
     def _before_fork(self) -> None:
-        # A forked DataLoader worker counts into the block of the process that forked it.
-        self._own_block()
         self._lock.acquire()
 
     def _after_fork_in_parent(self) -> None:
@@ -812,12 +711,4 @@ class SpillCache(Closing):
 
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
-        self._role_known = False
-        block = self._block
-        self._parent_block = None if block is None else block.path
-        self._block = None  # the parent's: its object here must not remove the file
-        self._slot = None  # a slot belongs to the process that claimed it
-        self._closed_totals = None
-        self._watch = not self.closed
-        # The parent's counts came along: a worker reports only what it counts itself.
-        self._base = self._counts()
+        self._admits = None  # a DataLoader worker does not admit
