@@ -141,8 +141,9 @@ def test_put_declined_by_ram_copies_nothing_and_drops_the_old_value(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from spillcache import cache as cache_module
+    from spillcache.codec import snapshots
 
-    copies = spy(monkeypatch, cache_module, "clone")
+    copies = spy(monkeypatch, snapshots, "clone")
     one = sample_nbytes({"v": np.full(100, 0.0)}) + cache_module.ENTRY_OVERHEAD
     with SpillCache(tmp_path / "s", ram_budget=3 * one) as cache:
         for i in range(3):

@@ -17,7 +17,7 @@ import torch
 from . import forksafe
 from .budget import check_ram_budget, filesystem_size, memory_limit, parse_budget
 from .closing import Closing
-from .codec import Decoded, Encoding, Unsealed, clone, decode, decode_sized, replicate, view
+from .codec import Decoded, Encoding, decode, decode_sized, replicate, snapshot
 from .counters import CORRUPT, DISK_HITS, MISSES, PUTS, RAM_HITS, Counters
 from .disk import TierOptions, Value, open_tier
 from .errors import CodecError, SpillCacheWarning
@@ -25,8 +25,16 @@ from .flight import SingleFlight
 from .footprint import ENTRY_OVERHEAD, sample_nbytes
 from .indices import MAX_KEY, check_key
 from .loading import Misses
+from .overtaking import Overtaking
 from .ram import RamTier
-from .settings import COPY, ON_MISMATCH, RAM_BUDGET, READAHEAD, OnMismatch
+from .settings import (
+    COPY,
+    ON_MISMATCH,
+    RAM_BUDGET,
+    READAHEAD,
+    OnMismatch,
+    check_store_arguments,
+)
 from .shared import FIELDS
 from .stats import CacheStats
 from .userwarn import warn
@@ -89,21 +97,12 @@ class SpillCache(Closing):
         readahead: bool = READAHEAD,
         allow_remote_fs: bool = False,
     ) -> None:
-        if not isinstance(on_mismatch, str):
-            raise TypeError(f"on_mismatch={on_mismatch!r} is not a str; use 'rebuild' or 'error'")
-        if on_mismatch not in ("rebuild", "error"):
-            raise ValueError(f"on_mismatch={on_mismatch!r} is invalid; use 'rebuild' or 'error'")
-        if fingerprint is not None and not isinstance(fingerprint, str):
-            raise TypeError(f"fingerprint must be a str or None, not {type(fingerprint).__name__}")
-        for name, flag in (
-            ("copy", copy),
-            ("readahead", readahead),
-            ("allow_remote_fs", allow_remote_fs),
-        ):
-            if not isinstance(flag, bool):
-                raise TypeError(f"{name} must be True or False, not {flag!r}")
-        if path is not None and not isinstance(path, (str, os.PathLike)):
-            raise TypeError(f"path must be a str, os.PathLike or None, not {type(path).__name__}")
+        check_store_arguments(
+            path,
+            on_mismatch=on_mismatch,
+            fingerprint=fingerprint,
+            flags={"copy": copy, "readahead": readahead, "allow_remote_fs": allow_remote_fs},
+        )
         ram_bytes = parse_budget(ram_budget, name="ram_budget", total=memory_limit)
         check_ram_budget(ram_bytes)
         # Every argument is checked before a temporary store is made: none is left behind.
@@ -147,8 +146,7 @@ class SpillCache(Closing):
         self._lock = threading.Lock()
         self._ram = RamTier(self._ram_budget)
         self._admits: bool | None = None  # learnt at first use: see _may_admit
-        self._reading: dict[int, int] = {}
-        self._overtaken: set[int] = set()
+        self._reads = Overtaking()
         self._warned: set[str] = set()
         self._flights = SingleFlight(copy=self._copy)
 
@@ -257,7 +255,7 @@ class SpillCache(Closing):
                 else:
                     admits = self._may_admit() and self._ram.may_take(k)
                     if admits:
-                        self._start_reading(k)
+                        self._reads.start(k)
             if value is not None:
                 return replicate(value) if self._copy else value
         return self._get_from_disk(k, admits)
@@ -275,20 +273,20 @@ class SpillCache(Closing):
         except BaseException:
             if admits:
                 with self._lock:
-                    self._done_reading(k)
+                    self._reads.done(k)
             raise
         if value is not None and self._generation != self._disk.generation:
             value = None  # emptied for another object's data during the read
         if value is None or not admits:
             with self._lock:
                 if admits:
-                    self._done_reading(k)
+                    self._reads.done(k)
                 self._counters.add(MISSES if value is None else DISK_HITS)
             return value
         decoded = cast(Decoded, value)
         nbytes = decoded.nbytes + ENTRY_OVERHEAD
         with self._lock:
-            overtaken = self._done_reading(k)
+            overtaken = self._reads.done(k)
             self._counters.add(DISK_HITS)
             admitted = not overtaken and self._ram.admit(k, decoded.sample, nbytes)
         # The RAM tier now owns the sample; the caller gets its own copy.
@@ -437,30 +435,16 @@ class SpillCache(Closing):
         if value is not None:
             return replicate(value) if self._copy else value
         try:
-            value = self._disk.read(key, decode) if self._current() else None
+            return self._read(key, decode)
         except CodecError:
             return None
+
+    def _read(self, key: int, reader: Callable[[memoryview | bytes], Any]) -> Any | None:
+        """``reader`` of the value under ``key``; None if missing or this object's data is gone."""
+        if not self._current():
+            return None
+        value = self._disk.read(key, reader)
         return value if self._generation == self._disk.generation else None
-
-    def _start_reading(self, k: int) -> None:
-        """Note a disk read of ``k`` in progress (caller holds the lock).
-
-        A ``put`` of ``k`` that lands meanwhile marks the read overtaken, and the value read,
-        now older than the stored one, must not enter the RAM tier.
-        """
-        self._reading[k] = self._reading.get(k, 0) + 1
-
-    def _done_reading(self, k: int) -> bool:
-        """End a read started with :meth:`_start_reading` (caller holds the lock).
-
-        Returns whether a ``put`` overtook it.
-        """
-        overtaken = k in self._overtaken
-        self._reading[k] -= 1
-        if not self._reading[k]:
-            del self._reading[k]
-            self._overtaken.discard(k)
-        return overtaken
 
     def put(
         self, key: object, sample: object, *, evict: bool = True, name: str | None = None
@@ -514,33 +498,24 @@ class SpillCache(Closing):
             with self._lock:
                 fits = self._ram.would_admit(k, least, evict=evict)
         copied = fits and self._copy
-        shared = None
+        value: Value
         if self._copy:
-            # A snapshot: the caller may change the sample once put returns. A large sample for
-            # the tier is kept as views of it: one copy, not two, into a buffer the writer
-            # prepared (its pages faulted in already).
+            # The caller may change the sample once put returns: store and keep a snapshot.
             buffer = self._disk.buffer(encoding.size, keep=copied)
-            shared = None if buffer is None else encoding.into(buffer)
-            value: Value = encoding.to_bytes() if shared is None else Unsealed(shared)
+            value, kept = snapshot(encoding, sample, buffer, keep=copied)
         else:
-            # The caller leaves the sample unchanged (copy=False): the writer thread copies a
-            # large one (DiskTier.write), and the copy, ~7 % of a first epoch over a 2 ms
-            # source of 1 MiB samples, leaves the training thread.
-            value = encoding
-        # Unless the writer copies it, the layout (numpy views of the sample's tensors) goes
-        # before the write: that made a put of 4 KiB samples ~10 % faster (fill loops, A/B).
+            # The caller leaves the sample unchanged: the writer thread copies a large one,
+            # off the training thread (docs/design.rst, "copy=False").
+            value, kept = encoding, sample
+        # Unless the writer needs it, the layout (numpy views of the sample's tensors) goes
+        # before the write, not after: faster (docs/design.rst, "Buffer pool").
         del encoding
-        kept = sample
-        if copied:
-            # Before the write: from then on the writer may recycle a buffer nothing views.
-            kept = clone(sample) if shared is None else view(shared)
         nbytes = sample_nbytes(kept) + ENTRY_OVERHEAD if fits else 0
         on_disk = self._disk.write(k, value, self._generation)
         with self._lock:
             self._counters.add(PUTS)
             self._counters.publish()  # with the disk tier's counters: a put may be rejected
-            if k in self._reading:
-                self._overtaken.add(k)
+            self._reads.put(k)
             if fits:
                 return self._ram.admit(k, kept, nbytes, evict=evict) or on_disk
             if admits:
@@ -593,21 +568,19 @@ class SpillCache(Closing):
             or unreadable.
         """
         with self._lock:
-            self._start_reading(key)
+            self._reads.start(key)
         try:
-            value = self._disk.read(key, decode_sized) if self._current() else None
-            if self._generation != self._disk.generation:
-                value = None
+            value = self._read(key, decode_sized)
         except CodecError:
             value = None
         except BaseException:
             with self._lock:
-                self._done_reading(key)
+                self._reads.done(key)
             raise
         admits = value is not None and self._may_admit()
         nbytes = value.nbytes + ENTRY_OVERHEAD if value is not None and admits else 0
         with self._lock:
-            overtaken = self._done_reading(key)
+            overtaken = self._reads.done(key)
             if value is None:
                 return None
             return (

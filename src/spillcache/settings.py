@@ -9,7 +9,8 @@ means is :mod:`spillcache.budget`'s.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from typing import Literal
 
 from .budget import parse_budget
@@ -29,6 +30,7 @@ __all__ = [
     "Threads",
     "check_budget",
     "check_log_every",
+    "check_store_arguments",
     "check_threads",
 ]
 
@@ -127,3 +129,24 @@ def check_budget(value: object, name: str, total: Callable[[], int]) -> int | st
         )
     parse_budget(value, name=name, total=total)
     return value
+
+
+def check_store_arguments(
+    path: object, *, on_mismatch: object, fingerprint: object, flags: Mapping[str, object]
+) -> None:
+    """Refuse a store's arguments of the wrong type or value, naming the argument and the fix.
+
+    ``path`` is a str, an ``os.PathLike`` or None; ``on_mismatch`` one of :data:`OnMismatch`;
+    ``fingerprint`` a str or None; each of ``flags`` (name to value) True or False.
+    """
+    if not isinstance(on_mismatch, str):
+        raise TypeError(f"on_mismatch={on_mismatch!r} is not a str; use 'rebuild' or 'error'")
+    if on_mismatch not in ("rebuild", "error"):
+        raise ValueError(f"on_mismatch={on_mismatch!r} is invalid; use 'rebuild' or 'error'")
+    if fingerprint is not None and not isinstance(fingerprint, str):
+        raise TypeError(f"fingerprint must be a str or None, not {type(fingerprint).__name__}")
+    for name, flag in flags.items():
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be True or False, not {flag!r}")
+    if path is not None and not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str, os.PathLike or None, not {type(path).__name__}")

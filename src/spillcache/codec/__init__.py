@@ -92,6 +92,8 @@ Modules
     :class:`Decoded`, what :func:`decode_sized` returns.
 ``copying``
     :func:`clone` and :func:`replicate`, the RAM tier's copies of samples.
+``snapshots``
+    :func:`snapshot`: what a put with ``copy=True`` stores and keeps, from one encoding.
 """
 
 from .copying import clone, replicate
@@ -99,6 +101,7 @@ from .decoding import decode, decode_sized, view
 from .encoding import Buffer, Encoding, Unsealed, encode, seal
 from .footprint import Decoded
 from .format import FORMAT_VERSION, digest
+from .snapshots import snapshot
 
 __all__ = [
     "FORMAT_VERSION",
@@ -113,5 +116,6 @@ __all__ = [
     "encode",
     "replicate",
     "seal",
+    "snapshot",
     "view",
 ]
