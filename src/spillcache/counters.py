@@ -69,7 +69,7 @@ class Counters:
         self._base = (0,) * len(FIELDS)
         self._closed = False
         self._warned = False
-        forksafe.register(self._before_fork, self._after_fork_in_parent, self._after_fork_in_child)
+        forksafe.register(before=self._before_fork, in_child=self._after_fork_in_child)
 
     @property
     def worker(self) -> bool:
@@ -156,9 +156,6 @@ class Counters:
     def _before_fork(self) -> None:
         # A forked DataLoader worker counts into the block of the process that forked it.
         self.own_block()
-
-    def _after_fork_in_parent(self) -> None:
-        pass
 
     def _after_fork_in_child(self) -> None:
         block = self._block

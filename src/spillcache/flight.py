@@ -87,7 +87,7 @@ class SingleFlight:
         self._lock = threading.Lock()
         self._flights: dict[int, Flight] = {}
         self._counters = dict.fromkeys(PRELOAD_COUNTERS, 0)
-        forksafe.register(self._before_fork, self._after_fork_in_parent, self._after_fork_in_child)
+        forksafe.register(in_child=self._after_fork_in_child)
 
     def claim(self, key: int, *, by_preload: bool, waitable: bool = True) -> Flight | None:
         """Claim ``key``; ``None`` if someone else is loading it."""
@@ -199,12 +199,6 @@ class SingleFlight:
 
     # Nothing to prepare: the child replaces the lock (a thread of the parent may hold it at the
     # moment of the fork) and forgets the loads in progress, which belong to threads it lacks.
-    def _before_fork(self) -> None:
-        pass
-
-    def _after_fork_in_parent(self) -> None:
-        pass
-
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
         self._flights = {}

@@ -25,11 +25,11 @@ Hook = Callable[[], None]
 
 
 class _Hooks(NamedTuple):
-    """One object's three hooks, held weakly so registration never keeps the object alive."""
+    """One object's hooks, held weakly so registration never keeps the object alive."""
 
-    before: weakref.WeakMethod[Hook]
-    in_parent: weakref.WeakMethod[Hook]
-    in_child: weakref.WeakMethod[Hook]
+    before: weakref.WeakMethod[Hook] | None
+    in_parent: weakref.WeakMethod[Hook] | None
+    in_child: weakref.WeakMethod[Hook] | None
 
 
 # Registration order matters: owners register before the objects they own, so owners are
@@ -37,32 +37,36 @@ class _Hooks(NamedTuple):
 _registry: dict[int, _Hooks] = {}
 _registry_lock = threading.Lock()
 _counter = 0
-_prepared: list[tuple[Hook, Hook]] = []
+_prepared: list[tuple[Hook | None, Hook | None]] = []
 
 
-def register(before: Hook, in_parent: Hook, in_child: Hook) -> None:
+def register(
+    before: Hook | None = None, in_parent: Hook | None = None, in_child: Hook | None = None
+) -> None:
     """Have an object's fork hooks called around every ``os.fork`` while it is alive.
 
     Parameters
     ----------
-    before, in_parent, in_child : bound methods of one object
+    before, in_parent, in_child : bound methods of one object, or None
         Called before the fork, then in the parent or in the child after it; none may raise.
-        They are held weakly: when their object is collected its hooks are dropped.
+        They are held weakly: when their object is collected its hooks are dropped. ``None``:
+        nothing to do at that point.
     """
+    hooks = _Hooks(
+        *(None if h is None else weakref.WeakMethod(h) for h in (before, in_parent, in_child))
+    )
     global _counter
     with _registry_lock:
         _counter += 1
-        _registry[_counter] = _Hooks(
-            weakref.WeakMethod(before), weakref.WeakMethod(in_parent), weakref.WeakMethod(in_child)
-        )
+        _registry[_counter] = hooks
 
 
-def _live() -> list[tuple[Hook, Hook, Hook]]:
+def _live() -> list[tuple[Hook | None, Hook | None, Hook | None]]:
+    """The hooks of every object still alive, bound (strong references); drops the others."""
     live = []
     for key in sorted(_registry):
-        hooks = _registry[key]
-        bound = (hooks.before(), hooks.in_parent(), hooks.in_child())
-        if bound[0] is None or bound[1] is None or bound[2] is None:
+        bound = [None if ref is None else ref() for ref in _registry[key]]
+        if any(b is None and ref is not None for b, ref in zip(bound, _registry[key], strict=True)):
             del _registry[key]
         else:
             live.append((bound[0], bound[1], bound[2]))
@@ -96,8 +100,10 @@ def _after_in_child() -> None:
     _registry_lock = threading.Lock()
 
 
-def _ran(hook: Hook) -> bool:
+def _ran(hook: Hook | None) -> bool:
     """Call ``hook``; a hook that raises is a bug, logged, and must not break the fork."""
+    if hook is None:
+        return True
     try:
         hook()
     except Exception:

@@ -88,7 +88,7 @@ class StatsLogger:
         self._stats: Callable[[], Callable[[], CacheStats] | None] | None = None
         self._watcher: threading.Thread | None = None
         self._stop = threading.Event()
-        forksafe.register(self._before_fork, self._after_fork_in_parent, self._after_fork_in_child)
+        forksafe.register(in_parent=self._after_fork_in_parent, in_child=self._after_fork_in_child)
 
     def follow(self, stats: Callable[[], CacheStats]) -> None:
         """Set what :meth:`watch`'s thread logs (``stats()``, the data set's statistics).
@@ -186,9 +186,6 @@ class StatsLogger:
             self._writer.close()  # type: ignore[attr-defined]
 
     # -- fork: a forked DataLoader worker counts its requests in our statistics --------------
-
-    def _before_fork(self) -> None:
-        pass
 
     def _after_fork_in_parent(self) -> None:
         self.watch()
