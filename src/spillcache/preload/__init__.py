@@ -26,6 +26,7 @@ what is queued.
 """
 
 from .engine import Preloader
+from .options import PreloadOptions
 from .order import preview_order
 
-__all__ = ["Preloader", "preview_order"]
+__all__ = ["PreloadOptions", "Preloader", "preview_order"]

@@ -22,15 +22,15 @@ from typing import Any
 
 from .. import forksafe
 from ..cache import SpillCache
-from ..flight import PRELOAD_COUNTERS, Flight, SingleFlight
+from ..flight import PRELOAD_COUNTERS, Flight
 from ..indices import check_index
-from ..settings import AUTO_MAX_THREADS, Threads
+from ..settings import AUTO_MAX_THREADS
 from ..signalsafe import Condition
 from ..stats import CacheStats
-from ..summary import StatsLogger
 from .concurrency import Concurrency, Slot
 from .guard import StoreGuard
 from .lifecycle import Lifecycle, State
+from .options import PreloadOptions
 from .progress import REFRESH_SECONDS, Failures, Progress, Status
 from .tuner import Tuner
 
@@ -64,29 +64,13 @@ class Preloader:
     Parameters
     ----------
     cache : SpillCache
-        Where samples go.
-    load : callable
-        ``load(index)`` returns the sample (``dataset[index]``).
+        Where samples go; its :class:`~spillcache.flight.SingleFlight` is shared with training.
     indices : iterator
         What :func:`preview_order` returned.
-    length : int
-        Length of the data set (indices outside it are counted as errors and skipped).
+    options : PreloadOptions
+        The source and the settings.
     total : int or None
         Number of indices, for the progress bar.
-    threads : int or "auto"
-        Loads in flight: a fixed count, or tuned to the storage between 1 and
-        :data:`AUTO_MAX_THREADS`.
-    flights : SingleFlight
-        Shared with training.
-    progress : bool
-        Show a tqdm progress bar on stderr.
-    stats : callable
-        Returns the cache's statistics (for the bar and TensorBoard).
-    summary : StatsLogger or None
-        Where to log scalars, every ``summary.every`` processed indices.
-    load_many : callable or None
-        ``load_many(indices)`` returns their samples, in order (a batched source's
-        ``__getitems__``): each load thread then loads up to 32 indices per call.
 
     Attributes
     ----------
@@ -98,32 +82,26 @@ class Preloader:
         What ended the preload early, if anything did.
     """
 
-    def __init__(  # noqa: PLR0913 - the data set's parts and settings, each by keyword
+    def __init__(
         self,
         cache: SpillCache,
-        load: Callable[[int], object],
         indices: Iterator[object],
+        options: PreloadOptions,
         *,
-        length: int,
         total: int | None,
-        threads: Threads,
-        flights: SingleFlight,
-        progress: bool,
-        stats: Callable[[], CacheStats],
-        summary: StatsLogger | None = None,
-        load_many: Callable[[list[int]], list[Any]] | None = None,
     ) -> None:
         self._cache = cache
-        self._load = load
-        self._load_many = load_many
+        self._load = options.load
+        self._load_many = options.load_many
         self._indices = indices
-        self._length = length
-        self._flights = flights
-        self._stats = stats
+        self._length = options.length
+        self._flights = cache.flights
+        self._stats = options.stats
         self._progress = Progress(
-            total=total, bar=progress, summary=summary, ram_budget=cache.ram_budget
+            total=total, bar=options.progress, summary=options.summary, ram_budget=cache.ram_budget
         )
         self._failures = Failures(cache.path)
+        threads = options.threads
         self._slots = Concurrency(
             1 if threads == "auto" else threads,
             Tuner(AUTO_MAX_THREADS) if threads == "auto" else None,
