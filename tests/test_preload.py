@@ -974,7 +974,7 @@ def test_every_stop_waits_until_the_store_is_free(tmp_path: Path) -> None:
 
         first = threading.Thread(target=stop, args=("first stop",))
         first.start()
-        wait_until(lambda: preloader._guard.closed)  # the first stop waits for the put
+        wait_until(lambda: preloader._run.guard.closed)  # the first stop waits for the put
         second = threading.Thread(target=stop, args=("second stop",))  # e.g. a second Ctrl-C
         second.start()
         second.join(0.5)  # time to return early, were it going to
