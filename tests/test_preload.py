@@ -934,6 +934,19 @@ def test_keyboard_interrupt_mid_preload_leaves_a_consistent_store(tmp_path: Path
         assert sorted(source.loads) == [i for i in range(0, 20_000, 997) if i not in present]
 
 
+def run_script(script: str, path: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` with the store path as its argument; it must exit with 0."""
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    return out
+
+
 def test_interpreter_exit_with_a_running_preload_does_not_hang(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """
@@ -957,14 +970,7 @@ def test_interpreter_exit_with_a_running_preload_does_not_hang(tmp_path: Path) -
         print("exiting", flush=True)
         """
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path / "s")],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr
+    out = run_script(script, tmp_path / "s")
     assert out.stdout == "exiting\n"
 
 
@@ -1004,14 +1010,7 @@ def test_interpreter_exit_stops_the_preload_before_the_stores_close(tmp_path: Pa
         assert started.wait(10)
         """
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path / "s")],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr
+    out = run_script(script, tmp_path / "s")
     assert out.stdout == "puts []\n", out.stderr
 
 
