@@ -457,6 +457,28 @@ def test_restart_only_promotes_from_disk_into_free_ram(tmp_path: Path) -> None:
         assert stats.disk_hits == 0  # promotions are not requests
 
 
+def test_promotions_stop_once_ram_is_full(tmp_path: Path) -> None:
+    with open_ds(Uniform(50), tmp_path / "s", ram_budget=0, preload_threads=4) as ds:
+        ds.start_preload()
+        assert ds.wait_preload(TIMEOUT)
+    with open_ds(
+        Uniform(50), tmp_path / "s", ram_budget=10 * ONE + ONE // 2, preload_threads=1
+    ) as ds:
+        promote, calls = ds.cache.promote, []
+
+        def counted(key: int) -> bool | None:
+            calls.append(key)
+            return promote(key)
+
+        ds.cache.promote = counted  # type: ignore[method-assign]
+        ds.start_preload()
+        assert ds.wait_preload(TIMEOUT)
+        # Ten fill the RAM tier; the first refused with RAM full ends the promotions, so the
+        # other 39 disk entries are not read for nothing.
+        assert calls == list(range(11))
+        assert ds.stats().preload_promotions == 10
+
+
 def test_one_sample_too_big_for_ram_does_not_end_the_promotions(tmp_path: Path) -> None:
     class FirstTooBig(Uniform):
         def __getitem__(self, i: int) -> dict[str, Any]:
@@ -912,6 +934,19 @@ def test_keyboard_interrupt_mid_preload_leaves_a_consistent_store(tmp_path: Path
         assert sorted(source.loads) == [i for i in range(0, 20_000, 997) if i not in present]
 
 
+def run_script(script: str, path: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` with the store path as its argument; it must exit with 0."""
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    return out
+
+
 def test_interpreter_exit_with_a_running_preload_does_not_hang(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """
@@ -935,15 +970,48 @@ def test_interpreter_exit_with_a_running_preload_does_not_hang(tmp_path: Path) -
         print("exiting", flush=True)
         """
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path / "s")],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr
+    out = run_script(script, tmp_path / "s")
     assert out.stdout == "exiting\n"
+
+
+def test_interpreter_exit_stops_the_preload_before_the_stores_close(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        """
+        import atexit, sys, threading, time
+
+        go, returned, puts = threading.Event(), threading.Event(), []
+
+        @atexit.register  # registered before spillcache's hooks, so it runs after them
+        def release_the_load():
+            go.set()
+            assert returned.wait(10)
+            time.sleep(0.3)  # time for the load thread to reach the store, were it to
+            print("puts", puts, flush=True)
+
+        from spillcache import CachedDataset
+
+        class Held:
+            def __len__(self):
+                return 1
+            def __getitem__(self, i):
+                try:
+                    started.set()
+                    go.wait(10)
+                    return {"x": i}
+                finally:
+                    returned.set()
+
+        started = threading.Event()
+        ds = CachedDataset(Held(), sys.argv[1], fingerprint="x", probes=0, progress=False,
+                           preload_threads=1)
+        put = ds.cache.put
+        ds.cache.put = lambda key, *args, **kwargs: puts.append(key) or put(key, *args, **kwargs)
+        ds.start_preload()
+        assert started.wait(10)
+        """
+    )
+    out = run_script(script, tmp_path / "s")
+    assert out.stdout == "puts []\n", out.stderr
 
 
 def test_every_stop_waits_until_the_store_is_free(tmp_path: Path) -> None:
@@ -974,7 +1042,7 @@ def test_every_stop_waits_until_the_store_is_free(tmp_path: Path) -> None:
 
         first = threading.Thread(target=stop, args=("first stop",))
         first.start()
-        wait_until(lambda: preloader._guard.closed)  # the first stop waits for the put
+        wait_until(lambda: preloader._run.guard.closed)  # the first stop waits for the put
         second = threading.Thread(target=stop, args=("second stop",))  # e.g. a second Ctrl-C
         second.start()
         second.join(0.5)  # time to return early, were it going to

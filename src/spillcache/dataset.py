@@ -19,7 +19,7 @@ from .errors import FingerprintMismatch, NondeterministicDataError, SpillCacheWa
 from .hosting import PreloadHost, preload_stats
 from .indices import check_index
 from .loading import not_none
-from .preload import Preloader
+from .preload import Preloader, PreloadOptions
 from .settings import (
     COPY,
     LOG_EVERY,
@@ -242,10 +242,9 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
         if self.cache.closed:
             raise ValueError("the cache is closed; cannot preload")
         batched = callable(getattr(self.dataset, "__getitems__", None))
-        self._preload.start(
-            self.cache,
-            functools.partial(_load_one, self.dataset),  # not a bound method: see preload_stats
-            order,
+        options = PreloadOptions(
+            # Not bound methods: see preload_stats.
+            load=functools.partial(_load_one, self.dataset),
             load_many=functools.partial(_load_many, self.dataset) if batched else None,
             length=self._len,
             threads=self.preload_threads,
@@ -253,6 +252,7 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
             stats=functools.partial(preload_stats, self.cache, self._probe_errors),
             summary=self._summary,
         )
+        self._preload.start(self.cache, order, options)
 
     def wait_preload(self, timeout: float | None = None) -> bool:
         """Wait for the preload to finish; False if ``timeout`` seconds passed first.

@@ -7,14 +7,10 @@ preload on their cache at a time; :class:`PreloadHost` starts, waits for and sto
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from typing import Any
 
 from .cache import SpillCache
-from .preload import Preloader, preview_order
-from .settings import Threads
+from .preload import Preloader, PreloadOptions, preview_order
 from .stats import CacheStats
-from .summary import StatsLogger
 
 __all__ = ["PreloadHost", "preload_stats"]
 
@@ -43,39 +39,15 @@ class PreloadHost:
     def __init__(self) -> None:
         self.preloader: Preloader | None = None
 
-    def start(  # noqa: PLR0913 - the preload's settings, each a keyword of its wrapper
-        self,
-        cache: SpillCache,
-        load: Callable[[int], object],
-        order: object,
-        *,
-        length: int,
-        threads: Threads,
-        progress: bool,
-        stats: Callable[[], CacheStats],
-        summary: StatsLogger | None,
-        load_many: Callable[[list[int]], list[Any]] | None = None,
-    ) -> None:
+    def start(self, cache: SpillCache, order: object, options: PreloadOptions) -> None:
         """Stop the preload running, if any, and start one of ``order`` on ``cache``.
 
         ``order`` is previewed first (see :func:`~spillcache.preload.preview_order`): an
         invalid one raises before the running preload is stopped.
         """
-        indices, total = preview_order(order, length)
+        indices, total = preview_order(order, options.length)
         self.stop()
-        self.preloader = Preloader(
-            cache,
-            load,
-            indices,
-            load_many=load_many,
-            length=length,
-            total=total,
-            threads=threads,
-            flights=cache.flights,
-            progress=progress,
-            stats=stats,
-            summary=summary,
-        )
+        self.preloader = Preloader(cache, indices, options, total=total)
         self.preloader.start()
 
     def wait(self, timeout: float | None = None) -> bool:

@@ -17,6 +17,7 @@ from ..config import CacheSettings, settings_from_config
 from ..errors import HyraxIndexError
 from ..hosting import PreloadHost, preload_stats
 from ..indices import check_index
+from ..preload import PreloadOptions
 from ..settings import LOG_EVERY
 from ..stats import CacheStats
 from ..summary import StatsLogger, SummaryWriterLike
@@ -189,10 +190,8 @@ class ProviderDataCache(DataCache):
         cache = self.cache  # None when use_cache is false
         if cache is None or not self.settings.preload_cache:
             return
-        self._preload.start(
-            cache,
-            self._provider.resolve_data,
-            order,
+        options = PreloadOptions(
+            load=self._provider.resolve_data,
             length=len(self._provider),
             threads=self.settings.preload_threads,
             progress=sys.stderr.isatty(),
@@ -200,6 +199,7 @@ class ProviderDataCache(DataCache):
             stats=functools.partial(preload_stats, cache),
             summary=self._summary,
         )
+        self._preload.start(cache, order, options)
 
     def wait_preload(self, timeout: float | None = None) -> bool:
         """Wait for the preload to finish; False if ``timeout`` seconds passed first.

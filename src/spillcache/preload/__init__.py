@@ -2,9 +2,12 @@
 
 * :mod:`.order` turns a sampler into the indices it will yield without disturbing it (a
   random sampler is previewed from a *copy* of its generator state).
-* :mod:`.engine` holds the :class:`Preloader` (load threads that each take the next index,
-  skip it if it is cached or being loaded, else load and store it; a coordinator that starts
-  them and reports); it claims each index in the cache's
+* :mod:`.engine` holds the :class:`Preloader`, built from :class:`PreloadOptions`
+  (:mod:`.options`). Its load threads (:mod:`.threads`) each take the next index of the order
+  (:mod:`.claiming`), skip it if it is cached or being loaded, promote it into free RAM if
+  only the disk holds it (:mod:`.promotion`), else load and store it (:mod:`.landing`); a
+  coordinator starts them and reports (:mod:`.reporting`). They share one state
+  (:mod:`.run`). Each index is claimed in the cache's
   :class:`~spillcache.flight.SingleFlight`, so that each is loaded once: training joins a
   preload load in progress, and the preload skips what training is loading.
 * :mod:`.concurrency` and :mod:`.tuner` set the number of loads in flight
@@ -14,9 +17,9 @@
   cannot fool.
 * :mod:`.lifecycle` is the one state of a preload (new, running, exhausted, ending,
   stopping, done, stopped); :mod:`.guard` keeps every thread of a stopped preload away from
-  the store: :meth:`Preloader.stop` returns at once, and a load stuck in user code finishes
-  on its own daemon thread, whose result reaches any training thread waiting for it (which
-  caches it), never the store from that thread.
+  the store (:mod:`.stopping`): :meth:`Preloader.stop` returns at once, and a load stuck in
+  user code finishes on its own daemon thread, whose result reaches any training thread
+  waiting for it (which caches it), never the store from that thread.
 * :mod:`.progress`: the preload counters, the progress bar, TensorBoard scalars (through
   :mod:`spillcache.summary`) and log lines.
 
@@ -26,6 +29,7 @@ what is queued.
 """
 
 from .engine import Preloader
+from .options import PreloadOptions
 from .order import preview_order
 
-__all__ = ["Preloader", "preview_order"]
+__all__ = ["PreloadOptions", "Preloader", "preview_order"]
