@@ -1206,7 +1206,7 @@ def test_tensorboard_steps_of_every_tag_never_decrease(tmp_path: Path) -> None:
     [
         (lambda c: c / 0.02, 64, 64),  # latency-bound: more is always better, up to the cap
         (lambda c: min(c, 8) / 0.02, 8, 16),  # IOPS-limited at 8
-        (lambda c: 200.0, 1, 2),  # CPU-bound: threads do not help
+        (lambda c: 200.0, 1, 4),  # CPU-bound: threads do not help (the ramp starts at 2)
         (lambda c: min(c, 24) / 0.02, 32, 64),  # saturates between two powers of two
     ],
     ids=["latency", "iops", "cpu", "saturating"],
@@ -1226,17 +1226,20 @@ def test_tuner_converges(rate: Callable[[int], float], settles_at: int, peak: in
 
 
 def test_a_coarse_clock_does_not_break_the_tuner() -> None:
-    slots = Concurrency(1, Tuner(64))
+    tuner = Tuner(64)
+    tuner.observe(10.0)
+    tuner.observe(10.0)  # no gain from 2 to 4: the ramp ends, long windows decide from here
+    slots = Concurrency(1, tuner)
     slots.release(slots.reserve(100.0), completed=1, now=100.0)  # settled: the window opens
     held = slots.reserve(100.5)
     # Ten loads that the clock saw take no time at all.
     for _ in range(10):
         assert not slots.release(slots.reserve(101.0), completed=1, now=101.0)
-    assert (slots.tuning, slots.limit) == ([], 1)  # the window stays open
+    assert (slots.tuning, slots.limit) == ([], 4)  # the window stays open
     assert slots.release(held, completed=1, now=101.0)
     # 0.5 slots in flight on average, each held 0.5 s / 11 completions.
-    assert slots.tuning == [(101.0, 1, pytest.approx(11.0))]
-    assert slots.limit == 2
+    assert slots.tuning == [(101.0, 4, pytest.approx(11.0))]
+    assert slots.limit == 2  # 11/s at 4 is no 1.2x gain over 10/s at 2
 
 
 # -- Hyrax -----------------------------------------------------------------------------------
