@@ -50,41 +50,60 @@ class Trace:
 
 def simulate(
     storage: Callable[[float], float],
+    slots: Concurrency,
     *,
     until: float = 10.0,
     loads: int | None = None,
-    tuner: Tuner | None = None,
-    fixed: int = 1,
+    spawn: float = 0.0,
 ) -> Trace:
-    """Run loads on ``storage`` (load begin -> load end) until ``until`` or ``loads`` ended."""
-    slots = Concurrency(fixed, tuner)
-    pending: list[tuple[float, int, Slot]] = []
+    """Run loads on ``storage`` (load begin -> load end) until ``until`` or ``loads`` ended.
+
+    As in the preload, a thread that ends a load begins the next one at once; threads that a
+    higher limit adds start ``spawn`` seconds apart.
+    """
+    events: list[tuple[float, int, Slot | None]] = []  # a load's end, or a thread's start
     order = itertools.count()
     trace = Trace([], [(0.0, slots.limit)], slots)
-    now = 0.0
+    threads = 0
 
-    def top_up() -> None:
-        while slots.active < slots.limit and (
-            loads is None or len(trace.done_at) + slots.active < loads
-        ):
-            heapq.heappush(pending, (storage(now), next(order), slots.reserve(now)))
+    def begin(now: float) -> None:
+        if loads is None or len(trace.done_at) + slots.active < loads:
+            heapq.heappush(events, (storage(now), next(order), slots.reserve(now)))
 
-    top_up()
-    while pending:
-        now, _, slot = heapq.heappop(pending)
+    def add_threads(now: float) -> None:
+        nonlocal threads
+        for k in range(slots.limit - threads):
+            heapq.heappush(events, (now + k * spawn, next(order), None))
+        threads = max(threads, slots.limit)
+
+    add_threads(0.0)
+    while events:
+        now, _, slot = heapq.heappop(events)
         if now > until:
             break
+        if slot is None:
+            begin(now)
+            continue
         trace.done_at.append(now)
         if slots.release(slot, completed=1, now=now):
             trace.limits.append((now, slots.limit))
-        top_up()
+        if slots.active < slots.limit:
+            begin(now)
+        else:
+            threads -= 1  # above the limit: this thread ends
+        add_threads(now)
     return trace
 
 
 def auto(
-    storage: Callable[[float], float], *, until: float = 10.0, loads: int | None = None
+    storage: Callable[[float], float],
+    *,
+    until: float = 10.0,
+    loads: int | None = None,
+    spawn: float = 0.0,
 ) -> Trace:
-    return simulate(storage, until=until, loads=loads, tuner=Tuner(64))
+    slots = Concurrency(0, Tuner(64))
+    return simulate(storage, slots, until=until, loads=loads, spawn=spawn)
 
 
 def first_time_at(trace: Trace, limit: int) -> float:
@@ -107,8 +126,17 @@ def test_the_ramp_doubles_once_per_round_up_to_the_maximum() -> None:
     assert peak(trace) == 64
 
 
+def test_the_ramp_is_not_slowed_by_threads_that_start_late() -> None:
+    # On a busy machine dozens of threads take tens of ms to start: 1 ms each here, so 16
+    # new threads start over 15 ms. A round opens once they are all under way.
+    trace = auto(latency_bound, until=1.0, spawn=0.001)
+    assert [level for _, level in trace.limits[:6]] == [2, 4, 8, 16, 32, 64]
+    ramp = [rate for _, _, rate in trace.slots.tuning[:6]]
+    assert all(later / earlier > 1.9 for earlier, later in itertools.pairwise(ramp))
+
+
 def test_auto_loads_nearly_as_much_as_the_best_count_in_a_second() -> None:
-    best = simulate(latency_bound, until=1.0, fixed=64)
+    best = simulate(latency_bound, Concurrency(64, None), until=1.0)
     ramped = auto(latency_bound, until=1.0)
     assert len(ramped.done_at) >= 0.88 * len(best.done_at)
 
@@ -123,7 +151,7 @@ def test_the_200_sample_job_ends_in_nine_rounds() -> None:
     # 2, 2 (the window opens), 4, 8, 16, 32, then 64 at a time: 200 samples in 9 rounds, where
     # 64 fixed threads need 4.
     ramped = auto(latency_bound, loads=200)
-    best = simulate(latency_bound, loads=200, fixed=64)
+    best = simulate(latency_bound, Concurrency(64, None), loads=200)
     assert ramped.done_at[-1] == pytest.approx(9 * LATENCY)
     assert best.done_at[-1] == pytest.approx(4 * LATENCY)
 
@@ -187,6 +215,26 @@ def test_the_ramp_goes_back_when_the_long_window_finds_no_gain() -> None:
     assert not tuner.ramping
     # 8 was reached by a clear gain: the first probe (down) waits 8 windows, not 2.
     assert [tuner.observe(400.0) for _ in range(8)] == [8] * 7 + [4]
+
+
+def test_the_rate_held_after_the_ramp_comes_from_the_first_long_window() -> None:
+    tuner = Tuner(8)
+    for rate in (100.0, 200.0, 400.0):
+        tuner.observe(rate)
+    assert (tuner.limit, tuner.ramping) == (8, False)
+    # The ramp's short window at 8 measured 400/s while threads were starting; the long ones
+    # measure 600/s. They are no drift: the first probe still waits 16 windows.
+    assert [tuner.observe(600.0) for _ in range(16)] == [8] * 15 + [4]
+
+
+def test_a_stalled_window_does_not_make_a_probe_down_look_good() -> None:
+    tuner = Tuner(4)
+    tuner.observe(100.0)
+    tuner.observe(200.0)  # the ramp ends at the maximum, 4
+    # 15 windows at 200/s, then one in which the machine stalled the loads: the probe to 2.
+    assert [tuner.observe(rate) for rate in [200.0] * 15 + [10.0]] == [4] * 15 + [2]
+    # Half the rate at half the loads: not kept (an average with the stall would be 105/s).
+    assert tuner.observe(100.0) == 4
 
 
 def test_the_ramp_respects_the_maximum() -> None:

@@ -2,8 +2,9 @@
 
 Each pass of a load thread holds a *slot* from :meth:`Concurrency.reserve` to
 :meth:`Concurrency.release`. With a :class:`~.tuner.Tuner`, the releases also feed a
-measurement window. While the tuner ramps up, a window is one round: it opens when the limit
-changes (at a release) and closes once as many passes as the limit allows completed; its
+measurement window. While the tuner ramps up, a window is one round: it opens once the slots
+in flight reach the limit (after a change: once the new threads have started; the first one at
+the first release) and closes once as many passes as the limit allows completed; its
 throughput is those completions over that time. Afterwards a window waits for the loads begun
 under the previous limit to settle, lasts longer, and its throughput comes from Little's law
 (mean slots in flight / mean time a slot is held), which, unlike counting completions in a
@@ -80,12 +81,17 @@ class Concurrency:
         self._window_start: float | None = None
         self._area = self._area_at = self._window_busy = 0.0
         self._window_done = 0
-        # Whether the last window was one of the ramp.
+        # Whether the last window was one of the ramp; whether the next one opens once the
+        # slots in flight reach the limit (after a change: when the new threads have started).
         self._ramped = tuner is not None and tuner.ramping
+        self._opens_when_full = False
 
     def reserve(self, now: float) -> Slot:
         """Hold one more slot from ``now``."""
         self._add_active(1, now)
+        if self._opens_when_full and self.active >= self.limit:
+            self._opens_when_full = False
+            self._start_window(now)
         return Slot(self._epoch, now)
 
     def release(self, slot: Slot, *, completed: int, now: float) -> bool:
@@ -100,11 +106,11 @@ class Concurrency:
             self._old -= 1
         tuner = self.tuner
         if tuner is not None and tuner.ramping:
-            if self._window_start is None:
+            if self._window_start is None and not self._opens_when_full:
                 # The first loads pay for opening the store and starting its writer (tens of
                 # ms for CPU-bound ones): the first window opens when the first one ends.
                 self._start_window(now)
-            elif completed:
+            elif completed and self._window_start is not None:
                 self._window_done += 1
                 return self._tune_ramp(tuner, now)
         elif old:
@@ -147,8 +153,8 @@ class Concurrency:
     def _tune_ramp(self, tuner: Tuner, now: float) -> bool:
         """Close a round of the ramp once it is complete; whether the limit changed.
 
-        The round opened at a release, when no load had just begun: its completions over
-        its time are the throughput, whether or not the loads finish in waves.
+        The round opened with every slot in flight: its completions over its time are the
+        throughput, whether or not the loads finish in waves.
         """
         start = self._window_start
         if start is None or now - start < _RAMP_SECONDS or self._window_done < self.limit:
@@ -180,8 +186,10 @@ class Concurrency:
         self.limit = limit
         self.peak_limit = max(self.peak_limit, limit)
         if tuner.ramping:
-            # The next round opens now, at a release: every load in flight is under way.
-            self._start_window(now)
+            # The next round opens once the new threads have started (tens of ms for dozens
+            # on a busy machine, which would count as a slower storage).
+            self._window_start = None
+            self._opens_when_full = True
         elif changed or self._ramped:
             # Loads begun under the previous setting, or during the ramp, settle first.
             self._epoch += 1

@@ -7,6 +7,7 @@ round of completions); afterwards they are long and settled.
 
 from __future__ import annotations
 
+import statistics
 from typing import Literal
 
 __all__ = ["Tuner"]
@@ -31,6 +32,9 @@ _MAX_HOLD_WINDOWS = 64
 # Windows in a row whose rate leaves the dead band around the held rate before the tuner
 # takes it for a change of the storage and probes at the short interval again.
 _DRIFT_WINDOWS = 3
+# The held rate is the median of this many last windows at the held level: a window in which
+# the machine stalled the loads (other work on its CPUs) must not make a probe down look good.
+_RECENT_WINDOWS = 5
 
 # The ramp starts at this many loads in flight: the second costs nothing measurable where it
 # does not help (a load thread also encodes and stores its sample, which overlaps the next load).
@@ -68,6 +72,7 @@ class Tuner:
         self._held = self._outside = 0
         self._wait = self._interval = _HOLD_WINDOWS
         self._up_next = False
+        self._recent: list[float] = []
 
     @property
     def ramping(self) -> bool:
@@ -98,6 +103,8 @@ class Tuner:
                 # probe down that changed nothing.
                 self._interval = 2 * _HOLD_WINDOWS
             self._climb("ramp", wait=2 * _HOLD_WINDOWS)
+            if not self.ramping:
+                self._reference = 0.0  # held at a rate of a short window: see _follow
         else:
             # Too little gain for a short window to tell: a long one decides, at this level.
             self._phase = "check"
@@ -109,6 +116,7 @@ class Tuner:
         else:
             # The level below was reached by a clear gain: no need to probe it again soon.
             self._hold(up_next=False, wait=_HOLD_WINDOWS)
+            self._reference = 0.0  # held at a rate of a short window: see _follow
 
     def _grown(self, rate: float, *, probing: bool) -> None:
         if rate >= self._base_rate * _GROW:
@@ -129,14 +137,23 @@ class Tuner:
             self._hold(up_next=True, wait=self._backoff())
 
     def _follow(self, rate: float) -> None:
-        # Follow a storage whose speed drifts; one window is too noisy to replace it.
-        self._base_rate = 0.5 * (self._base_rate + rate)
-        inside = self._reference * _KEEP <= rate <= self._reference * _GROW
-        self._outside = 0 if inside else self._outside + 1
-        # Several windows in a row: the one after a probe is often off, which is no drift.
-        if self._outside >= _DRIFT_WINDOWS:
-            self._reference = self._base_rate
-            self._interval = self._wait = _HOLD_WINDOWS
+        if not self._reference:
+            # The held rate came from a short window of the ramp (which at high levels also
+            # counts the time new threads take to start): the first long window replaces it,
+            # or every later one would look like a drift.
+            self._base_rate = self._reference = rate
+            self._recent = [rate]
+        else:
+            # Follow a storage whose speed drifts; one window is too noisy to replace it.
+            self._recent.append(rate)
+            del self._recent[:-_RECENT_WINDOWS]
+            self._base_rate = statistics.median(self._recent)
+            inside = self._reference * _KEEP <= rate <= self._reference * _GROW
+            self._outside = 0 if inside else self._outside + 1
+            # Several windows in a row: the one after a probe is often off, which is no drift.
+            if self._outside >= _DRIFT_WINDOWS:
+                self._reference = self._base_rate
+                self._interval = self._wait = _HOLD_WINDOWS
         self._held += 1
         if self._held >= self._wait:
             self._probe()
@@ -157,6 +174,7 @@ class Tuner:
         self.limit = self._base
         self._phase = "hold"
         self._reference = self._base_rate
+        self._recent = [self._base_rate]
         self._held = self._outside = 0
         self._wait = wait
         self._up_next = up_next
