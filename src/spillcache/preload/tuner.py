@@ -46,17 +46,19 @@ _Phase = Literal["ramp", "check", "grow", "hold", "up", "down"]
 class Tuner:
     """A ramp like TCP's slow start, then hill climbing of the concurrency on a log2 scale.
 
-    Starts at 1 and doubles after each short window (:attr:`ramping`) while a doubling
-    raises throughput by ``_RAMP_GROW``, as on latency-bound storage. The first level that
-    gains less is measured again with a long window, and kept if it gains ``_GROW`` over
+    Starts at ``_START`` and doubles after each short window (:attr:`ramping`) while a
+    doubling raises throughput by ``_RAMP_GROW``, as on latency-bound storage. The first level
+    that gains less is measured again with a long window, and kept if it gains ``_GROW`` over
     the level below it (then climbing goes on with long windows), else left for that level.
     Then it holds the best level and probes one step down (kept if it loses less than
     ``1 - _KEEP``: fewer threads for the same rate) or up (kept, and climbing resumes, if it
-    gains ``_GROW``). The first probe after a climb goes down, soon, to undo a step that only
-    looked useful; later probes alternate, and each one that changes nothing doubles the
-    windows until the next, up to ``_MAX_HOLD_WINDOWS``. A rate that stays out of the dead
-    band for ``_DRIFT_WINDOWS`` windows brings the probes back to ``_HOLD_WINDOWS``. It never
-    runs more than twice the best level it measured.
+    gains ``_GROW``). The first probe after a careful climb goes down, soon, to undo a step
+    that only looked useful (after the ramp: after ``_HOLD_WINDOWS``, or twice that at the
+    maximum); later probes alternate, and each one that changes nothing doubles the windows
+    until the next, up to ``_MAX_HOLD_WINDOWS``. The held rate is the median of the last
+    ``_RECENT_WINDOWS`` windows at the held level. A rate that stays out of the dead band for
+    ``_DRIFT_WINDOWS`` windows brings the probes back to ``_HOLD_WINDOWS``. It never runs
+    more than twice the best level it measured.
 
     Parameters
     ----------
