@@ -468,7 +468,9 @@ def test_one_sample_too_big_for_ram_does_not_end_the_promotions(tmp_path: Path) 
     with open_ds(FirstTooBig(20), tmp_path / "s", ram_budget=0) as ds:
         ds.start_preload()
         assert ds.wait_preload(TIMEOUT)
-    with open_ds(FirstTooBig(20), tmp_path / "s", ram_budget=10 * ONE + ONE // 2) as ds:
+    # One load at a time, so that promotions land in order (the ramp of "auto" starts at 2).
+    budget = 10 * ONE + ONE // 2
+    with open_ds(FirstTooBig(20), tmp_path / "s", ram_budget=budget, preload_threads=1) as ds:
         ds.start_preload()  # index 0 first: it never fits
         assert ds.wait_preload(TIMEOUT)
         stats = ds.stats()
