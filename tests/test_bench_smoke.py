@@ -167,6 +167,31 @@ def test_scale_reports_every_entry_count(tmp_path: Path) -> None:
     assert all(float(c.replace(",", "")) > 0 for r in rows for c in r.split("|")[5:19])
 
 
+def test_preload_ramp_reports_auto_against_every_fixed_count(tmp_path: Path) -> None:
+    from benchmarks import preload
+
+    out = tmp_path / "preload.md"
+    argv = ["--quick", "--seconds", "0.2", "--fixed", "1", "4", "--epoch-n", "20"]
+    text = preload.main([*argv, "--out", str(out)])
+    assert out.read_text() == text
+    lines = text.splitlines()
+    header = next(line for line in lines if line.startswith("| storage |"))
+    assert "| auto / best | auto / 1 | auto / 4 | auto peak threads | peak / best |" in header
+    rows = [
+        line.split("|")[1:-1] for line in lines if line.startswith("| ") and " s | new |" in line
+    ]
+    assert sorted(r[0].strip() for r in rows) == sorted(preload.STORAGE_KEYS.values())
+    for row in rows:
+        best = int(row[4].split()[0])
+        assert best in (1, 4)
+        ratios = [float(c.strip(" *")) for c in row[5:8]]
+        assert all(r > 0 for r in ratios) and ratios[0] == ratios[1 + (best == 4)]
+        assert 2 <= int(row[8]) <= 64  # auto's peak threads
+    (epoch,) = [line for line in lines if line.startswith("| new | ")]
+    assert "4: " in epoch  # the fixed count the 20-sample epoch compares with
+    assert "load average" in text
+
+
 def test_compare_ratios_pair_passes_and_verdicts_follow_the_figures_direction() -> None:
     from benchmarks import compare
 

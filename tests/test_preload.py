@@ -407,7 +407,9 @@ ONE = sample_nbytes(uniform(0)) + ENTRY_OVERHEAD  # as the RAM tier accounts it
 
 
 def test_preload_fills_free_ram_in_order_then_only_the_disk(tmp_path: Path) -> None:
-    with open_ds(Uniform(30), tmp_path / "s", ram_budget=10 * ONE + ONE // 2) as ds:
+    # One load at a time: with more (the ramp of "auto" starts at 2), loads may end out of order.
+    budget = 10 * ONE + ONE // 2
+    with open_ds(Uniform(30), tmp_path / "s", ram_budget=budget, preload_threads=1) as ds:
         ds.start_preload(range(29, -1, -1))
         assert ds.wait_preload(TIMEOUT)
         stats = ds.stats()
@@ -488,7 +490,9 @@ def test_one_sample_too_big_for_ram_does_not_end_the_promotions(tmp_path: Path) 
     with open_ds(FirstTooBig(20), tmp_path / "s", ram_budget=0) as ds:
         ds.start_preload()
         assert ds.wait_preload(TIMEOUT)
-    with open_ds(FirstTooBig(20), tmp_path / "s", ram_budget=10 * ONE + ONE // 2) as ds:
+    # One load at a time, so that promotions land in order (the ramp of "auto" starts at 2).
+    budget = 10 * ONE + ONE // 2
+    with open_ds(FirstTooBig(20), tmp_path / "s", ram_budget=budget, preload_threads=1) as ds:
         ds.start_preload()  # index 0 first: it never fits
         assert ds.wait_preload(TIMEOUT)
         stats = ds.stats()
@@ -1274,7 +1278,7 @@ def test_tensorboard_steps_of_every_tag_never_decrease(tmp_path: Path) -> None:
     [
         (lambda c: c / 0.02, 64, 64),  # latency-bound: more is always better, up to the cap
         (lambda c: min(c, 8) / 0.02, 8, 16),  # IOPS-limited at 8
-        (lambda c: 200.0, 1, 2),  # CPU-bound: threads do not help
+        (lambda c: 200.0, 1, 4),  # CPU-bound: threads do not help (the ramp starts at 2)
         (lambda c: min(c, 24) / 0.02, 32, 64),  # saturates between two powers of two
     ],
     ids=["latency", "iops", "cpu", "saturating"],
@@ -1294,17 +1298,20 @@ def test_tuner_converges(rate: Callable[[int], float], settles_at: int, peak: in
 
 
 def test_a_coarse_clock_does_not_break_the_tuner() -> None:
-    slots = Concurrency(1, Tuner(64))
+    tuner = Tuner(64)
+    tuner.observe(10.0)
+    tuner.observe(10.0)  # no gain from 2 to 4: the ramp ends, long windows decide from here
+    slots = Concurrency(1, tuner)
     slots.release(slots.reserve(100.0), completed=1, now=100.0)  # settled: the window opens
     held = slots.reserve(100.5)
     # Ten loads that the clock saw take no time at all.
     for _ in range(10):
         assert not slots.release(slots.reserve(101.0), completed=1, now=101.0)
-    assert (slots.tuning, slots.limit) == ([], 1)  # the window stays open
+    assert (slots.tuning, slots.limit) == ([], 4)  # the window stays open
     assert slots.release(held, completed=1, now=101.0)
     # 0.5 slots in flight on average, each held 0.5 s / 11 completions.
-    assert slots.tuning == [(101.0, 1, pytest.approx(11.0))]
-    assert slots.limit == 2
+    assert slots.tuning == [(101.0, 4, pytest.approx(11.0))]
+    assert slots.limit == 2  # 11/s at 4 is no 1.2x gain over 10/s at 2
 
 
 # -- Hyrax -----------------------------------------------------------------------------------

@@ -11,8 +11,9 @@
   :class:`~spillcache.flight.SingleFlight`, so that each is loaded once: training joins a
   preload load in progress, and the preload skips what training is loading.
 * :mod:`.concurrency` and :mod:`.tuner` set the number of loads in flight
-  (``threads="auto"``): a hill-climbing tuner doubles it while the throughput grows, backs off
-  when it stops, and probes up and down now and then; throughput comes from Little's law
+  (``threads="auto"``): a ramp doubles it after every round of loads while that doubles the
+  throughput, then a hill-climbing tuner doubles it while the throughput grows, backs off
+  when it stops, and probes up and down now and then; its throughput comes from Little's law
   (mean number in flight / mean time a load holds its slot), which loads finishing in waves
   cannot fool.
 * :mod:`.lifecycle` is the one state of a preload (new, running, exhausted, ending,

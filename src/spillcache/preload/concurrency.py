@@ -2,9 +2,13 @@
 
 Each pass of a load thread holds a *slot* from :meth:`Concurrency.reserve` to
 :meth:`Concurrency.release`. With a :class:`~.tuner.Tuner`, the releases also feed a
-measurement window: its throughput comes from Little's law (mean slots in flight / mean time
-a slot is held), which, unlike counting completions in a short window, is not fooled by
-loads that finish in waves.
+measurement window. While the tuner ramps up, a window is one round: it opens once the slots
+in flight reach the limit (after a change: once the new threads have started; the first one at
+the first release) and closes once as many passes as the limit allows completed; its
+throughput is those completions over that time. Afterwards a window waits for the loads begun
+under the previous limit to settle, lasts longer, and its throughput comes from Little's law
+(mean slots in flight / mean time a slot is held), which, unlike counting completions in a
+short window, is not fooled by loads that finish in waves.
 
 Not thread-safe: the preload calls every method with its lock held.
 """
@@ -23,6 +27,9 @@ __all__ = ["Concurrency", "Slot"]
 # queues (at a semaphore, at the GIL) that are still building up, and would look fast.
 _WINDOW_COMPLETIONS = 4
 _WINDOW_SECONDS = 0.05
+# A window of the ramp lasts at least this long (with loads of microseconds, one round would
+# be mostly noise).
+_RAMP_SECONDS = 0.005
 # Tuner measurements kept in ``Concurrency.tuning``.
 _TUNING_KEPT = 64
 
@@ -41,7 +48,7 @@ class Concurrency:
     Parameters
     ----------
     limit : int
-        Loads allowed in flight at first (1 with a tuner).
+        Loads allowed in flight without a tuner (with one, the tuner's first limit).
     tuner : Tuner or None
         Sets the limit from the measured throughput; ``None`` keeps ``limit``.
 
@@ -61,7 +68,7 @@ class Concurrency:
     """
 
     def __init__(self, limit: int, tuner: Tuner | None) -> None:
-        self.limit = self.peak_limit = limit
+        self.limit = self.peak_limit = limit if tuner is None else tuner.limit
         self.tuner = tuner
         self.active = 0
         self.tuning: list[tuple[float, int, float]] = []
@@ -74,10 +81,17 @@ class Concurrency:
         self._window_start: float | None = None
         self._area = self._area_at = self._window_busy = 0.0
         self._window_done = 0
+        # Whether the last window was one of the ramp; whether the next one opens once the
+        # slots in flight reach the limit (after a change: when the new threads have started).
+        self._ramped = tuner is not None and tuner.ramping
+        self._opens_when_full = False
 
     def reserve(self, now: float) -> Slot:
         """Hold one more slot from ``now``."""
         self._add_active(1, now)
+        if self._opens_when_full and self.active >= self.limit:
+            self._opens_when_full = False
+            self._start_window(now)
         return Slot(self._epoch, now)
 
     def release(self, slot: Slot, *, completed: int, now: float) -> bool:
@@ -87,8 +101,20 @@ class Concurrency:
         the window does not count).
         """
         self._add_active(-1, now)
-        if slot.epoch != self._epoch:
+        old = slot.epoch != self._epoch
+        if old:
             self._old -= 1
+        tuner = self.tuner
+        if tuner is not None and tuner.ramping:
+            if self._window_start is None and not self._opens_when_full:
+                # The first loads pay for opening the store and starting its writer (tens of
+                # ms for CPU-bound ones): the first window opens when the first one ends.
+                self._start_window(now)
+            elif completed and self._window_start is not None:
+                self._window_done += 1
+                return self._tune_ramp(tuner, now)
+        elif old:
+            pass
         elif self._window_start is None:
             # Settling (the very first load, too, pays for opening the store and starting
             # its writer).
@@ -98,8 +124,8 @@ class Concurrency:
         elif completed:
             self._window_done += 1
             self._window_busy += now - slot.reserved_at
-            if self.tuner is not None:
-                return self._tune(self.tuner, now)
+            if tuner is not None:
+                return self._tune(tuner, now)
         return False
 
     def describe(self) -> str:
@@ -124,6 +150,17 @@ class Concurrency:
         self._area = self._window_busy = 0.0
         self._window_done = 0
 
+    def _tune_ramp(self, tuner: Tuner, now: float) -> bool:
+        """Close a round of the ramp once it is complete; whether the limit changed.
+
+        The round opened with every slot in flight: its completions over its time are the
+        throughput, whether or not the loads finish in waves.
+        """
+        start = self._window_start
+        if start is None or now - start < _RAMP_SECONDS or self._window_done < self.limit:
+            return False
+        return self._feed(tuner, now, self._window_done / (now - start))
+
     def _tune(self, tuner: Tuner, now: float) -> bool:
         """Close a complete window and feed its throughput to the tuner; whether the limit changed.
 
@@ -138,16 +175,28 @@ class Concurrency:
             return False
         self._add_active(0, now)
         rate = (self._area / (now - start)) / (self._window_busy / self._window_done)
+        return self._feed(tuner, now, rate)
+
+    def _feed(self, tuner: Tuner, now: float, rate: float) -> bool:
+        """Give the tuner ``rate`` and open the next window; whether the limit changed."""
         self.tuning.append((now - self.started_at, self.limit, rate))
         del self.tuning[:-_TUNING_KEPT]
-        self._start_window(now)
         limit = tuner.observe(rate)
-        if limit == self.limit:
-            return False
+        changed = limit != self.limit
         self.limit = limit
         self.peak_limit = max(self.peak_limit, limit)
-        self._epoch += 1
-        self._old = self.active
-        self._settling = limit
-        self._window_start = None
-        return True
+        if tuner.ramping:
+            # The next round opens once the new threads have started (tens of ms for dozens
+            # on a busy machine, which would count as a slower storage).
+            self._window_start = None
+            self._opens_when_full = True
+        elif changed or self._ramped:
+            # Loads begun under the previous setting, or during the ramp, settle first.
+            self._epoch += 1
+            self._old = self.active
+            self._settling = limit
+            self._window_start = None
+        else:
+            self._start_window(now)
+        self._ramped = tuner.ramping
+        return changed
