@@ -92,6 +92,9 @@ Modules
     :class:`Decoded`, what :func:`decode_sized` returns.
 ``copying``
     :func:`clone` and :func:`replicate`, the RAM tier's copies of samples.
+``replicators``
+    :func:`~.replicators.replicator`: for a plan, the code copying its samples on a RAM-tier
+    hit, generated once the plan is asked for twice and kept in a bounded cache.
 """
 
 from .copying import clone, replicate
