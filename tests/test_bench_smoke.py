@@ -206,3 +206,23 @@ def test_compare_ratios_pair_passes_and_verdicts_follow_the_figures_direction() 
     assert compare.verdict(time_figure, 1.02, 0.03) == "ok"
     assert compare.verdict(rate_figure, 0.96, 0.03) == "**worse 4.2%**"
     assert compare.verdict(rate_figure, 1.10, 0.03) == "ok"
+
+
+def test_ramhit_reports_both_sizes_against_the_hand_written_floor(tmp_path: Path) -> None:
+    from benchmarks import ramhit
+
+    settings = ramhit.measure(3, quick=True)
+    assert [s.label for s in settings] == ["4 KiB", "1 MiB"]
+    for s in settings:
+        assert len(s.hit_us) == len(s.floor_us) == 3  # one pass of each per repetition
+        assert all(t > 0 for t in s.hit_us + s.floor_us)
+    # The floor returns what a hit returns: an equal sample in new containers, a fresh tensor.
+    samples = {1: ramhit.sample(1, 8)}
+    copy = ramhit.floor_copy(samples, 1)
+    assert copy["meta"] == samples[1]["meta"] and copy["meta"] is not samples[1]["meta"]
+    assert copy["image"].equal(samples[1]["image"])
+    assert copy["image"].data_ptr() != samples[1]["image"].data_ptr()
+    text = ramhit.main(["--quick", "--out", str(tmp_path / "ramhit.md")])
+    rows = [line for line in text.splitlines() if line.startswith("| ")][1:]
+    assert [r.split("|")[1].strip() for r in rows] == ["4 KiB", "1 MiB"]
+    assert (tmp_path / "ramhit.md").read_text() == text + "\n"

@@ -214,6 +214,45 @@ def test_admit_records_no_access_get_does() -> None:
     assert len(tier) == 100
 
 
+def test_lookup_returns_the_value_with_its_copier_and_records_an_access() -> None:
+    tier = RamTier(10_000)
+    _fill(tier, range(100), 100)
+
+    def copier(value: object) -> object:
+        return value
+
+    value = object()
+    assert tier.admit(500, value, 100, evict=False) is False  # full
+    for _ in range(3):  # as get does, each lookup counts: the candidate beats the residents
+        assert tier.lookup(1001) == (None, None)
+    assert tier.admit(1001, value, 100, copier=copier) is True
+    found, kept = tier.lookup(1001)
+    assert found is value and kept is copier
+    assert tier.lookup(5) == (5, None)  # admitted without a copier
+    assert tier.get(1001) is value and tier.peek(1001) is value
+    assert RamTier(0).lookup(1) == (None, None)
+
+
+def test_each_copier_follows_its_value_through_removals_and_evictions() -> None:
+    rng = random.Random(3)
+    tier = RamTier(50 * 100)
+    copiers = {k: (lambda v, k=k: (k, v)) for k in range(400)}
+    for _ in range(4000):
+        k = rng.randrange(400) if rng.random() < 0.5 else rng.randrange(40)  # a hot set
+        if tier.lookup(k)[0] is None:
+            tier.admit(k, f"v{k}", 100, copier=copiers[k])
+        if rng.random() < 0.05:
+            tier.discard(rng.randrange(400))
+    resident = [k for k in range(400) if k in tier]
+    assert 0 < len(resident) <= 50 and any(k >= 40 for k in range(400) if k not in tier)
+    for k in resident:
+        value, copier = tier.lookup(k)
+        assert value == f"v{k}" and copier is copiers[k]
+    tier.clear()
+    assert tier.lookup(resident[0]) == (None, None)
+    assert tier.admit(1, "one", 100) and tier.lookup(1) == ("one", None)
+
+
 def test_evict_false_only_takes_free_space() -> None:
     tier = RamTier(1000)
     _fill(tier, range(9), 100)

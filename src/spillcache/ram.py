@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+from typing import Any, Final
 
 from .sketch import FrequencySketch
 
-__all__ = ["RamTier"]
+__all__ = ["Copier", "RamTier"]
+
+Copier = Callable[[Any], Any]
+"""What :meth:`RamTier.admit` may keep beside a value: how its caller copies it on a hit."""
+
+_ABSENT: Final = (None, None)
 
 # Sketch memory is capped at min(_SKETCH_CAP, _SKETCH_FLOOR + budget // _SKETCH_BUDGET_DIV):
 # the policy's own memory stays a small share of the budget (2 % past a 1 MiB floor that any
@@ -105,6 +112,9 @@ class RamTier:
         # ``_slot`` maps a key to its index so removal is a swap with the last entry.
         self._keys: list[int] = []
         self._sizes: list[int] = []
+        # The copier admitted with each resident (or None), in the order of ``_keys``: a list
+        # slot per entry, not a dict entry or a tuple (ENTRY_OVERHEAD stays true).
+        self._copiers: list[Copier | None] = []
         self._slot: dict[int, int] = {}
         self._sketch = self._new_sketch()
         # Fixed seed: the same access sequence always yields the same residents.
@@ -139,6 +149,31 @@ class RamTier:
         sketch.frequency(key, True)
         return self._values.get(key)
 
+    def lookup(self, key: int) -> tuple[object, Copier | None] | tuple[None, None]:
+        """The value stored for ``key`` with its copier, or ``(None, None)``; records an access.
+
+        As :meth:`get`, for a caller that copies what it gets: the copier is the one given to
+        :meth:`admit` with the value (None if none was).
+
+        Parameters
+        ----------
+        key : int
+            Sample index.
+
+        Returns
+        -------
+        tuple
+            ``(value, copier)``, or ``(None, None)`` if ``key`` is not resident.
+        """
+        sketch = self._sketch
+        if sketch is None:
+            return _ABSENT
+        sketch.frequency(key, True)
+        slot = self._slot.get(key)
+        if slot is None:
+            return _ABSENT
+        return self._values[key], self._copiers[slot]
+
     def peek(self, key: int) -> object | None:
         """Return the value stored for ``key`` (not a copy), or None, recording no access.
 
@@ -151,7 +186,15 @@ class RamTier:
         """
         return self._values.get(key)
 
-    def admit(self, key: int, value: object, nbytes: int, *, evict: bool = True) -> bool:
+    def admit(
+        self,
+        key: int,
+        value: object,
+        nbytes: int,
+        *,
+        evict: bool = True,
+        copier: Copier | None = None,
+    ) -> bool:
         """Offer ``value`` for ``key``; it replaces any value already stored for ``key``.
 
         Does not record an access: call :meth:`get` for that.
@@ -166,6 +209,9 @@ class RamTier:
             Size to account for ``value``.
         evict : bool
             If False, only take free space (preload fill); never evict another entry.
+        copier : callable, optional
+            Kept beside ``value`` for :meth:`lookup` (e.g. a replicator generated for the
+            value's structure): the tier never calls it.
 
         Returns
         -------
@@ -191,6 +237,7 @@ class RamTier:
         self._slot[key] = len(self._keys)
         self._keys.append(key)
         self._sizes.append(nbytes)
+        self._copiers.append(copier)
         self._values[key] = value
         self.nbytes += nbytes
         sketch = self._sketch
@@ -274,6 +321,7 @@ class RamTier:
         self._values.clear()
         self._keys.clear()
         self._sizes.clear()
+        self._copiers.clear()
         self._slot.clear()
         self.nbytes = 0
         self._sketch = self._new_sketch()
@@ -285,15 +333,17 @@ class RamTier:
         return len(self._keys)
 
     def _swap(self, i: int, j: int) -> None:
-        keys, sizes, slot = self._keys, self._sizes, self._slot
+        keys, sizes, copiers, slot = self._keys, self._sizes, self._copiers, self._slot
         ki, kj = keys[i], keys[j]
         keys[i], keys[j] = kj, ki
         sizes[i], sizes[j] = sizes[j], sizes[i]
+        copiers[i], copiers[j] = copiers[j], copiers[i]
         slot[ki], slot[kj] = j, i
 
     def _remove(self, key: int) -> None:
         self._swap(self._slot[key], len(self._keys) - 1)
         self._keys.pop()
+        self._copiers.pop()
         self.nbytes -= self._sizes.pop()
         del self._slot[key]
         del self._values[key]
@@ -341,4 +391,5 @@ class RamTier:
         del keys[open_:]
         self.nbytes -= freed
         del sizes[open_:]
+        del self._copiers[open_:]
         return True

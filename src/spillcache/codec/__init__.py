@@ -94,6 +94,9 @@ Modules
     :func:`clone` and :func:`replicate`, the RAM tier's copies of samples.
 ``snapshots``
     :func:`snapshot`: what a put with ``copy=True`` stores and keeps, from one encoding.
+``replicators``
+    :func:`~.replicators.replicator`: for a plan, the code copying its samples on a RAM-tier
+    hit, generated once the plan is asked for twice and kept in a bounded cache.
 """
 
 from .copying import clone, replicate

@@ -27,7 +27,14 @@ from .rules import (
 if TYPE_CHECKING:
     from .plan import Plan
 
-__all__ = ["clone", "replicate", "replicate_built"]
+__all__ = [
+    "PARALLEL_NUMEL",
+    "clone",
+    "copy_plain_tensor",
+    "replicate",
+    "replicate_built",
+    "replicate_tensor",
+]
 
 _T = TypeVar("_T")
 
@@ -99,19 +106,19 @@ def _checked_key(key: object) -> object:
 
 def _copy_tensor(t: torch.Tensor) -> torch.Tensor:
     torch_type(t)
-    copied = _copy_plain_tensor(dense(t))
+    copied = copy_plain_tensor(dense(t))
     return copied.requires_grad_() if t.requires_grad else copied
 
 
 # torch copies tensors of this many elements or more with its intra-op thread pool, whose
 # barrier stalls when the cores are busy: numpy copies those in the calling thread (see
 # docs/design.rst, "The codec's costs").
-_PARALLEL_NUMEL: Final = 32768
+PARALLEL_NUMEL: Final = 32768
 
 
-def _copy_plain_tensor(t: torch.Tensor) -> torch.Tensor:
+def copy_plain_tensor(t: torch.Tensor) -> torch.Tensor:
     """Copy a dense, detached CPU tensor of a supported dtype into fresh C-ordered memory."""
-    if t.numel() < _PARALLEL_NUMEL:
+    if t.numel() < PARALLEL_NUMEL:
         # Faster than clone(memory_format=torch.contiguous_format), which does the same.
         return t.clone() if t.is_contiguous() else t.contiguous()
     carrier = TORCH_TYPES[t.dtype].carrier
@@ -166,9 +173,9 @@ def _replicate(x: Any) -> Any:
         return {k: v if type(v) in IMMUTABLE else _replicate(v) for k, v in x.items()}
     if kind is torch.Tensor:
         if x.requires_grad:  # a clone would be a non-leaf with the original in its history
-            return _copy_plain_tensor(x.detach()).requires_grad_()
+            return copy_plain_tensor(x.detach()).requires_grad_()
         # Samples made here are contiguous: clone() keeps them so.
-        return x.clone() if x.numel() < _PARALLEL_NUMEL else _copy_plain_tensor(x)
+        return x.clone() if x.numel() < PARALLEL_NUMEL else copy_plain_tensor(x)
     if kind is np.ndarray:
         return x.copy()
     if kind is list:
@@ -198,11 +205,11 @@ def _leaf_copier(op: Op) -> Callable[[Any], object]:
     """How :func:`replicate_built` copies the leaf of ``op``."""
     if op.kind != ARRAY:  # numpy scalars, str, bytes and big ints are immutable
         return _share
-    return np.ndarray.copy if op.convert is None else _replicate_tensor
+    return np.ndarray.copy if op.convert is None else replicate_tensor
 
 
-def _replicate_tensor(x: torch.Tensor) -> torch.Tensor:
+def replicate_tensor(x: torch.Tensor) -> torch.Tensor:
     """Copy a contiguous tensor as :func:`replicate` does."""
     if x.requires_grad:  # a clone would be a non-leaf with the original in its history
-        return _copy_plain_tensor(x.detach()).requires_grad_()
-    return x.clone() if x.numel() < _PARALLEL_NUMEL else _copy_plain_tensor(x)
+        return copy_plain_tensor(x.detach()).requires_grad_()
+    return x.clone() if x.numel() < PARALLEL_NUMEL else copy_plain_tensor(x)

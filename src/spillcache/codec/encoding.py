@@ -22,6 +22,7 @@ from .format import (
     PREFIX,
     U32,
 )
+from .plan import Plan
 from .rules import (
     NDIM_BYTES,
     NUMPY_SCALAR_TYPES,
@@ -93,12 +94,14 @@ class Encoding:
     array_bytes : int
         The data bytes of the sample's tensors and arrays, counted at every occurrence: what
         a copy made by :func:`clone` holds at least (it copies each one compactly).
+    plan : Plan
+        The plan of the sample's structure spec (what :func:`~.replicators.replicator` takes).
     """
 
-    __slots__ = ("_parts", "array_bytes", "size")
+    __slots__ = ("_parts", "array_bytes", "plan", "size")
 
     def __init__(self, sample: object, *, name: str = "sample") -> None:
-        self._parts, data_size, self.array_bytes = _layout(sample, name)
+        self._parts, data_size, self.array_bytes, self.plan = _layout(sample, name)
         self.size = data_size + CHECKSUM.size
 
     def __len__(self) -> int:
@@ -218,8 +221,8 @@ def _joined(parts: list[Data]) -> bytes:
     return b"".join([*parts, CHECKSUM.pack(hasher.intdigest())])
 
 
-def _layout(sample: object, name: str) -> tuple[list[Data], int, int]:
-    """The parts of ``sample``'s value up to its checksum, their size, and the arrays' share."""
+def _layout(sample: object, name: str) -> tuple[list[Data], int, int, Plan]:
+    """The parts of ``sample``'s value up to its checksum, their size, arrays' share, plan."""
     spec: list[bytes] = []
     nums: list[Any] = []
     payloads: list[_Payload] = []
@@ -244,7 +247,7 @@ def _layout(sample: object, name: str) -> tuple[list[Data], int, int]:
         pos += pad + size
         if aligned:  # tensors and arrays: the other payloads are scalars, text and bytes
             array_bytes += size
-    return parts, pos, array_bytes
+    return parts, pos, array_bytes, plan
 
 
 _Emitter = Callable[[Any, list[bytes], list[Any], list[_Payload]], None]

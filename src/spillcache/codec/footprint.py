@@ -177,6 +177,11 @@ class Decoded:
         """
         return replicate_built(self._plan, self._nums, self._leaves)
 
+    @property
+    def plan(self) -> Plan:
+        """The plan of the sample's structure spec (what :func:`~.replicators.replicator` takes)."""
+        return self._plan
+
 
 def _array_overhead(op: Op) -> int:
     """Bytes of an array or tensor leaf but for its data buffer."""
