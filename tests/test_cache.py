@@ -860,3 +860,18 @@ def test_spawned_process_gets_a_pickled_cache(tmp_path: Path) -> None:
 def test_flags_must_be_booleans(tmp_path: Path, name: str) -> None:
     with pytest.raises(TypeError, match=name):
         SpillCache(tmp_path / "s", **{name: "false"})  # type: ignore[arg-type]
+
+
+def test_ram_hits_copy_with_the_replicator_generated_for_their_structure(tmp_path: Path) -> None:
+    from spillcache.codec.copying import replicate
+
+    with SpillCache(tmp_path / "s", ram_budget="1MiB") as cache:
+        for i in range(3):
+            cache.put(i, {"x": torch.full((4,), float(i)), "meta": {"id": i}})
+        resident, copier = cache._ram.lookup(2)
+        assert copier is not None and copier is not replicate  # generated at the second plan use
+        got = cache.get(2)
+        assert got["meta"] == {"id": 2} and torch.equal(got["x"], torch.full((4,), 2.0))
+        assert got["x"].data_ptr() != resident["x"].data_ptr()  # a copy, not the resident
+        got["x"] += 1
+        assert torch.equal(cache.get(2)["x"], torch.full((4,), 2.0))

@@ -17,7 +17,7 @@ import torch
 from . import forksafe
 from .budget import check_ram_budget, filesystem_size, memory_limit, parse_budget
 from .closing import Closing
-from .codec import Decoded, Encoding, decode, decode_sized, replicate, snapshot
+from .codec import Decoded, Encoding, decode, decode_sized, replicate, replicator, snapshot
 from .counters import CORRUPT, DISK_HITS, MISSES, PUTS, RAM_HITS, Counters
 from .disk import TierOptions, Value, open_tier
 from .errors import CodecError, SpillCacheWarning
@@ -249,7 +249,7 @@ class SpillCache(Closing):
         admits = False
         if self._ram_budget:
             with self._lock:
-                value = self._ram.get(k)
+                value, copier = self._ram.lookup(k)
                 if value is not None:
                     self._counters.add(RAM_HITS)
                 else:
@@ -257,7 +257,9 @@ class SpillCache(Closing):
                     if admits:
                         self._reads.start(k)
             if value is not None:
-                return replicate(value) if self._copy else value
+                if not self._copy:
+                    return value
+                return replicate(value) if copier is None else copier(value)
         return self._get_from_disk(k, admits)
 
     def _get_from_disk(self, k: int, admits: bool) -> Any | None:
@@ -285,10 +287,11 @@ class SpillCache(Closing):
             return value
         decoded = cast(Decoded, value)
         nbytes = decoded.nbytes + ENTRY_OVERHEAD
+        copier = replicator(decoded.plan) if self._copy else None  # outside the lock: it compiles
         with self._lock:
             overtaken = self._reads.done(k)
             self._counters.add(DISK_HITS)
-            admitted = not overtaken and self._ram.admit(k, decoded.sample, nbytes)
+            admitted = not overtaken and self._ram.admit(k, decoded.sample, nbytes, copier=copier)
         # The RAM tier now owns the sample; the caller gets its own copy.
         return decoded.copy() if admitted and self._copy else decoded.sample
 
@@ -509,6 +512,7 @@ class SpillCache(Closing):
             value, kept = encoding, sample
         # Unless the writer needs it, the layout (numpy views of the sample's tensors) goes
         # before the write, not after: faster (docs/design.rst, "Buffer pool").
+        copier = replicator(encoding.plan) if copied else None
         del encoding
         nbytes = sample_nbytes(kept) + ENTRY_OVERHEAD if fits else 0
         on_disk = self._disk.write(k, value, self._generation)
@@ -517,7 +521,7 @@ class SpillCache(Closing):
             self._counters.publish()  # with the disk tier's counters: a put may be rejected
             self._reads.put(k)
             if fits:
-                return self._ram.admit(k, kept, nbytes, evict=evict) or on_disk
+                return self._ram.admit(k, kept, nbytes, evict=evict, copier=copier) or on_disk
             if admits:
                 # The private copy would be thrown away; an older value must go all the same.
                 self._ram.discard(k)
@@ -579,12 +583,15 @@ class SpillCache(Closing):
             raise
         admits = value is not None and self._may_admit()
         nbytes = value.nbytes + ENTRY_OVERHEAD if value is not None and admits else 0
+        copier = replicator(value.plan) if value is not None and admits and self._copy else None
         with self._lock:
             overtaken = self._reads.done(key)
             if value is None:
                 return None
             return (
-                admits and not overtaken and self._ram.admit(key, value.sample, nbytes, evict=False)
+                admits
+                and not overtaken
+                and self._ram.admit(key, value.sample, nbytes, evict=False, copier=copier)
             )
 
     def get_meta(self, name: str) -> bytes | None:

@@ -104,6 +104,7 @@ from .decoding import decode, decode_sized, view
 from .encoding import Buffer, Encoding, Unsealed, encode, seal
 from .footprint import Decoded
 from .format import FORMAT_VERSION, digest
+from .replicators import replicator
 from .snapshots import snapshot
 
 __all__ = [
@@ -118,6 +119,7 @@ __all__ = [
     "digest",
     "encode",
     "replicate",
+    "replicator",
     "seal",
     "snapshot",
     "view",
