@@ -14,12 +14,11 @@ import torch.utils.data
 
 from .cache import SpillCache
 from .closing import Closing
-from .codec import digest, encode
-from .errors import FingerprintMismatch, NondeterministicDataError, SpillCacheWarning
 from .hosting import PreloadHost, preload_stats
 from .indices import check_index
 from .loading import not_none
 from .preload import Preloader
+from .probes import SampleProbes
 from .settings import (
     COPY,
     LOG_EVERY,
@@ -34,11 +33,8 @@ from .settings import (
 )
 from .stats import CacheStats
 from .summary import StatsLogger, SummaryWriterLike
-from .userwarn import warn
 
 __all__ = ["CachedDataset", "default_fingerprint"]
-
-_PROBES_META = "probes"
 
 
 class _MapDataset(Protocol):
@@ -165,7 +161,11 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
                 self._summary = StatsLogger(summary_writer, log_every)
                 self._summary.follow(self.stats)
             if not vouched and probes and self._len:
-                self._check_probes(_probe_indices(self._len, probes), on_mismatch)
+                load = functools.partial(_load_one, dataset)
+                checked = SampleProbes(
+                    self.cache, load, type(dataset).__name__, self._len, on_mismatch
+                )
+                self._probe_errors = checked.check(probes)
             if preload:
                 self.start_preload()
         except BaseException:
@@ -293,95 +293,6 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
     def _normalize(self, index: object) -> int:
         return check_index(index, self._len, "CachedDataset")
 
-    # -- the sample probes -----------------------------------------------------------------------
-
-    def _check_probes(self, indices: Sequence[int], on_mismatch: str) -> None:
-        """Tell data sets of equal class and length apart by a few sample digests."""
-        recorded = self.cache.get_meta(_PROBES_META)
-        if recorded is not None:
-            stored = {int(k): v for k, v in json.loads(recorded).items()}
-            changed = []
-            for i, recorded_digest in stored.items():
-                try:
-                    found = self._probe(i, recorded_digest)
-                except NondeterministicDataError:
-                    raise
-                except Exception as exc:
-                    # The source is down: the store cannot be checked, but it may well be right.
-                    self._unchecked(i, exc, on_mismatch)
-                    return
-                if found != recorded_digest:
-                    changed.append(i)
-            if not changed:
-                return
-            name = type(self.dataset).__name__
-            which = (
-                f"sample {changed[0]} of {name} differs"
-                if len(changed) == 1
-                else (f"samples {changed} of {name} differ")
-            )
-            reason = f"{which} from what this store was filled with (the data changed)"
-            if on_mismatch == "error":
-                path = str(self.cache.path)
-                raise FingerprintMismatch(
-                    path,
-                    f"sample digests {stored}",
-                    reason,
-                    message=(
-                        f"the store at {path!r} was filled with other data: {reason}; open it "
-                        "with on_mismatch='rebuild' to empty and refill it, or clear it with "
-                        f"`spillcache clear {path}`"
-                    ),
-                )
-            self.cache.reset(reason)
-        digests = {}
-        for i in indices:
-            sample = _load_one(self.dataset, i)
-            self.cache.put(i, sample, name=f"dataset[{i}]")
-            digests[str(i)] = _probe_digest(sample)
-        self.cache.set_meta(_PROBES_META, json.dumps(digests).encode())
-
-    def _unchecked(self, index: int, exc: Exception, on_mismatch: str) -> None:
-        """Serve a store whose probe ``index`` could not be loaded; or raise, if asked to."""
-        path = str(self.cache.path)
-        failure = (
-            f"the store at {path!r} could not be checked against its data set: loading probe "
-            f"sample {type(self.dataset).__name__}[{index}] raised {type(exc).__name__}: {exc}"
-        )
-        if on_mismatch == "error":
-            raise FingerprintMismatch(
-                path,
-                "sample digests",
-                "unknown (a probe sample could not be loaded)",
-                message=(
-                    f"{failure}; with on_mismatch='error' an unchecked store is not served: pass "
-                    "fingerprint=... to vouch for the data (no probe is loaded), or probes=0 to "
-                    "skip this check"
-                ),
-            ) from exc
-        self._probe_errors = 1
-        warn(
-            f"{failure}; serving the store as it is (counted in stats().probe_errors); pass "
-            "fingerprint=... or probes=0 to skip this check, or on_mismatch='error' to refuse "
-            "an unchecked store",
-            SpillCacheWarning,
-        )
-
-    def _probe(self, index: int, recorded: str) -> str | None:
-        """Digest of ``dataset[index]`` (None past the end), loading twice if it differs."""
-        if index >= self._len:
-            return None
-        first = _probe_digest(_load_one(self.dataset, index))
-        if first == recorded:
-            return first
-        if _probe_digest(_load_one(self.dataset, index)) != first:
-            raise NondeterministicDataError(
-                f"{type(self.dataset).__name__}[{index}] returned different samples on two "
-                "loads; a cache needs a deterministic data set: move random augmentation into "
-                "CachedDataset(..., transform=...), which runs after the cache"
-            )
-        return first
-
     # -- resources -------------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -458,28 +369,3 @@ def _load_many(dataset: Any, keys: list[int]) -> list[Any]:
             f"for {len(keys)} indices; it must return one sample per index, in order"
         )
     return [not_none(sample, k, "dataset") for k, sample in zip(keys, samples, strict=True)]
-
-
-def _probe_indices(n: int, count: int) -> list[int]:
-    """``count`` indices spread over ``range(n)``, ends included."""
-    if count == 1 or n == 1:
-        return [0]
-    return sorted({round(j * (n - 1) / (count - 1)) for j in range(min(count, n))})
-
-
-def _probe_digest(sample: object) -> str:
-    """The digest of a probe sample, as stores made before tensors kept requires_grad hold it."""
-    return digest(encode(_without_grad(sample)))
-
-
-def _without_grad(x: object) -> object:
-    # Only the flag: values whose tensors require grad are encoded differently since #14.
-    if type(x) is torch.Tensor:
-        return x.detach() if x.requires_grad else x
-    if type(x) is dict:
-        return {k: _without_grad(v) for k, v in x.items()}
-    if type(x) is list:
-        return [_without_grad(v) for v in x]
-    if type(x) is tuple:
-        return tuple(_without_grad(v) for v in x)
-    return x
