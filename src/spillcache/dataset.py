@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import torch.utils.data
 
@@ -31,37 +29,11 @@ from .settings import (
     check_log_every,
     check_threads,
 )
+from .sources import MapDataset, check_dataset, default_fingerprint
 from .stats import CacheStats
 from .summary import StatsLogger, SummaryWriterLike
 
 __all__ = ["CachedDataset", "default_fingerprint"]
-
-
-class _MapDataset(Protocol):
-    def __getitem__(self, index: int) -> Any: ...
-
-    def __len__(self) -> int: ...
-
-
-def default_fingerprint(dataset: object) -> str:
-    """A stable identity of ``dataset``: class, length and ``dataset.cache_fingerprint()``.
-
-    Stable across processes and runs (unlike ``hash()``). Class and length cannot tell two
-    subsets of the same size apart, which is why :class:`CachedDataset` also checks a few
-    sample digests when no explicit fingerprint is given.
-
-    Parameters
-    ----------
-    dataset : object
-        A map-style data set; ``cache_fingerprint()``, if defined, should return a ``str`` that
-        changes whenever its samples change (a file list digest, a config hash, a version).
-    """
-    cls = type(dataset)
-    parts: list[object] = [f"{cls.__module__}.{cls.__qualname__}", len(dataset)]  # type: ignore[arg-type]
-    custom = getattr(dataset, "cache_fingerprint", None)
-    if callable(custom):
-        parts.append(str(custom()))
-    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
 
 
 class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
@@ -117,7 +89,7 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
 
     def __init__(  # noqa: PLR0913 - SpillCache's settings plus the data set's
         self,
-        dataset: _MapDataset,
+        dataset: MapDataset,
         path: str | os.PathLike[str] | None = None,
         *,
         ram_budget: int | str = RAM_BUDGET,
@@ -134,7 +106,7 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
         summary_writer: SummaryWriterLike | str | os.PathLike[str] | None = None,
         log_every: int = LOG_EVERY,
     ) -> None:
-        _check_dataset(dataset)
+        check_dataset(dataset)
         _check_options(transform, probes)
         self.preload_threads: Threads = check_threads(preload_threads)
         _check_flags(progress, preload)
@@ -316,21 +288,6 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
     def __repr__(self) -> str:
         return (
             f"CachedDataset({type(self.dataset).__name__}, len={self._len}, cache={self.cache!r})"
-        )
-
-
-def _check_dataset(dataset: object) -> None:
-    if isinstance(dataset, torch.utils.data.IterableDataset):
-        raise TypeError(
-            f"dataset ({type(dataset).__name__}) is an IterableDataset: CachedDataset "
-            "supports only map-style data sets (dataset[i] and len(dataset)), because a cache "
-            "looks samples up by index and an IterableDataset's samples have none; cache "
-            "the map-style data set the stream reads from, or make one"
-        )
-    if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
-        raise TypeError(
-            f"dataset must be a map-style data set (with __getitem__ and __len__), not "
-            f"{type(dataset).__name__}"
         )
 
 
