@@ -74,8 +74,7 @@ class DatasetStores:
         self._init_process_state()
 
     def _init_process_state(self) -> None:
-        self._lock = threading.Lock()
-        self._opening = threading.Lock()
+        self._new_locks()
         self._slots = itertools.count()
         self.entries: dict[str, DatasetEntry] = {}
         self._held: list[SpillCache] = []
@@ -195,8 +194,11 @@ class DatasetStores:
         self._lock.release()
 
     def _after_fork_in_child(self) -> None:
-        self._lock = threading.Lock()
-        self._opening = threading.Lock()
+        self._new_locks()
+
+    def _new_locks(self) -> None:
+        self._lock = threading.Lock()  # the entries
+        self._opening = threading.Lock()  # opening and switching stores
 
 
 def _release_all(held: list[SpillCache]) -> None:
