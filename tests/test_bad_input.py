@@ -98,6 +98,9 @@ def test_bad_budget_names_the_argument(
 
 # -- paths -----------------------------------------------------------------------------------------
 
+# The caches that take a store path and SpillCache's arguments.
+STORE_CACHES = ["SpillCache", "CachedDataset"]
+
 PATH_ARGUMENTS: dict[str, Callable[[Path], object]] = {
     "SpillCache": SpillCache,
     "CachedDataset": lambda p: CachedDataset(Source(), p),
@@ -114,7 +117,7 @@ def test_a_file_instead_of_a_directory(tmp_path: Path, entry: str) -> None:
     assert _snapshot(tmp_path) == {"results.csv": b"epoch,loss\n1,0.5\n"}
 
 
-@pytest.mark.parametrize("entry", ["SpillCache", "CachedDataset"])
+@pytest.mark.parametrize("entry", STORE_CACHES)
 def test_a_directory_holding_other_files(tmp_path: Path, entry: str) -> None:
     target = tmp_path / "checkpoints"
     target.mkdir()
@@ -126,7 +129,7 @@ def test_a_directory_holding_other_files(tmp_path: Path, entry: str) -> None:
 
 
 @pytest.mark.parametrize("value", [1, b"/tmp/store", ["a"]], ids=repr)
-@pytest.mark.parametrize("entry", ["SpillCache", "CachedDataset"])
+@pytest.mark.parametrize("entry", STORE_CACHES)
 def test_path_of_a_wrong_type(tmp_path: Path, entry: str, value: object) -> None:
     with pytest.raises(TypeError, match="path"):
         PATH_ARGUMENTS[entry](value)  # type: ignore[arg-type]
@@ -144,7 +147,7 @@ OTHER_ARGUMENTS: list[tuple[str, dict[str, object], type[Exception]]] = [
 
 
 @pytest.mark.parametrize(("name", "kwargs", "error"), OTHER_ARGUMENTS)
-@pytest.mark.parametrize("entry", ["SpillCache", "CachedDataset"])
+@pytest.mark.parametrize("entry", STORE_CACHES)
 def test_bad_argument_names_it(
     tmp_path: Path, entry: str, name: str, kwargs: dict[str, object], error: type[Exception]
 ) -> None:

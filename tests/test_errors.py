@@ -38,8 +38,8 @@ from spillcache import (
 )
 from spillcache.cli import _parser
 from spillcache.codec import decode, digest, encode
-from spillcache.dataset import _probe_digest
 from spillcache.errors import CodecError
+from spillcache.probes import probe_digest
 
 
 class Source(torch.utils.data.Dataset[Any]):
@@ -440,7 +440,7 @@ def test_probe_digests_match_stores_written_before_the_tag() -> None:
         "id": "obj-7",
         "n": 3,
     }
-    assert _probe_digest(sample) == digest(OLD_VALUE)
+    assert probe_digest(sample) == digest(OLD_VALUE)
     assert sample["w"].requires_grad  # the sample itself is left alone
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import pickle
 import subprocess
@@ -17,6 +18,7 @@ import torch
 
 from hyrax_like import CachingImages, Images, Provider
 from spillcache import DataCache, cache_info
+from spillcache.disk import live_tier
 from spillcache.hyrax import DatasetsDataCache
 
 TOML = """
@@ -287,6 +289,40 @@ def test_another_field_set_goes_to_another_store(tmp_path: Path) -> None:
     cache.insert_base("data", 1, {"image": np.zeros(1), "label": 2})
     assert cache.store_path("data") != first
     assert cache.try_fetch("data", 0) == (None, False)  # not served from the other field set
+    cache.close()
+
+
+def test_close_releases_the_stores_and_they_reopen_on_use(tmp_path: Path) -> None:
+    cache = DataCache(plain(tmp_path), {"data": Images({}, "x")}, {"data": False})
+    cache.insert_base("data", 0, {"image": np.array([4, 5])})
+    path = cache.store_path("data")
+    assert path is not None and live_tier(path) is not None
+    cache.close()
+    assert live_tier(path) is None and cache.stats().ram_items == 0
+    fetched, _ = cache.try_fetch("data", 0)  # reopened: a disk hit
+    assert np.array_equal(fetched["image"], [4, 5]) and cache.stats().disk_hits == 1
+    cache.close()
+
+
+def test_unreferenced_caches_release_their_stores(tmp_path: Path) -> None:
+    paths = []
+    for i in range(20):
+        cache = DataCache(plain(tmp_path / str(i)), {"data": Images({}, "x")}, {"data": False})
+        cache.insert_base("data", 0, {"image": np.zeros(1)})
+        paths.append(cache.store_path("data"))
+        del cache
+    gc.collect()
+    assert all(p is not None and live_tier(p) is None for p in paths)
+
+
+def test_a_pickled_cache_without_cache_dir_reads_the_temporary_store(tmp_path: Path) -> None:
+    cache = DataCache({"data_set": {}}, {"data": Images({}, "x")}, {"data": False})
+    cache.insert_base("data", 3, {"image": np.array([7])})
+    clone = pickle.loads(pickle.dumps(cache))  # as a spawned DataLoader worker gets it
+    assert clone.store_path("data") == cache.store_path("data")
+    fetched, _ = clone.try_fetch("data", 3)
+    assert np.array_equal(fetched["image"], [7]) and clone.stats().disk_hits == 1
+    clone.close()
     cache.close()
 
 

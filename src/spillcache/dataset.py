@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import torch.utils.data
 
 from .cache import SpillCache
 from .closing import Closing
-from .codec import digest, encode
-from .errors import FingerprintMismatch, NondeterministicDataError, SpillCacheWarning
 from .hosting import PreloadHost, preload_stats
 from .indices import check_index
 from .loading import not_none
 from .preload import Preloader, PreloadOptions
+from .probes import SampleProbes
 from .settings import (
     COPY,
     LOG_EVERY,
@@ -32,40 +29,11 @@ from .settings import (
     check_log_every,
     check_threads,
 )
+from .sources import MapDataset, check_dataset, default_fingerprint
 from .stats import CacheStats
 from .summary import StatsLogger, SummaryWriterLike
-from .userwarn import warn
 
 __all__ = ["CachedDataset", "default_fingerprint"]
-
-_PROBES_META = "probes"
-
-
-class _MapDataset(Protocol):
-    def __getitem__(self, index: int) -> Any: ...
-
-    def __len__(self) -> int: ...
-
-
-def default_fingerprint(dataset: object) -> str:
-    """A stable identity of ``dataset``: class, length and ``dataset.cache_fingerprint()``.
-
-    Stable across processes and runs (unlike ``hash()``). Class and length cannot tell two
-    subsets of the same size apart, which is why :class:`CachedDataset` also checks a few
-    sample digests when no explicit fingerprint is given.
-
-    Parameters
-    ----------
-    dataset : object
-        A map-style data set; ``cache_fingerprint()``, if defined, should return a ``str`` that
-        changes whenever its samples change (a file list digest, a config hash, a version).
-    """
-    cls = type(dataset)
-    parts: list[object] = [f"{cls.__module__}.{cls.__qualname__}", len(dataset)]  # type: ignore[arg-type]
-    custom = getattr(dataset, "cache_fingerprint", None)
-    if callable(custom):
-        parts.append(str(custom()))
-    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
 
 
 class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
@@ -121,7 +89,7 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
 
     def __init__(  # noqa: PLR0913 - SpillCache's settings plus the data set's
         self,
-        dataset: _MapDataset,
+        dataset: MapDataset,
         path: str | os.PathLike[str] | None = None,
         *,
         ram_budget: int | str = RAM_BUDGET,
@@ -138,7 +106,7 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
         summary_writer: SummaryWriterLike | str | os.PathLike[str] | None = None,
         log_every: int = LOG_EVERY,
     ) -> None:
-        _check_dataset(dataset)
+        check_dataset(dataset)
         _check_options(transform, probes)
         self.preload_threads: Threads = check_threads(preload_threads)
         _check_flags(progress, preload)
@@ -165,7 +133,11 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
                 self._summary = StatsLogger(summary_writer, log_every)
                 self._summary.follow(self.stats)
             if not vouched and probes and self._len:
-                self._check_probes(_probe_indices(self._len, probes), on_mismatch)
+                load = functools.partial(_load_one, dataset)
+                checked = SampleProbes(
+                    self.cache, load, type(dataset).__name__, self._len, on_mismatch
+                )
+                self._probe_errors = checked.check(probes)
             if preload:
                 self.start_preload()
         except BaseException:
@@ -293,95 +265,6 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
     def _normalize(self, index: object) -> int:
         return check_index(index, self._len, "CachedDataset")
 
-    # -- the sample probes -----------------------------------------------------------------------
-
-    def _check_probes(self, indices: Sequence[int], on_mismatch: str) -> None:
-        """Tell data sets of equal class and length apart by a few sample digests."""
-        recorded = self.cache.get_meta(_PROBES_META)
-        if recorded is not None:
-            stored = {int(k): v for k, v in json.loads(recorded).items()}
-            changed = []
-            for i, recorded_digest in stored.items():
-                try:
-                    found = self._probe(i, recorded_digest)
-                except NondeterministicDataError:
-                    raise
-                except Exception as exc:
-                    # The source is down: the store cannot be checked, but it may well be right.
-                    self._unchecked(i, exc, on_mismatch)
-                    return
-                if found != recorded_digest:
-                    changed.append(i)
-            if not changed:
-                return
-            name = type(self.dataset).__name__
-            which = (
-                f"sample {changed[0]} of {name} differs"
-                if len(changed) == 1
-                else (f"samples {changed} of {name} differ")
-            )
-            reason = f"{which} from what this store was filled with (the data changed)"
-            if on_mismatch == "error":
-                path = str(self.cache.path)
-                raise FingerprintMismatch(
-                    path,
-                    f"sample digests {stored}",
-                    reason,
-                    message=(
-                        f"the store at {path!r} was filled with other data: {reason}; open it "
-                        "with on_mismatch='rebuild' to empty and refill it, or clear it with "
-                        f"`spillcache clear {path}`"
-                    ),
-                )
-            self.cache.reset(reason)
-        digests = {}
-        for i in indices:
-            sample = _load_one(self.dataset, i)
-            self.cache.put(i, sample, name=f"dataset[{i}]")
-            digests[str(i)] = _probe_digest(sample)
-        self.cache.set_meta(_PROBES_META, json.dumps(digests).encode())
-
-    def _unchecked(self, index: int, exc: Exception, on_mismatch: str) -> None:
-        """Serve a store whose probe ``index`` could not be loaded; or raise, if asked to."""
-        path = str(self.cache.path)
-        failure = (
-            f"the store at {path!r} could not be checked against its data set: loading probe "
-            f"sample {type(self.dataset).__name__}[{index}] raised {type(exc).__name__}: {exc}"
-        )
-        if on_mismatch == "error":
-            raise FingerprintMismatch(
-                path,
-                "sample digests",
-                "unknown (a probe sample could not be loaded)",
-                message=(
-                    f"{failure}; with on_mismatch='error' an unchecked store is not served: pass "
-                    "fingerprint=... to vouch for the data (no probe is loaded), or probes=0 to "
-                    "skip this check"
-                ),
-            ) from exc
-        self._probe_errors = 1
-        warn(
-            f"{failure}; serving the store as it is (counted in stats().probe_errors); pass "
-            "fingerprint=... or probes=0 to skip this check, or on_mismatch='error' to refuse "
-            "an unchecked store",
-            SpillCacheWarning,
-        )
-
-    def _probe(self, index: int, recorded: str) -> str | None:
-        """Digest of ``dataset[index]`` (None past the end), loading twice if it differs."""
-        if index >= self._len:
-            return None
-        first = _probe_digest(_load_one(self.dataset, index))
-        if first == recorded:
-            return first
-        if _probe_digest(_load_one(self.dataset, index)) != first:
-            raise NondeterministicDataError(
-                f"{type(self.dataset).__name__}[{index}] returned different samples on two "
-                "loads; a cache needs a deterministic data set: move random augmentation into "
-                "CachedDataset(..., transform=...), which runs after the cache"
-            )
-        return first
-
     # -- resources -------------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -405,21 +288,6 @@ class CachedDataset(Closing, torch.utils.data.Dataset[Any]):
     def __repr__(self) -> str:
         return (
             f"CachedDataset({type(self.dataset).__name__}, len={self._len}, cache={self.cache!r})"
-        )
-
-
-def _check_dataset(dataset: object) -> None:
-    if isinstance(dataset, torch.utils.data.IterableDataset):
-        raise TypeError(
-            f"dataset ({type(dataset).__name__}) is an IterableDataset: CachedDataset "
-            "supports only map-style data sets (dataset[i] and len(dataset)), because a cache "
-            "looks samples up by index and an IterableDataset's samples have none; cache "
-            "the map-style data set the stream reads from, or make one"
-        )
-    if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
-        raise TypeError(
-            f"dataset must be a map-style data set (with __getitem__ and __len__), not "
-            f"{type(dataset).__name__}"
         )
 
 
@@ -458,28 +326,3 @@ def _load_many(dataset: Any, keys: list[int]) -> list[Any]:
             f"for {len(keys)} indices; it must return one sample per index, in order"
         )
     return [not_none(sample, k, "dataset") for k, sample in zip(keys, samples, strict=True)]
-
-
-def _probe_indices(n: int, count: int) -> list[int]:
-    """``count`` indices spread over ``range(n)``, ends included."""
-    if count == 1 or n == 1:
-        return [0]
-    return sorted({round(j * (n - 1) / (count - 1)) for j in range(min(count, n))})
-
-
-def _probe_digest(sample: object) -> str:
-    """The digest of a probe sample, as stores made before tensors kept requires_grad hold it."""
-    return digest(encode(_without_grad(sample)))
-
-
-def _without_grad(x: object) -> object:
-    # Only the flag: values whose tensors require grad are encoded differently since #14.
-    if type(x) is torch.Tensor:
-        return x.detach() if x.requires_grad else x
-    if type(x) is dict:
-        return {k: _without_grad(v) for k, v in x.items()}
-    if type(x) is list:
-        return [_without_grad(v) for v in x]
-    if type(x) is tuple:
-        return tuple(_without_grad(v) for v in x)
-    return x

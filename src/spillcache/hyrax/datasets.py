@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
-import logging
 import threading
-import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,33 +12,20 @@ import torch
 
 from .. import forksafe
 from ..budget import memory_limit, parse_budget
-from ..cache import SpillCache
 from ..config import CacheSettings, settings_from_config
 from ..footprint import ENTRY_OVERHEAD, sample_nbytes
 from ..indices import check_key
 from ..ram import RamTier
 from ..stats import CacheStats
 from .base import FORMS, DataCache
-from .identity import dataset_identity, expected_fields, field_names, store_name
+from .identity import field_names
+from .stores import DatasetEntry, DatasetStores
 
 __all__ = ["DatasetsDataCache"]
-
-logger = logging.getLogger(__name__)
 
 # RAM keys are (key << _SLOT_BITS) | (slot << 1) | augmented: one tier for every store's base
 # entries and every data set's augmented ones, negative augment keys included.
 _SLOT_BITS = 20
-
-
-@dataclasses.dataclass
-class _Dataset:
-    """One friendly name's data set, its identity and (in this process) its store."""
-
-    dataset: Any
-    identity: dict[str, Any]
-    length: int
-    slot: int
-    store: SpillCache | None = None
 
 
 class DatasetsDataCache(DataCache):
@@ -96,34 +79,24 @@ class DatasetsDataCache(DataCache):
         self._budget = parse_budget(
             self.settings.cache_ram_budget, name="cache_ram_budget", total=memory_limit
         )
-        self._datasets = datasets
         self._augment_active = augment_active
         self._use_cache = self.settings.use_cache
         self._ram_on = True
         self._writes = True
-        # Fields per friendly name: from the config's data requests until the first insert.
-        self._fields: dict[str, tuple[str, ...] | None] = {
-            name: expected_fields(config, name, dataset) for name, dataset in datasets.items()
-        }
-        self._temporary: dict[str, Path] = {}
         self._init_process_state()
+        self._stores = DatasetStores(config, self.settings, datasets)
 
     def _init_process_state(self) -> None:
         self._lock = threading.Lock()
-        self._opening = threading.Lock()
         self._ram = RamTier(self._budget)
         self._role_known = False
-        self._slots = itertools.count()
-        self._states: dict[str, _Dataset] = {}
         self._ram_hits = self._disk_hits = self._misses = self._puts = 0
-        self._held: list[SpillCache] = []
-        self._finalizer = weakref.finalize(self, _release_all, self._held)
         forksafe.register(self._before_fork, self._after_fork_in_parent, self._after_fork_in_child)
 
     def __getstate__(self) -> dict[str, Any]:
         # For spawn/forkserver DataLoader workers: stores reopen by path, RAM starts empty.
-        keep = ("settings", "_budget", "_datasets", "_augment_active", "_use_cache", "_ram_on")
-        return {k: self.__dict__[k] for k in (*keep, "_writes", "_fields", "_temporary")}
+        keep = ("settings", "_budget", "_augment_active", "_use_cache", "_ram_on", "_writes")
+        return {k: self.__dict__[k] for k in (*keep, "_stores")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -143,7 +116,7 @@ class DatasetsDataCache(DataCache):
         """
         if not self._use_cache:
             return None, False
-        state = self._states.get(friendly_name) or self._state(friendly_name)
+        state = self._stores.entries.get(friendly_name) or self._stores.entry(friendly_name)
         # The usual index, an int in range, skips the call (a RAM hit is a few microseconds).
         idx = (
             real_idx
@@ -165,7 +138,7 @@ class DatasetsDataCache(DataCache):
                 if value is not None:
                     self._ram_hits += 1
                     return value, False
-        store = self._store(friendly_name, state, None)
+        store = self._stores.store(friendly_name, state, None)
         value = None if store is None else store.get(idx)
         with self._lock:
             if value is None:
@@ -194,10 +167,10 @@ class DatasetsDataCache(DataCache):
         """
         if not self._use_cache:
             return
-        state = self._state(friendly_name)
+        state = self._stores.entry(friendly_name)
         idx = self._index(state, friendly_name, real_idx)
         # Also after disable(): the fields tell which store later fetches read.
-        store = self._store(friendly_name, state, field_names(data))
+        store = self._stores.store(friendly_name, state, field_names(data))
         if store is None or not self._writes:
             return
         store.put(idx, data, name=f"{friendly_name}[{idx}]")
@@ -218,7 +191,7 @@ class DatasetsDataCache(DataCache):
         """
         if not self._use_cache or not self._ram_on:
             return
-        state = self._state(friendly_name)
+        state = self._stores.entry(friendly_name)
         self._index(state, friendly_name, real_idx)
         key = self._augment_key(state, real_idx, rng_seed)
         if key is None:
@@ -244,6 +217,7 @@ class DatasetsDataCache(DataCache):
             self._writes = mode == "disk_only"
             if mode == "off":
                 self._use_cache = False
+                self._stores.enabled = False
         if mode == "off":
             self.close()
 
@@ -253,7 +227,7 @@ class DatasetsDataCache(DataCache):
         """The directory of ``friendly_name``'s store; ``None`` until its fields are known."""
         if not self._use_cache:
             return None
-        store = self._store(friendly_name, self._state(friendly_name), None)
+        store = self._stores.store(friendly_name, self._stores.entry(friendly_name), None)
         return None if store is None else store.path
 
     def stats(self) -> CacheStats:
@@ -267,7 +241,7 @@ class DatasetsDataCache(DataCache):
                 "ram_bytes": self._ram.nbytes,
                 "ram_items": len(self._ram),
             }
-            open_stores = [s.store for s in self._states.values() if s.store is not None]
+        open_stores = self._stores.open_stores()
         totals = dict.fromkeys(("disk_items", "disk_bytes", "rejected", "corrupt"), 0)
         totals["write_errors"] = 0
         for store in {id(s): s for s in open_stores if not s.closed}.values():
@@ -278,34 +252,14 @@ class DatasetsDataCache(DataCache):
 
     def close(self) -> None:
         """Release this cache's stores and empty its RAM tier (idempotent; also at GC)."""
-        with self._opening:
-            self._finalizer()
-            with self._lock:
-                self._ram.clear()
-                for state in self._states.values():
-                    state.store = None
-            self._held.clear()
-            self._finalizer = weakref.finalize(self, _release_all, self._held)
+        self._stores.close()
+        with self._lock:
+            self._ram.clear()
 
     # -- internals -------------------------------------------------------------------------------
 
-    def _state(self, name: str) -> _Dataset:
-        state = self._states.get(name)
-        if state is not None:
-            return state
-        dataset = self._datasets.get(name)
-        if dataset is None:
-            raise KeyError(
-                f"no data set named {name!r} in this DataCache (it has {sorted(self._datasets)})"
-            )
-        identity = dataset_identity(dataset, fingerprint=self.settings.cache_fingerprint)
-        with self._lock:
-            if name not in self._states:
-                self._states[name] = _Dataset(dataset, identity, identity["len"], next(self._slots))
-            return self._states[name]
-
     @staticmethod
-    def _index(state: _Dataset, name: str, real_idx: object) -> int:
+    def _index(state: DatasetEntry, name: str, real_idx: object) -> int:
         idx = check_key(real_idx)
         if idx >= state.length:
             raise IndexError(
@@ -314,7 +268,7 @@ class DatasetsDataCache(DataCache):
         return idx
 
     @staticmethod
-    def _augment_key(state: _Dataset, real_idx: object, rng_seed: object) -> int | None:
+    def _augment_key(state: DatasetEntry, real_idx: object, rng_seed: object) -> int | None:
         key = state.dataset.augment_cache_key(real_idx, rng_seed)
         if key is None:
             return None
@@ -335,59 +289,6 @@ class DatasetsDataCache(DataCache):
             self._role_known = True
         return self._ram
 
-    def _store(
-        self, name: str, state: _Dataset, fields: tuple[str, ...] | None
-    ) -> SpillCache | None:
-        """``name``'s store for ``fields`` (``None``: the fields known), opened on first use."""
-        known = self._fields.get(name)
-        if state.store is not None and (fields is None or fields == known):
-            return state.store
-        if fields is None and known is None:
-            return None  # nothing inserted yet and the config does not tell the fields
-        with self._opening:
-            if fields is not None and fields != self._fields.get(name):
-                self._switch_fields(name, state, fields)
-            if state.store is None and self._use_cache:
-                state.store = self._open(name, state)
-            return state.store
-
-    def _switch_fields(self, name: str, state: _Dataset, fields: tuple[str, ...]) -> None:
-        """Another field set is another store (caller holds ``_opening``)."""
-        if state.store is not None:
-            logger.warning(
-                "data set %r: samples with fields %s, not %s; they go to another store",
-                name,
-                list(fields),
-                list(self._fields.get(name) or ()),
-            )
-            with self._lock:
-                state.store = None
-                state.slot = next(self._slots)  # its RAM entries are of the other fields
-        self._fields[name] = fields
-        self._temporary.pop(name, None)
-
-    def _open(self, name: str, state: _Dataset) -> SpillCache:
-        fields = self._fields[name]
-        assert fields is not None
-        stem = store_name(state.identity, fields)
-        root = self.settings.cache_dir
-        path = Path(root) / stem if root is not None else self._temporary.get(name)
-        # A disk-only store that keeps the caller's objects: the RAM tier here holds samples,
-        # and Hyrax never changes one it inserted. Another cache of this process opening the
-        # same path shares its environment and writer (one LMDB environment per process).
-        store = SpillCache(
-            path,
-            ram_budget=0,
-            disk_budget=self.settings.cache_disk_budget,
-            fingerprint=stem.rsplit("-", 1)[1],
-            copy=False,
-        )
-        if root is None:
-            self._temporary[name] = store.path
-        self._held.append(store)
-        logger.info("data set %r: store %s", name, store.path)
-        return store
-
     # -- fork ------------------------------------------------------------------------------------
 
     def _before_fork(self) -> None:
@@ -398,11 +299,4 @@ class DatasetsDataCache(DataCache):
 
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
-        self._opening = threading.Lock()
         self._role_known = False
-
-
-def _release_all(held: list[SpillCache]) -> None:
-    for store in held:
-        store.close()
-    held.clear()
