@@ -112,7 +112,7 @@ class DiskTier:
         path: str | os.PathLike[str],
         options: TierOptions,
     ) -> None:
-        self._setup(path, options.fingerprint, options.budget, options.readahead, None)
+        self._setup(path, options, None)
         if not options.allow_remote_fs:
             require_local(self.path)
         if options.temporary:
@@ -151,17 +151,12 @@ class DiskTier:
         )
 
     def _setup(
-        self,
-        path: str | os.PathLike[str],
-        fingerprint: str | None,
-        budget: int | None,
-        readahead: bool,
-        generation: bytes | None,
+        self, path: str | os.PathLike[str], options: TierOptions, generation: bytes | None
     ) -> None:
         self.path = Path(path)
-        self.fingerprint = fingerprint
-        self.fill = FillPolicy(self.path, budget)  # renewed with the runtime state
-        self.readahead = readahead
+        self.fingerprint = options.fingerprint
+        self.fill = FillPolicy(self.path, options.budget)  # renewed with the runtime state
+        self.readahead = options.readahead
         # The generation this process's writes belong to; None for a store without one (an
         # older version's, read-only) or while the store is being emptied.
         self.generation = generation
@@ -222,38 +217,27 @@ class DiskTier:
     def __reduce__(self) -> tuple[Callable[..., DiskTier], tuple[object, ...]]:
         # Only the path and settings travel; unpickling is one more use of the tier of that
         # store in the receiving process (the same one, in the process that pickled).
-        return DiskTier.attach, (str(self.path), self.fingerprint, self.budget, self.readahead,
-                         self.generation)  # fmt: skip
+        options = TierOptions(self.fingerprint, budget=self.budget, readahead=self.readahead)
+        return DiskTier.attach, (str(self.path), options, self.generation)
 
     @classmethod
-    def attach(
-        cls,
-        path: str,
-        fingerprint: str | None,
-        budget: int | None,
-        readahead: bool,
-        generation: bytes | None,
-    ) -> DiskTier:
-        """Unpickle a tier: one more use of this process's tier of the store, opened if need be."""
+    def attach(cls, path: str, options: TierOptions, generation: bytes | None) -> DiskTier:
+        """Unpickle a tier: one more use of this process's tier of the store, opened if need be.
+
+        ``generation``: the one the pickling process wrote to, which this process writes to.
+        """
         with TIERS.lock:
             tier = TIERS.live_locked(os.path.realpath(path))
             if tier is None:
-                tier = cls._attached(path, fingerprint, budget, readahead, generation)
+                tier = cls._attached(path, options, generation)
             tier.add_user()
             return tier
 
     @classmethod
-    def _attached(
-        cls,
-        path: str,
-        fingerprint: str | None,
-        budget: int | None,
-        readahead: bool,
-        generation: bytes | None,
-    ) -> DiskTier:
+    def _attached(cls, path: str, options: TierOptions, generation: bytes | None) -> DiskTier:
         """The tier of a store another process has open (environment opened at first use)."""
         tier = cls.__new__(cls)
-        tier._setup(path, fingerprint, budget, readahead, generation)
+        tier._setup(path, options, generation)
         if not is_store(tier.path):
             raise StoreError(f"path={path!r} is no longer a spillcache store")
         writable, tier._lock_fd, _ = enter_store(tier.path)

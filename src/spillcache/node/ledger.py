@@ -29,6 +29,8 @@ from typing import Any
 
 import lmdb
 
+from ..disk.env import open_lmdb
+
 __all__ = ["Account", "Ledger", "Txn", "pack_key"]
 
 Txn = lmdb.Transaction
@@ -36,7 +38,6 @@ _ACCOUNT = b"account"
 _TWO = struct.Struct("<QQ")
 _THREE = struct.Struct("<QQQ")
 _SLOT = struct.Struct(">Q")
-_MAX_READERS = 1024
 
 
 def pack_key(key: int) -> bytes:
@@ -77,19 +78,14 @@ class Ledger:
     """
 
     def __init__(self, directory: Path, map_size: int, budget: int | None) -> None:
-        self.env = lmdb.open(
-            str(directory),
-            map_size=map_size,
-            subdir=True,
+        self.env = open_lmdb(
+            directory,
+            map_size,
             max_dbs=4,
-            max_readers=_MAX_READERS,
-            sync=False,
+            spare_txns=2,
             metasync=False,
-            writemap=False,
-            meminit=False,
             readahead=False,
             lock=True,
-            max_spare_txns=2,
         )
         try:
             self.page_size = int(self.env.stat()["psize"])
