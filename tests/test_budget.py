@@ -173,7 +173,7 @@ def test_a_budget_below_a_small_file_system(
                 largest = max(largest, store_bytes(path))
         cache.flush()
         stats = cache.stats()
-        env = cache._disk._env
+        env = cache._disk.txns.env
         assert env is not None and env.info()["map_size"] > MIB
     largest = max(largest, store_bytes(path))
     print(f"largest store {largest / MIB:.2f} MiB, budget {budget / MIB:.0f} MiB")

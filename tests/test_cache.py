@@ -26,7 +26,7 @@ from spillcache import (
     cache_info,
 )
 from spillcache.codec import Encoding, Unsealed
-from spillcache.disk import Value, buffers, live_tier, writer
+from spillcache.disk import Value, buffers, commits, live_tier, writer
 from spillcache.disk import env as env_module
 from spillcache.disk import tier as disk_module
 from spillcache.footprint import sample_nbytes
@@ -184,7 +184,7 @@ def _big(i: int) -> dict[str, object]:
 def test_stale_readers_are_cleared_after_commits_of_4_mib_or_a_quarter_second(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    checks = spy(monkeypatch, disk_module.DiskTier, "_clear_stale_readers")
+    checks = spy(monkeypatch, commits.Committer, "clear_stale_readers")
     with SpillCache(tmp_path / "s", ram_budget=0) as cache:
         cache.flush()
         checks.clear()

@@ -321,6 +321,6 @@ def test_map_growth_is_seen_by_a_reader_in_another_process(
 
 
 def lmdb_map_size(cache: SpillCache) -> int:
-    env = cache._disk._env
+    env = cache._disk.txns.env
     assert env is not None
     return int(env.info()["map_size"])

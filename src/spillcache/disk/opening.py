@@ -51,7 +51,7 @@ def _join(tier: DiskTier, options: TierOptions) -> bytes | None:
     try:
         # Outside the lock: emptying the store waits for the writer thread.
         generation = (
-            tier.identify(options.fingerprint, options.on_mismatch)
+            tier.view.identify(options.fingerprint, options.on_mismatch)
             if options.check_identity
             else tier.generation
         )
