@@ -875,3 +875,32 @@ def test_ram_hits_copy_with_the_replicator_generated_for_their_structure(tmp_pat
         assert got["x"].data_ptr() != resident["x"].data_ptr()  # a copy, not the resident
         got["x"] += 1
         assert torch.equal(cache.get(2)["x"], torch.full((4,), 2.0))
+
+
+def test_a_read_of_a_queued_value_copies_it_before_the_writer_recycles_its_buffer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spillcache.codec.encoding import Unsealed
+
+    real = Unsealed.snapshot
+    copied: list[int] = []
+
+    def slow_snapshot(self: Unsealed) -> memoryview:
+        # Let the writer commit and recycle the buffer meanwhile, if the read lets it.
+        flusher = threading.Thread(target=cache.flush)
+        flusher.start()
+        flusher.join(0.3)
+        copied.append(len(self))
+        return real(self)
+
+    monkeypatch.setattr(Unsealed, "snapshot", slow_snapshot)
+    with SpillCache(tmp_path / "s", ram_budget=0) as cache:
+        for i in range(20):  # until a read finds its value still queued
+            cache.put(i, {"x": np.full(32_768, i, np.float32)})  # 128 KiB: a pooled buffer
+            got = cache.get(i)
+            assert got is not None and np.array_equal(got["x"], np.full(32_768, i, np.float32))
+            if copied:
+                break
+        assert copied, "no read found its value queued"
+        cache.flush()
+        assert all(cache.get(j)["x"][0] == j for j in range(i + 1))

@@ -15,7 +15,6 @@ from .env import DAMAGE_IN_TXN, damaged, key_bytes
 from .generation import Generation
 from .meta import GENERATION, describe
 from .transactions import Transactions
-from .values import readable
 from .writer import WriteQueue
 
 __all__ = ["Reading"]
@@ -53,7 +52,7 @@ class Reading:
         if writes.queue or writes.inflight:
             pending = writes.pending(key)
             if pending is not None:
-                return decode(readable(pending))
+                return decode(pending)
         # Every disk hit comes through here: Transactions.read's two context managers would
         # cost about a quarter of a small sample's hit. Its retry (another process grew the
         # map) is taken only when begin() asks for it.

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from .buffers import BufferPool
-from .values import Deferred
+from .values import Deferred, Stored, readable
 
 __all__ = ["BATCH_BYTES", "MAX_QUEUED_BYTES", "Batch", "Pending", "Sink", "WriteQueue"]
 
@@ -127,11 +127,17 @@ class WriteQueue:
         self.queued_bytes = 0
         return dropped
 
-    def pending(self, key: int) -> Pending | None:
-        """The queued or in-flight value of ``key``, if any (takes the lock)."""
+    def pending(self, key: int) -> Stored | None:
+        """A copy of the queued or in-flight value of ``key``, if any (takes the lock).
+
+        Copied under the lock: once the lock is released the writer may commit the value and
+        recycle the pool buffer it lies in.
+        """
         with self.lock:
             value = self.queue.get(key)
-            return self.inflight.get(key) if value is None else value
+            if value is None:
+                value = self.inflight.get(key)
+            return None if value is None else readable(value)
 
     def keys(self) -> set[int]:
         """The keys queued or in flight."""
