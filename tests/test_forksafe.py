@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import subprocess
-import sys
-import textwrap
 from pathlib import Path
+
+from reliability import run_python
 
 TIMEOUT = 120  # a fork that deadlocks fails the test instead of hanging the suite
 
 
 def run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script), *args],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
+    return run_python(script, *args, timeout=TIMEOUT)
 
 
 def test_a_failing_hook_neither_skips_the_others_nor_breaks_the_next_fork() -> None:
