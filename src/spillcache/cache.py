@@ -10,14 +10,14 @@ import threading
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import torch
 
 from . import forksafe
 from .budget import check_ram_budget, filesystem_size, memory_limit, parse_budget
 from .closing import Closing
-from .codec import Decoded, Encoding, decode, decode_sized, replicate, replicator, snapshot
+from .codec import Encoding, decode, decode_sized, replicate, replicator, snapshot
 from .counters import CORRUPT, DISK_HITS, MISSES, PUTS, RAM_HITS, Counters
 from .disk import TierOptions, Value, open_tier
 from .errors import CodecError, SpillCacheWarning
@@ -260,40 +260,45 @@ class SpillCache(Closing):
                 if not self._copy:
                     return value
                 return replicate(value) if copier is None else copier(value)
-        return self._get_from_disk(k, admits)
-
-    def _get_from_disk(self, k: int, admits: bool) -> Any | None:
-        """The disk tier's part of :meth:`get`: read, count, admit what the RAM tier may take."""
+            if admits:
+                return self._admitting_read(k)
+        # A disk hit that is not admitted (RAM off, DataLoader workers): inline, the usual case.
         try:
-            # An admitting read gets the footprint and copier the RAM tier needs with the sample.
-            value = (
-                self._disk.read(k, decode_sized if admits else decode) if self._current() else None
-            )
+            value = self._disk.read(k, decode) if self._current() else None
+        except CodecError as exc:
+            self._found_corrupt(k, exc)
+            value = None
+        if value is not None and self._generation != self._disk.generation:
+            value = None  # emptied for another object's data during the read
+        with self._lock:
+            self._counters.add(MISSES if value is None else DISK_HITS)
+        return value
+
+    def _admitting_read(self, k: int) -> Any | None:
+        """The disk tier's part of :meth:`get` for a key the RAM tier may take: read, admit."""
+        try:
+            # The footprint and copier the RAM tier needs come with the sample.
+            value = self._read(k, decode_sized)
         except CodecError as exc:
             self._found_corrupt(k, exc)
             value = None
         except BaseException:
-            if admits:
-                with self._lock:
-                    self._reads.done(k)
-            raise
-        if value is not None and self._generation != self._disk.generation:
-            value = None  # emptied for another object's data during the read
-        if value is None or not admits:
             with self._lock:
-                if admits:
-                    self._reads.done(k)
-                self._counters.add(MISSES if value is None else DISK_HITS)
-            return value
-        decoded = cast(Decoded, value)
-        nbytes = decoded.nbytes + ENTRY_OVERHEAD
-        copier = replicator(decoded.plan) if self._copy else None  # outside the lock: it compiles
+                self._reads.done(k)
+            raise
+        if value is None:
+            with self._lock:
+                self._reads.done(k)
+                self._counters.add(MISSES)
+            return None
+        nbytes = value.nbytes + ENTRY_OVERHEAD
+        copier = replicator(value.plan) if self._copy else None  # outside the lock: it compiles
         with self._lock:
             overtaken = self._reads.done(k)
             self._counters.add(DISK_HITS)
-            admitted = not overtaken and self._ram.admit(k, decoded.sample, nbytes, copier=copier)
+            admitted = not overtaken and self._ram.admit(k, value.sample, nbytes, copier=copier)
         # The RAM tier now owns the sample; the caller gets its own copy.
-        return decoded.copy() if admitted and self._copy else decoded.sample
+        return value.copy() if admitted and self._copy else value.sample
 
     def _found_corrupt(self, k: int, exc: CodecError) -> None:
         """Count and warn about the corrupt entry under ``k``, served as a miss."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from typing import Any, Final, cast
+from typing import Final, Literal, overload
 
 import xxhash
 
@@ -21,7 +21,13 @@ __all__ = ["decode", "decode_sized", "view"]
 _FUSED_MIN: Final = 1 << 18
 
 
-def decode(value: bytes | bytearray | memoryview) -> object:
+@overload
+def decode(value: bytes | bytearray | memoryview, *, sized: Literal[False] = False) -> object: ...
+@overload
+def decode(value: bytes | bytearray | memoryview, *, sized: Literal[True]) -> Decoded: ...
+
+
+def decode(value: bytes | bytearray | memoryview, *, sized: bool = False) -> object:
     """Rebuild a sample from a value made by :func:`encode`.
 
     Every tensor and array is a fresh, writable copy: nothing refers to ``value`` afterwards,
@@ -31,6 +37,10 @@ def decode(value: bytes | bytearray | memoryview) -> object:
     ----------
     value : bytes, bytearray or memoryview
         The encoded value.
+    sized : bool
+        Return a :class:`~spillcache.codec.footprint.Decoded`: the sample with its footprint
+        and a way to copy it, which the decode knows without a walk of the sample (for a cache
+        that keeps the sample in RAM and hands out copies).
 
     Returns
     -------
@@ -43,39 +53,8 @@ def decode(value: bytes | bytearray | memoryview) -> object:
         For any invalid ``value``: corrupt, truncated, extended, of another format or version,
         or not a buffer at all.
     """
-    return _decode(value, False)
-
-
-def decode_sized(value: bytes | bytearray | memoryview) -> Decoded:
-    """Rebuild a sample as :func:`decode` does, with its footprint and a way to copy it.
-
-    For a cache that keeps the sample in RAM and hands out a copy: what the decode knows (the
-    plan's structure, the table's numbers) gives both without a walk of the sample.
-
-    Parameters
-    ----------
-    value : bytes, bytearray or memoryview
-        The encoded value.
-
-    Returns
-    -------
-    Decoded
-        The sample, its :func:`~spillcache.footprint.sample_nbytes` and its copier.
-
-    Raises
-    ------
-    CodecError
-        As :func:`decode`.
-    """
-    return cast(Decoded, _decode(value, True))
-
-
-def _decode(value: bytes | bytearray | memoryview, sized: bool) -> Any:
-    """Check ``value`` and build its sample (a :class:`Decoded` if ``sized``).
-
-    One function on purpose: it runs on every disk hit, where each call shows
-    (docs/design.rst, "The codec's costs").
-    """
+    # One function, not a wrapper of a shared one: it runs on every disk hit, where each call
+    # shows (docs/design.rst, "The codec's costs").
     data = value
     # LMDB's buffers are byte views already: only other buffers need one made.
     if type(data) is not bytes and not (
@@ -112,6 +91,22 @@ def _decode(value: bytes | bytearray | memoryview, sized: bool) -> Any:
         # Only once the checksum held: damaged values must not crowd out real specs.
         remember(spec, plan)
     return built
+
+
+def decode_sized(value: bytes | bytearray | memoryview) -> Decoded:
+    """``decode(value, sized=True)``: a one-argument reader for the disk tier.
+
+    Parameters
+    ----------
+    value : bytes, bytearray or memoryview
+        The encoded value.
+
+    Returns
+    -------
+    Decoded
+        The sample, its :func:`~spillcache.footprint.sample_nbytes` and its copier.
+    """
+    return decode(value, sized=True)
 
 
 def _as_bytes(value: object) -> memoryview:
