@@ -25,6 +25,7 @@ from .flight import SingleFlight
 from .footprint import ENTRY_OVERHEAD, sample_nbytes
 from .indices import MAX_KEY, check_key
 from .loading import Misses
+from .nodelink import Hooks, NodeLink, weakly
 from .overtaking import Overtaking
 from .ram import RamTier
 from .settings import (
@@ -140,6 +141,9 @@ class SpillCache(Closing):
                 shutil.rmtree(root, ignore_errors=True)
             raise
         self._counters = Counters(self._disk)
+        self._node = self._link(fresh=True)
+        if self._node.shared:  # a DDP rank: its RAM tier is the node's
+            self._ram = RamTier(0)
         self._finalizer = weakref.finalize(self, self._disk.release)
 
     def _init_process_state(self) -> None:
@@ -160,6 +164,7 @@ class SpillCache(Closing):
         # what we put so far committed.
         block = self._counters.own_block()
         if not self.closed:
+            self._node.share()  # before the commit: another process hits what we held
             self._disk.commit()
         return {
             "_ram_budget": self._ram_budget,
@@ -169,12 +174,17 @@ class SpillCache(Closing):
             "_closed": self._closed,
             "_disk": self._disk,
             "_parent_block": block,
+            "_node_where": self._node.where,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        where = state.pop("_node_where", None)
         self.__dict__.update(state)
         self._init_process_state()
         self._counters = Counters(self._disk, self._parent_block)
+        self._node = self._link(fresh=False, where=where)
+        if self._node.shared:  # a process unpickled on the node shares its RAM tier
+            self._ram = RamTier(0)
         forksafe.register(self._before_fork, self._after_fork_in_parent, self._after_fork_in_child)
         # Unpickling the tier made this object one of its users.
         self._finalizer = weakref.finalize(self, self._disk.release)
@@ -244,6 +254,8 @@ class SpillCache(Closing):
         """
         # The usual key, an int in range, skips the call: a RAM hit takes a few microseconds.
         k = key if type(key) is int and 0 <= key <= MAX_KEY else check_key(key)
+        if self._node.shared:
+            return self._node.get(k)
         # Only a process that admits what it reads needs to know whether a put overtook the
         # read; the others (RAM off, DataLoader workers) skip that bookkeeping.
         admits = False
@@ -264,6 +276,8 @@ class SpillCache(Closing):
 
     def _get_from_disk(self, k: int, admits: bool) -> Any | None:
         """The disk tier's part of :meth:`get`: read, count, admit what the RAM tier may take."""
+        if self._ram_budget:
+            self._node.joined()  # another process on the node: share from the next request
         try:
             # An admitting read gets the footprint and copier the RAM tier needs with the sample.
             value = (
@@ -515,7 +529,9 @@ class SpillCache(Closing):
         copier = replicator(encoding.plan) if copied else None
         del encoding
         nbytes = sample_nbytes(kept) + ENTRY_OVERHEAD if fits else 0
+        pending = self._node.before_put(k, value, stored=self._disk.contains)
         on_disk = self._disk.write(k, value, self._generation)
+        in_node = self._node.after_put(k, pending, evict=evict)
         with self._lock:
             self._counters.add(PUTS)
             self._counters.publish()  # with the disk tier's counters: a put may be rejected
@@ -525,7 +541,7 @@ class SpillCache(Closing):
             if admits:
                 # The private copy would be thrown away; an older value must go all the same.
                 self._ram.discard(k)
-        return on_disk
+        return on_disk or in_node
 
     def _may_admit(self) -> bool:
         """Whether this process adds samples to its RAM tier.
@@ -560,6 +576,8 @@ class SpillCache(Closing):
         with self._lock:
             if key in self._ram:
                 return "ram"
+        if self._node.contains(key):
+            return "ram"
         return "disk" if self._current() and self._disk.contains(key) else None
 
     def promote(self, key: int) -> bool | None:
@@ -571,6 +589,8 @@ class SpillCache(Closing):
             Whether it now is in RAM (never evicting for it); ``None`` if the entry is missing
             or unreadable.
         """
+        if self._node.shared:
+            return self._node.promote(key)
         with self._lock:
             self._reads.start(key)
         try:
@@ -613,13 +633,14 @@ class SpillCache(Closing):
         with self._lock:
             self._ram.clear()
         self._generation = self._disk.reset(reason, self._fingerprint)
+        self._node.reset(self._generation)
 
     def __contains__(self, key: object) -> bool:
         k = check_key(key)
         with self._lock:
             if k in self._ram:
                 return True
-        return self._current() and self._disk.contains(k)
+        return self._node.contains(k) or (self._current() and self._disk.contains(k))
 
     def __len__(self) -> int:
         self._current()
@@ -638,6 +659,9 @@ class SpillCache(Closing):
         workers = self._counters.workers()
         if workers is not None:
             counters = {name: counters[name] + workers[name] for name in FIELDS}
+        node = self._node.stats()
+        if node is not None:
+            ram |= {"node_items": node.items, "node_bytes": node.nbytes, "node_budget": node.budget}
         return CacheStats(
             **counters,
             **ram,
@@ -671,6 +695,7 @@ class SpillCache(Closing):
         with self._lock:  # no request publishes into the worker's slot meanwhile
             self._counters.close()
             self._ram.clear()
+        self._node.close()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"ram_budget={self._ram_budget}"
@@ -684,11 +709,45 @@ class SpillCache(Closing):
     # -- fork ------------------------------------------------------------------------------------
 
     def _before_fork(self) -> None:
+        self._node.forking()  # a DataLoader worker: the RAM tier becomes the node's
         self._lock.acquire()
 
     def _after_fork_in_parent(self) -> None:
         self._lock.release()
+        self._node.forked_parent()
 
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
         self._admits = None  # a DataLoader worker does not admit
+        self._node.forked_child()
+        if self._node.shared:  # the parent's local tier is not this process's to serve
+            self._ram = RamTier(0)
+
+    # -- the node tier (nodelink.py) -------------------------------------------------------------
+
+    def _link(self, *, fresh: bool, where: str | None = None) -> NodeLink:
+        me = weakref.proxy(self)  # the link must not keep its cache object alive
+        hooks = Hooks(
+            read=weakly(self._read),
+            generation=lambda: me._generation,
+            count=weakly(self._count),
+            corrupt=weakly(self._found_corrupt),
+            fallback=functools.partial(weakly(self._get_from_disk), admits=False),
+            drop_local=weakly(self._drop_local),
+            commit=self._disk.commit,
+        )
+        budget = 0 if self.closed else self._ram_budget
+        link = NodeLink(self.path, budget, hooks, fresh=fresh, where=where)
+        weakref.finalize(self, link.close)
+        return link
+
+    def _count(self, *fields: int) -> None:
+        with self._lock:
+            for field in fields:
+                self._counters.add(field)
+
+    def _drop_local(self) -> list[int]:
+        """Turn the process-local RAM tier off (the node tier serves instead); its keys."""
+        with self._lock:
+            ram, self._ram = self._ram, RamTier(0)
+        return list(ram.keys())
