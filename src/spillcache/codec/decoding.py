@@ -45,7 +45,8 @@ def decode(value: bytes | bytearray | memoryview, *, sized: bool = False) -> obj
     Returns
     -------
     object
-        The sample, with the types, dtypes, shapes and values it was encoded with.
+        The sample, with the types, dtypes, shapes and values it was encoded with (in a
+        :class:`~spillcache.codec.footprint.Decoded` if ``sized``).
 
     Raises
     ------
@@ -105,6 +106,11 @@ def decode_sized(value: bytes | bytearray | memoryview) -> Decoded:
     -------
     Decoded
         The sample, its :func:`~spillcache.footprint.sample_nbytes` and its copier.
+
+    Raises
+    ------
+    CodecError
+        As :func:`decode`.
     """
     return decode(value, sized=True)
 
