@@ -63,9 +63,10 @@ class Counters:
         self._block: CounterBlock | None = None
         self._closed_totals: dict[str, int] | None = None
         self._slot: WorkerSlot | None = None
-        # Whether this process may be a worker: it then publishes after each request. Cleared
-        # once it turns out not to be one.
-        self._watch = True
+        #: Whether this process may be a worker, which publishes after each request: an owner
+        #: that increments :attr:`values` itself calls :meth:`report` while it is set. Cleared
+        #: once it turns out not to be one.
+        self.watching = True
         self._base = (0,) * len(FIELDS)
         self._closed = False
         self._warned = False
@@ -83,24 +84,28 @@ class Counters:
     def add(self, field: int) -> None:
         """Count one more ``field`` and publish it to this worker's parent.
 
-        One memory store in a worker: a request there costs ~0.1 us more.
+        The hit paths do this inline (``values[field] += 1``, then :meth:`report` while
+        :attr:`watching`): a call less on every hit.
         """
-        values = self.values
-        values[field] += 1
-        if self._watch:
-            slot = self._slot
-            if slot is not None:
-                slot.words[field] = values[field] - self._base[field]
-            else:
-                self.publish()
+        self.values[field] += 1
+        if self.watching:
+            self.report(field)
+
+    def report(self, field: int) -> None:
+        """Publish ``field`` to this worker's parent: one memory store in a worker (~0.1 us)."""
+        slot = self._slot
+        if slot is not None:
+            slot.words[field] = self.values[field] - self._base[field]
+        else:
+            self.publish()
 
     def publish(self) -> None:
         """Publish every counter to this worker's parent (the disk tier's may have changed)."""
-        if not self._watch:
+        if not self.watching:
             return
         slot = self._slot if self.worker else None
         if slot is None:
-            self._watch = False  # not a worker, or one that cannot report: stop asking
+            self.watching = False  # not a worker, or one that cannot report: stop asking
             return
         slot.publish(
             tuple(now - then for now, then in zip(self.snapshot(), self._base, strict=True))
@@ -142,7 +147,7 @@ class Counters:
     def close(self) -> None:
         """Stop publishing; remove this process's block, keeping its totals. Idempotent."""
         self._closed = True
-        self._watch = False
+        self.watching = False
         block, slot = self._block, self._slot
         if block is not None and block.owned:
             self._closed_totals = block.totals()  # stats() after close still counts the workers
@@ -164,6 +169,6 @@ class Counters:
         self._block = None  # the parent's: its object here must not remove the file
         self._slot = None  # a slot belongs to the process that claimed it
         self._closed_totals = None
-        self._watch = not (self._closed or self._disk.closed)
+        self.watching = not (self._closed or self._disk.closed)
         # The parent's counts came along: a worker reports only what it counts itself.
         self._base = self.snapshot()
