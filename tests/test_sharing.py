@@ -196,6 +196,38 @@ def test_another_fingerprint_in_the_same_process_leaves_the_first_object_stale(
     new.close()
 
 
+@pytest.mark.parametrize("ram_budget", [0, "1MiB"], ids=["disk-read", "admitting-read"])
+def test_a_rebuild_between_the_check_and_the_read_is_not_served(
+    tmp_path: Path, ram_budget: int | str
+) -> None:
+    # Another object of this process rebuilds the store and puts its own sample under the
+    # key right after get() checked that the store is still this object's: the read then
+    # finds the other data, which the check after the read must throw away.
+    path = tmp_path / "s"
+    with SpillCache(path, ram_budget=0, fingerprint="v0") as writer:  # so that 1 is on disk only
+        writer.put(1, {"v": 0})
+    old = SpillCache(path, ram_budget=ram_budget, fingerprint="v0")
+    others: list[SpillCache] = []
+    checked = old._current
+
+    def rebuilt_after_the_check() -> bool:
+        current = checked()
+        if not others:
+            others.append(new := SpillCache(path, ram_budget=0, fingerprint="v1"))
+            new.put(1, {"v": 1})
+            new.flush()
+        return current
+
+    old._current = rebuilt_after_the_check  # type: ignore[method-assign]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert old.get(1) is None
+        assert old.stats().misses == 1 and old.stats().disk_hits == 0
+    assert others[0].get(1) == {"v": 1}
+    others[0].close()
+    old.close()
+
+
 def _epoch(ds: CachedDataset, context: str) -> list[tuple[int, int]]:
     loader = DataLoader(
         ds, batch_size=8, num_workers=2, multiprocessing_context=context, collate_fn=list
