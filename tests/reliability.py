@@ -36,8 +36,8 @@ import torch
 
 from helpers import assert_sample_equal
 from spillcache import CachedDataset, SpillCache
-from spillcache import cache as cache_module
 from spillcache.budget import parse_budget
+from spillcache.cache import reads as cache_reads
 from spillcache.disk import env as env_module
 
 LONG = os.environ.get("SPILLCACHE_LONG") == "1"
@@ -532,7 +532,7 @@ def blocked_reader(*, path: str, ready: str) -> None:
             time.sleep(60)
 
     # The cache decodes inside the read transaction; a decoder that never returns holds it.
-    cache_module.decode = hang  # type: ignore[attr-defined]
+    cache_reads.decode = hang  # type: ignore[assignment]
     with SpillCache(path, ram_budget=0) as cache:
         cache.get(0)
 

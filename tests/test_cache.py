@@ -29,7 +29,7 @@ from spillcache.codec import Encoding, Unsealed
 from spillcache.disk import Value, buffers, commits, live_tier, writer
 from spillcache.disk import env as env_module
 from spillcache.disk import tier as disk_module
-from spillcache.footprint import sample_nbytes
+from spillcache.footprint import ENTRY_OVERHEAD, sample_nbytes
 
 
 def sample(i: int, side: int = 8) -> dict[str, object]:
@@ -98,11 +98,11 @@ def test_metadata_is_committed_after_the_writes_queued_before_it(
 def test_a_full_ram_tier_measures_only_disk_hits_it_may_take(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from spillcache import cache as cache_module
+    from spillcache.cache import reads
 
-    one = sample_nbytes({"v": np.full(100, 0.0)}) + cache_module.ENTRY_OVERHEAD
+    one = sample_nbytes({"v": np.full(100, 0.0)}) + ENTRY_OVERHEAD
     # A disk hit is measured by the decode that sizes it (decode_sized), not by a walk.
-    measured = spy(monkeypatch, cache_module, "decode_sized")
+    measured = spy(monkeypatch, reads, "decode_sized")
     with SpillCache(tmp_path / "s", ram_budget=3 * one) as cache:
         for i in (0, 1, 2, 10):
             cache.put(i, {"v": np.full(100, float(i))})
@@ -124,10 +124,10 @@ def test_a_full_ram_tier_measures_only_disk_hits_it_may_take(
 def test_put_declined_by_a_full_ram_tier_measures_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, copy: bool
 ) -> None:
-    from spillcache import cache as cache_module
+    from spillcache.cache import puts
 
-    one = sample_nbytes({"v": np.full(100, 0.0)}) + cache_module.ENTRY_OVERHEAD
-    measured = spy(monkeypatch, cache_module, "sample_nbytes")
+    one = sample_nbytes({"v": np.full(100, 0.0)}) + ENTRY_OVERHEAD
+    measured = spy(monkeypatch, puts, "sample_nbytes")
     with SpillCache(tmp_path / "s", ram_budget=3 * one, copy=copy) as cache:
         for i in range(3):
             cache.put(i, {"v": np.full(100, float(i))})
@@ -140,11 +140,10 @@ def test_put_declined_by_a_full_ram_tier_measures_nothing(
 def test_put_declined_by_ram_copies_nothing_and_drops_the_old_value(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from spillcache import cache as cache_module
     from spillcache.codec import snapshots
 
     copies = spy(monkeypatch, snapshots, "clone")
-    one = sample_nbytes({"v": np.full(100, 0.0)}) + cache_module.ENTRY_OVERHEAD
+    one = sample_nbytes({"v": np.full(100, 0.0)}) + ENTRY_OVERHEAD
     with SpillCache(tmp_path / "s", ram_budget=3 * one) as cache:
         for i in range(3):
             cache.put(i, {"v": np.full(100, float(i))})

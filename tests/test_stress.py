@@ -34,8 +34,8 @@ from reliability import (
     wait_for,
 )
 from spillcache import SpillCache
-from spillcache import cache as cache_module
 from spillcache.admin import verify
+from spillcache.cache import reads as cache_reads
 from spillcache.codec import decode_sized
 from spillcache.disk import tier as disk_module
 
@@ -211,7 +211,7 @@ def test_a_get_racing_a_put_never_serves_the_older_value(
                 putter.join()
             return value
 
-        monkeypatch.setattr(cache_module, "decode_sized", decode_then_race)
+        monkeypatch.setattr(cache_reads, "decode_sized", decode_then_race)
         check_sample(1, cache.get(1), 1)  # began before the put: the old value is right
         assert raced.is_set()
         check_sample(1, cache.get(1), 2)
