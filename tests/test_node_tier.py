@@ -28,6 +28,7 @@ from spillcache.node.place import PREFIX
 SPAWN = mp.get_context("spawn")
 KIB = 1 << 10
 MIB = 1 << 20
+BATCH = 10  # keys a worker loads between two steps of the others (see cache_loop)
 
 
 def value_of(key: int, size: int) -> bytes:
@@ -114,23 +115,32 @@ def admitter(store: str, budget: int, shm: str, seed: int, count: int) -> tuple[
 
 
 def cache_loop(
-    store: str, budget: int, shm: str, passes: list[list[int]], size: int
-) -> list[float]:
-    """What a cache does with each key: get, and admit on a miss. Hit rate per pass."""
+    opened: tuple[str, int, str], passes: list[list[int]], size: int, step: Any, out: Any
+) -> None:
+    """What a cache does with each key: get, and admit on a miss. Hit rate per pass, to ``out``.
+
+    Batch by batch in step with the other processes (``step``, a barrier), as DataLoader
+    workers run: the main process takes their batches in turn and lets none run more than a
+    few batches ahead, so the tier sees each pass's keys interleaved, not one worker's passes
+    after the other's.
+    """
+    store, budget, shm = opened
     tier = open_tier(Path(store), budget, Path(shm))
     rates = []
     for keys in passes:
         hits = 0
-        for key in keys:
-            value = tier.get(key)
-            if value is None:
-                tier.admit(key, value_of(key, size))
-            else:
-                assert_value(key, value)
-                hits += 1
+        for start in range(0, len(keys), BATCH):
+            step.wait(60)
+            for key in keys[start : start + BATCH]:
+                value = tier.get(key)
+                if value is None:
+                    tier.admit(key, value_of(key, size))
+                else:
+                    assert_value(key, value)
+                    hits += 1
         rates.append(hits / len(keys))
     tier.close()
-    return rates
+    out.put(rates)
 
 
 def admit_forever(store: str, budget: int, shm: str, started: Any) -> None:
@@ -303,10 +313,23 @@ def two_process_rates(store: Path, shm: Path, passes: list[list[int]]) -> list[f
     entries = 100
     budget = entries * (4096 + 128)
     shares = [[keys[i::2] for keys in passes] for i in range(2)]
-    with SPAWN.Pool(2) as pool:
-        rates = pool.starmap(
-            cache_loop, [(str(store), budget, str(shm), share, size) for share in shares]
+    step, out = SPAWN.Barrier(2), SPAWN.Queue()
+    children = [
+        SPAWN.Process(
+            target=cache_loop, args=((str(store), budget, str(shm)), share, size, step, out)
         )
+        for share in shares
+    ]
+    for child in children:
+        child.start()
+    try:
+        rates = [out.get(timeout=120) for _ in children]
+        for child in children:
+            child.join(60)
+            assert child.exitcode == 0
+    finally:
+        for child in children:
+            child.kill()
     return [(a + b) / 2 for a, b in zip(*rates, strict=True)]
 
 
