@@ -90,7 +90,7 @@ class Writing:
             # Finished here: for a small value, the writer's extra trips through the GIL cost
             # the caller more than the copy (docs/design.rst, "Small values").
             pending = value.snapshot()
-        writes, view, lock = self.writes, self.view, self.lock
+        writes, view, lock, fill = self.writes, self.view, self.lock, self.fill
         with lock:
             if writes.closed:
                 raise ValueError(f"the cache at {str(self.path)!r} is closed")
@@ -100,7 +100,7 @@ class Writing:
                 self.txns.read_only
                 or view.stale
                 or generation not in (None, view.current)
-                or self.fill.refuses_locked(len(pending))
+                or (fill.full and fill.refuses_locked(len(pending)))  # a call only when full
             ):
                 self.events.rejected += 1
                 self.pool.recycle_locked((pending,))
