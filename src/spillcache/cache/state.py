@@ -102,7 +102,7 @@ class CacheState:
         if not self._current():
             return None
         value = self._disk.read(key, reader)
-        return value if self._generation == self._disk.generation else None
+        return value if self._generation == self._disk.view.current else None
 
     def _may_admit(self) -> bool:
         """Whether this process adds samples to its RAM tier.
