@@ -6,7 +6,7 @@ No threads, I/O or torch: :class:`FrequencySketch` is the counting half of the T
 
 from __future__ import annotations
 
-__all__ = ["FrequencySketch"]
+__all__ = ["SATURATED", "FrequencySketch", "estimate"]
 
 # Odd 128-bit multiplier (golden-ratio and splitmix64 digits).  The product of a key with it
 # mixes every key bit into the bits above 40; its disjoint slices (see
@@ -19,7 +19,8 @@ _MUL = 0x9E3779B97F4A7C15F39CC0605CEDC835
 _MUL80 = _MUL & ((1 << 80) - 1)
 _MAX_WIDTH = 1 << 22  # counters per row: a 16 MiB table; block numbers may use bits 40-63
 _HALVE = bytes(c >> 1 for c in range(256))
-_SATURATED = 255
+#: A counter's highest value (8-bit saturating counters).
+SATURATED = 255
 _MIN_WIDTH = 1024
 # Counters per sketch row for each resident entry.  The rows must be several times wider than
 # the number of keys whose counts matter (residents plus their challengers, e.g. 3x for a data
@@ -114,40 +115,61 @@ class FrequencySketch:
         int
             The estimate, including the access just recorded.
         """
-        # The product's bits 40 and up pick the block, bits 64-79 the counters in it.
-        x = key * _MUL80 >> 34
-        t = self._table
-        block = x & self._mask
-        # Counter bits in a one-digit int: each shift of the wide product allocates a long int.
-        y = x >> 30 & 0xFFFF
-        i0 = block | (y & 15)
-        i1 = block | 16 | ((y >> 4) & 15)
-        i2 = block | 32 | ((y >> 8) & 15)
-        i3 = block | 48 | (y >> 12)
-        c0 = t[i0]
-        c1 = t[i1]
-        c2 = t[i2]
-        c3 = t[i3]
-        # Comparisons rather than min(): a builtin call costs a visible share of get().
-        low01 = c0 if c0 < c1 else c1
-        low23 = c2 if c2 < c3 else c3
-        low = low01 if low01 < low23 else low23
+        low = estimate(self._table, key, self._mask, record)
         if not record:
             return low
-        if low < _SATURATED:
-            low += 1
-            if c0 < low:
-                t[i0] = low
-            if c1 < low:
-                t[i1] = low
-            if c2 < low:
-                t[i2] = low
-            if c3 < low:
-                t[i3] = low
         adds = self._adds + 1
         if adds < self._period:
             self._adds = adds
         else:
             self._adds = 0
-            self._table = t.translate(_HALVE)
+            self._table = self._table.translate(_HALVE)
         return low
+
+
+def estimate(table: bytearray | memoryview, key: int, mask: int, record: bool) -> int:
+    """Estimated count of ``key`` in ``table``, after recording one access if ``record``.
+
+    The hashing and conservative update of every spillcache sketch (this one and the node
+    tier's shared one): ``table`` holds 64-byte blocks of four 16-counter quarters, and
+    ``mask`` is ``(blocks - 1) << 6``.
+
+    Parameters
+    ----------
+    table : bytearray or memoryview
+        The counters (writable bytes).
+    key : int
+        Sample index.
+    mask : int
+        Block mask, already shifted to a byte offset.
+    record : bool
+        Count one access of ``key`` first (counters saturate at :data:`SATURATED`).
+    """
+    # The product's bits 40 and up pick the block, bits 64-79 the counters in it.
+    x = key * _MUL80 >> 34
+    block = x & mask
+    # Counter bits in a one-digit int: each shift of the wide product allocates a long int.
+    y = x >> 30 & 0xFFFF
+    i0 = block | (y & 15)
+    i1 = block | 16 | ((y >> 4) & 15)
+    i2 = block | 32 | ((y >> 8) & 15)
+    i3 = block | 48 | (y >> 12)
+    c0 = table[i0]
+    c1 = table[i1]
+    c2 = table[i2]
+    c3 = table[i3]
+    # Comparisons rather than min(): a builtin call costs a visible share of get().
+    low01 = c0 if c0 < c1 else c1
+    low23 = c2 if c2 < c3 else c3
+    low = low01 if low01 < low23 else low23
+    if record and low < SATURATED:
+        low += 1
+        if c0 < low:
+            table[i0] = low
+        if c1 < low:
+            table[i1] = low
+        if c2 < low:
+            table[i2] = low
+        if c3 < low:
+            table[i3] = low
+    return low

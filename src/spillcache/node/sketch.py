@@ -1,6 +1,7 @@
 """Access frequencies shared by every process of a node: a count-min sketch in a mapped file.
 
-The same sketch as the process-local RAM tier's (a blocked 4-row count-min sketch of 8-bit
+The same sketch as the process-local RAM tier's, hashed and updated by the same
+:func:`spillcache.sketch.estimate` (a blocked 4-row count-min sketch of 8-bit
 saturating counters, conservative update, all counters halved after 10 recorded accesses per
 resident entry), laid out in a file on the tier's memory file system that every user maps.
 Processes update counters without a lock: two processes raising the same counter at the same
@@ -17,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..sketch import estimate
+
 __all__ = ["SharedSketch"]
 
 _MAGIC = 0x53504E4F44534B31  # "SPNODSK1"
 _HEADER = 4096  # one page of header words; the counters start page-aligned after it
 _W_MAGIC, _W_BYTES, _W_ADDS, _W_ITEMS = 0, 1, 2, 3
-_MUL = 0x9E3779B97F4A7C15F39CC0605CEDC835  # as the process-local sketch: see ram.py
-_SATURATED = 255
 _AGING_PER_ENTRY = 10
 _WIDTH_PER_ENTRY = 8
 # Halving costs a pass over the whole table: at least this many table bytes per recorded
@@ -67,7 +68,7 @@ class SharedSketch:
         if self._header[_W_MAGIC] != _MAGIC or self._header[_W_BYTES] != size - _HEADER:
             self.close()
             raise OSError(f"{path} is not a spillcache node sketch")
-        self._mask = (size - _HEADER) // 64 - 1
+        self._mask = ((size - _HEADER) // 64 - 1) << 6
         self._max_entries = (size - _HEADER) // 4 // _WIDTH_PER_ENTRY
         self._min_entries = (size - _HEADER) // _BYTES_PER_ADD // _AGING_PER_ENTRY
         self._unflushed = 0
@@ -91,31 +92,9 @@ class SharedSketch:
         record : bool
             Count one access of ``key`` first.
         """
-        x = key * _MUL >> 40
-        t = self._table
-        block = (x & self._mask) << 6
-        y = (x >> 24) & 0xFFFF
-        i0 = block | (y & 15)
-        i1 = block | 16 | ((y >> 4) & 15)
-        i2 = block | 32 | ((y >> 8) & 15)
-        i3 = block | 48 | (y >> 12)
-        c0, c1, c2, c3 = t[i0], t[i1], t[i2], t[i3]
-        # Comparisons, not min(): this runs on every get.
-        low01 = c0 if c0 < c1 else c1
-        low23 = c2 if c2 < c3 else c3
-        low = low01 if low01 < low23 else low23
+        low = estimate(self._table, key, self._mask, record)
         if not record:
             return low
-        if low < _SATURATED:
-            low += 1
-            if c0 < low:
-                t[i0] = low
-            if c1 < low:
-                t[i1] = low
-            if c2 < low:
-                t[i2] = low
-            if c3 < low:
-                t[i3] = low
         self._count_one()
         return low
 
