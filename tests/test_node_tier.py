@@ -486,3 +486,65 @@ def test_no_memory_file_system_means_no_tier_and_one_warning(tmp_path: Path) -> 
         assert NodeTier.open(tmp_path / "store", MIB, where=tmp_path) is None
     assert [type(w.message) for w in caught] == [NodeTierWarning]
     assert "not a tmpfs" in str(caught[0].message)
+
+
+# -- puts, stamps and generations ---------------------------------------------------------------
+
+
+def putter(store: str, budget: int, shm: str, key: int, value: bytes | None) -> None:
+    """Another process's put of ``key`` (``None``: a put the tier declines, dropping the old)."""
+    tier = open_tier(Path(store), budget, Path(shm))
+    tier.put(key, value)
+    tier.close()
+
+
+def test_an_admission_read_before_another_process_put_the_key_is_declined(
+    tmp_path: Path, shm: Path
+) -> None:
+    """The cross-process stale-admission race, step by step: miss, their put, our admission."""
+    tier = open_tier(tmp_path, 8 * MIB, shm)
+    new, old = b"new!" * 1024, value_of(3, 4 * KIB)
+    for theirs in (new, None):  # their put admitted, or declined (only the old value goes)
+        assert tier.put(3, old)
+        tier.discard(3)
+        got, stamp = tier.fetch(3, bytes)  # our miss; we now read `old` from the disk tier
+        assert got is None
+        child = SPAWN.Process(target=putter, args=(str(tmp_path), 8 * MIB, str(shm), 3, theirs))
+        child.start()
+        child.join(60)
+        assert child.exitcode == 0
+        assert not tier.admit(3, old, stamp=stamp)  # after their put returned: declined
+        assert tier.get(3) == theirs
+        assert tier.problems() == []
+    _, stamp = tier.fetch(3, bytes)
+    assert tier.admit(3, old, stamp=stamp)  # nothing put since the miss: admitted
+    tier.close()
+
+
+def test_a_tier_serves_and_takes_only_the_generation_it_holds(tmp_path: Path, shm: Path) -> None:
+    tier = open_tier(tmp_path, 8 * MIB, shm)
+    tier.adopt(b"g1", force=False)  # a new tier takes the first generation offered
+    assert tier.put(1, value_of(1, 4 * KIB), generation=b"g1")
+    tier.adopt(b"g2", force=False)  # a later process of another generation changes nothing
+    assert tier.fetch(1, bytes, generation=b"g1")[0] == value_of(1, 4 * KIB)
+    got, stamp = tier.fetch(1, bytes, generation=b"g2")
+    assert got is None and not tier.admit(1, b"x" * 64, stamp=stamp, generation=b"g2")
+    assert not tier.put(2, b"y" * 64, generation=b"g2")
+    tier.adopt(b"g2", force=True)  # the store was rebuilt: the tier is emptied for g2
+    assert tier.stats().items == 0
+    assert tier.fetch(1, bytes, generation=b"g1") == (None, -1)
+    assert tier.put(2, b"y" * 64, generation=b"g2")
+    tier.clear()  # a cleared store: no generation matches until one is adopted by force
+    assert tier.fetch(2, bytes, generation=b"g2") == (None, -1)
+    tier.close()
+
+
+def test_joins_count_the_processes_that_attached(tmp_path: Path, shm: Path) -> None:
+    tier = open_tier(tmp_path, 8 * MIB, shm)
+    before = tier.joins()
+    child = SPAWN.Process(target=open_admit_close, args=(str(tmp_path), 8 * MIB, str(shm)))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    assert tier.joins() == before + 1
+    tier.close()

@@ -15,8 +15,14 @@ start method, DDP ranks), on a memory file system. Files, one concept each:
     The LMDB environment: entries, slots and the accounting, changed together.
 ``sketch.py``
     The access frequencies, shared through a mapped file.
+``stamps.py``
+    Change counters (puts, clears, joins), shared through a mapped file.
+``admission.py``
+    One admission: its terms, room made by eviction, the insert.
+``degrade.py``
+    A lower budget instead of a failure, and the warnings.
 ``tier.py``
-    :class:`NodeTier`: reads, admission and eviction, fork handling.
+    :class:`NodeTier`: reads, puts, admission, generations, fork handling.
 ``warn.py``
     :class:`NodeTierWarning`, given once per cause.
 """
@@ -24,6 +30,6 @@ start method, DDP ranks), on a memory file system. Files, one concept each:
 from __future__ import annotations
 
 from ..errors import NodeTierWarning
-from .tier import NodeStats, NodeTier
+from .tier import NO_STAMP, NodeStats, NodeTier
 
-__all__ = ["NodeStats", "NodeTier", "NodeTierWarning"]
+__all__ = ["NO_STAMP", "NodeStats", "NodeTier", "NodeTierWarning"]

@@ -25,6 +25,7 @@ from .forkgate import ForkGate
 from .ledger import Ledger
 from .place import LOCK_FILE_BYTES, Place
 from .sketch import SharedSketch
+from .stamps import PutStamps
 from .users import Membership, gate
 
 __all__ = ["Attached", "attach"]
@@ -33,7 +34,8 @@ logger = logging.getLogger(__name__)
 
 _PARAMS = "params"
 _SKETCH = "sketch"
-_CONTENTS = ("data.mdb", "lock.mdb", _SKETCH, _PARAMS, _PARAMS + ".tmp")
+_STAMPS = "stamps"
+_CONTENTS = ("data.mdb", "lock.mdb", _SKETCH, _STAMPS, _PARAMS, _PARAMS + ".tmp")
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,12 @@ class Attached:
         except BaseException:
             self.ledger.close()
             raise
+        try:
+            self.stamps = PutStamps(directory / _STAMPS, create=self.first)
+        except BaseException:
+            self.ledger.close()
+            self.sketch.close()
+            raise
         forksafe.register(self._before_fork, self._after_fork_in_parent, self._after_fork_in_child)
 
     @property
@@ -118,6 +126,7 @@ class Attached:
         try:
             self.ledger.close()
             self.sketch.close()
+            self.stamps.close()
             if self.pid == os.getpid():
                 with gate(self.directory):
                     self.membership.leave(self.directory)
@@ -195,10 +204,12 @@ def _join(place: Place, asked: int) -> Attached:
         membership = Membership(directory)
         try:
             params = _create(place, asked) if membership.first else _read_params(directory)
-            return Attached(params, directory, membership)
+            attached = Attached(params, directory, membership)
         except BaseException:
             membership.leave(directory)
             raise
+        attached.stamps.count_join()
+        return attached
 
 
 def _create(place: Place, asked: int) -> Params:

@@ -10,7 +10,8 @@ Four databases in one environment on the memory file system:
     slot -> key: the residents in arbitrary order, so a uniform random victim sample costs
     one lookup (removal swaps the last slot into the freed one).
 ``meta``
-    ``b"account"`` -> (items, bytes, budget), three little-endian uint64.
+    ``b"account"`` -> (items, bytes, budget), three little-endian uint64; ``b"generation"`` ->
+    the generation of the store whose values the tier holds (see :meth:`Ledger.generation`).
 
 Every change of an entry changes the accounting in the same write transaction, so LMDB's
 atomic commit keeps all four consistent whenever a writer dies (kill -9 included): an
@@ -35,6 +36,7 @@ __all__ = ["Account", "Ledger", "Txn", "pack_key"]
 
 Txn = lmdb.Transaction
 _ACCOUNT = b"account"
+_GENERATION = b"generation"
 _TWO = struct.Struct("<QQ")
 _THREE = struct.Struct("<QQQ")
 _SLOT = struct.Struct(">Q")
@@ -111,6 +113,15 @@ class Ledger:
     def save(self, txn: Txn[Any], account: Account) -> None:
         """Write ``account`` (in the transaction that made the change)."""
         txn.put(_ACCOUNT, _THREE.pack(account.items, account.nbytes, account.budget), db=self.meta)
+
+    def generation(self, txn: Txn[Any]) -> bytes | None:
+        """The store generation the entries belong to (None: not recorded yet)."""
+        raw = txn.get(_GENERATION, db=self.meta)
+        return None if raw is None else bytes(raw)
+
+    def set_generation(self, txn: Txn[Any], generation: bytes) -> None:
+        """Record ``generation`` as the one the entries belong to (after emptying the tier)."""
+        txn.put(_GENERATION, generation, db=self.meta)
 
     def size_of(self, txn: Txn[Any], key: bytes) -> int | None:
         """Accounted bytes of the entry ``key``, or None if it is not resident."""

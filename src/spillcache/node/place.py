@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .stamps import STAMPS_BYTES
+
 __all__ = ["LOCK_FILE_BYTES", "PREFIX", "Place", "footprint", "locate", "memory_root"]
 
 #: Directory names of node tiers begin with this (reclaim.py finds leftovers by it).
@@ -55,7 +57,7 @@ class Place:
     @property
     def total(self) -> int:
         """Most bytes the tier can take on its memory file system."""
-        return self.map_size + self.sketch_bytes + LOCK_FILE_BYTES
+        return self.map_size + self.sketch_bytes + LOCK_FILE_BYTES + STAMPS_BYTES
 
 
 def _filesystem_type(path: Path) -> str:

@@ -11,38 +11,30 @@ in the same LMDB transaction as the entries (ledger.py).
 from __future__ import annotations
 
 import contextlib
-import errno
-import logging
 import os
 import random
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TypeVar
 
 import lmdb
 
+from .admission import Admission, Terms
 from .attach import Attached, attach
-from .ledger import Account, Txn, pack_key
-from .place import footprint, locate, memory_root
+from .degrade import too_small, warn_sizes
+from .ledger import pack_key
+from .place import locate, memory_root
 from .reclaim import reclaim
 from .warn import warn_once
 
-__all__ = ["NodeStats", "NodeTier"]
+__all__ = ["NO_STAMP", "NodeStats", "NodeTier"]
 
-logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
-# As in the process-local tier (ram.py explains both): a candidate must beat each victim by 3
-# counts; a victim is the least frequent of 3 residents drawn at random.
-_MARGIN = 3
-_SAMPLE = 3
-# Out of room although the accounting says otherwise (a full tmpfs, or LMDB's free pages too
-# fragmented for a value): the budget drops to this share of what is held, for every process.
-_SHRINK_NUM, _SHRINK_DEN = 7, 8
-
-
-class _Declined(Exception):
-    """Abort the admitting transaction: nothing changes."""
+#: The stamp :meth:`NodeTier.fetch` gives when the tier holds another generation's values:
+#: an admission with it is always declined.
+NO_STAMP = -1
 
 
 @dataclass(frozen=True)
@@ -82,6 +74,7 @@ class NodeTier:
         self._attached: Attached | None = attached
         self._lock = threading.Lock()
         self._random = random.Random(os.getpid() ^ id(self))
+        self._admission = Admission(store_path, self._random)
 
     @classmethod
     def open(
@@ -118,14 +111,14 @@ class NodeTier:
         reclaim(root)  # before sizing: leftovers hold free space
         place = locate(store, root, budget)
         if place is None:
-            warn_once(store, "small", _too_small(store, root, budget))
+            warn_once(store, "small", too_small(store, root, budget))
             return None
         try:
             attached = attach(place, budget)
         except (OSError, lmdb.Error) as exc:
             warn_once(store, "failed", f"no node RAM tier for the store at {store!r}: {exc}")
             return None
-        _warn_sizes(store, budget, attached)
+        warn_sizes(store, budget, attached)
         return cls(store, budget, attached)
 
     # -- reading ---------------------------------------------------------------------------------
@@ -176,6 +169,69 @@ class NodeTier:
         finally:
             attached.gate.leave()
 
+    def fetch(
+        self,
+        key: int,
+        reader: Callable[[memoryview], T],
+        *,
+        generation: bytes | None = None,
+        record: bool = True,
+    ) -> tuple[T | None, int]:
+        """``reader`` of the value of ``key`` in place, and the stamp of ``key`` before it.
+
+        Parameters
+        ----------
+        key : int
+            Sample index.
+        reader : callable
+            Called with the value in place (valid during the call only), e.g. a decoder.
+        generation : bytes or None
+            The store generation of the caller: the tier serves nothing if it holds
+            another's. None: no check.
+        record : bool
+            Count an access of ``key`` in the shared frequency sketch.
+
+        Returns
+        -------
+        tuple
+            ``(reader(value) or None, stamp)``: pass ``stamp`` to :meth:`admit` a value read
+            elsewhere after this miss (see stamps.py); :data:`NO_STAMP` if the tier holds
+            another generation's values.
+        """
+        attached = self._enter()
+        try:
+            stamp = attached.stamps.read(key)
+            if record:
+                attached.sketch.frequency(key, True)
+            ledger = attached.ledger
+            with ledger.env.begin(buffers=True) as txn:
+                if generation is not None and ledger.generation(txn) != generation:
+                    return None, NO_STAMP
+                value = txn.get(pack_key(key), db=ledger.data)
+                return (None if value is None else reader(value)), stamp
+        finally:
+            attached.gate.leave()
+
+    def contains(self, key: int, *, generation: bytes | None = None) -> bool:
+        """Whether ``key`` is resident (for ``generation``, if given); records no access."""
+        attached = self._enter()
+        try:
+            ledger = attached.ledger
+            with ledger.env.begin() as txn:
+                if generation is not None and ledger.generation(txn) != generation:
+                    return False
+                return ledger.size_of(txn, pack_key(key)) is not None
+        finally:
+            attached.gate.leave()
+
+    def joins(self) -> int:
+        """How many times a process attached to this tier (it grows when another one joins)."""
+        attached = self._enter()
+        try:
+            return attached.stamps.joins
+        finally:
+            attached.gate.leave()
+
     def stats(self) -> NodeStats:
         """Items, bytes and budget of the tier, shared by every process."""
         attached = self._enter()
@@ -196,46 +252,71 @@ class NodeTier:
 
     # -- writing ---------------------------------------------------------------------------------
 
-    def admit(self, key: int, value: bytes | memoryview) -> bool:
+    def admit(
+        self,
+        key: int,
+        value: bytes | memoryview,
+        *,
+        stamp: int | None = None,
+        generation: bytes | None = None,
+        evict: bool = True,
+    ) -> bool:
         """Offer ``value`` for ``key``; other processes hit it as soon as this returns True.
 
         It replaces any value stored for ``key``. Free space is always taken; a full tier
         admits it only if its shared frequency beats each victim's by the margin.
 
+        Parameters
+        ----------
+        key : int
+            Sample index.
+        value : bytes-like
+            The encoded value.
+        stamp : int or None
+            The stamp :meth:`fetch` gave before ``value`` was read elsewhere: declined if
+            ``key`` was put (or the tier cleared) since. None: admit unconditionally.
+        generation : bytes or None
+            Declined unless the tier holds this store generation's values. None: no check.
+        evict : bool
+            False: only into free space (a background fill).
+
         Returns
         -------
         bool
             Whether ``key`` is resident afterwards. False means any older value for ``key``
-            is gone too (unless the tier ran out of room, see :meth:`open`).
+            is gone too (unless the tier ran out of room, see :meth:`open`, or the admission
+            was declined for its stamp or generation, which leaves the tier as it is).
         """
         attached = self._enter()
         try:
-            return self._admit(attached, key, value)
+            return self._admission.run(attached, key, value, Terms(stamp, generation, evict, False))
         finally:
             attached.gate.leave()
 
-    def _admit(self, attached: Attached, key: int, value: bytes | memoryview) -> bool:
-        ledger = attached.ledger
-        for retry in (True, False):
-            try:
-                with ledger.env.begin(write=True) as txn:
-                    account = ledger.account(txn)
-                    admitted = self._place(txn, attached, account, key, value)
-                    ledger.save(txn, account)
-            except _Declined:
-                return False
-            except lmdb.MapFullError:
-                # Pages a killed reader's snapshot pinned are free again once its slot is gone.
-                if retry and ledger.env.reader_check():
-                    continue
-                self._shrink(attached, f"its map of {attached.params.map_size} bytes is full")
-                return False
-            except lmdb.Error as exc:
-                self._failed(attached, exc)
-                return False
-            attached.sketch.publish_items(account.items)
-            return admitted
-        return False
+    def put(
+        self,
+        key: int,
+        value: bytes | memoryview | None,
+        *,
+        generation: bytes | None = None,
+        evict: bool = True,
+    ) -> bool:
+        """A put of ``key``: offer its new value (or only drop the old one, for None).
+
+        Bumps the stamp of ``key`` in the transaction, so that an admission of an older value
+        read elsewhere before this put is declined (see stamps.py). Call it after the new
+        value is committed where other processes read it (the disk tier).
+
+        Returns
+        -------
+        bool
+            Whether the new value is resident afterwards (never an older one).
+        """
+        attached = self._enter()
+        try:
+            return self._admission.run(attached, key, value, Terms(None, generation, evict, True))
+        finally:
+            attached.gate.leave()
 
     def discard(self, key: int) -> None:
         """Remove ``key`` if it is resident."""
@@ -251,101 +332,45 @@ class NodeTier:
         finally:
             attached.gate.leave()
 
-    def clear(self) -> None:
-        """Remove every entry and forget every count, for every process (a store rebuilt)."""
+    def clear(self, generation: bytes = b"") -> None:
+        """Remove every entry and forget every count, for every process (a store rebuilt).
+
+        Parameters
+        ----------
+        generation : bytes
+            The store generation the tier holds from now on; the default matches none (a
+            cleared store: :meth:`adopt` with ``force`` takes it over again).
+        """
         attached = self._enter()
         try:
             with attached.ledger.env.begin(write=True) as txn:
+                attached.stamps.bump_all()
                 attached.ledger.empty(txn)
+                attached.ledger.set_generation(txn, generation)
             attached.sketch.clear()
         finally:
             attached.gate.leave()
 
-    def _place(
-        self,
-        txn: Txn[bytes],
-        attached: Attached,
-        account: Account,
-        key: int,
-        value: bytes | memoryview,
-    ) -> bool:
-        """Inside the write transaction: make room for ``key`` and insert it, or decline."""
-        ledger = attached.ledger
-        size = footprint(len(value), ledger.page_size)
-        packed = pack_key(key)
-        old = ledger.size_of(txn, packed)
-        excess = account.nbytes - (old or 0) + size - account.budget
-        victims = self._victims(txn, attached, account, key, excess) if excess > 0 else []
-        if victims is None or size > account.budget:
-            if old is None:
-                raise _Declined
-            ledger.remove(txn, account, packed)  # a stale value never outlives a put
-            return False
-        if old is not None:
-            ledger.remove(txn, account, packed)
-        for victim in victims:
-            ledger.remove(txn, account, victim)
-        ledger.insert(txn, account, packed, value, size)
-        return True
+    def adopt(self, generation: bytes, *, force: bool) -> None:
+        """Make the tier hold values of the store generation ``generation``.
 
-    def _victims(
-        self, txn: Txn[bytes], attached: Attached, account: Account, key: int, excess: int
-    ) -> list[bytes] | None:
-        """Residents worth ``excess`` bytes that ``key`` beats each, or None."""
-        ledger, frequency = attached.ledger, attached.sketch.frequency
-        threshold = frequency(key, False) - _MARGIN
-        if threshold < 0:
-            return None
-        packed = pack_key(key)
-        chosen: dict[bytes, int] = {}
-        freed = 0
-        while freed < excess:
-            best, best_size, best_count = b"", 0, threshold + 1
-            for _ in range(_SAMPLE):
-                victim, size = ledger.draw(txn, account, self._random)
-                if victim in chosen or victim == packed:
-                    continue
-                count = frequency(int.from_bytes(victim, "big"), False)
-                if count < best_count:
-                    best, best_size, best_count = victim, size, count
-            if not best:
-                return None
-            chosen[best] = best_size
-            freed += best_size
-        return list(chosen)
-
-    def _shrink(self, attached: Attached, why: str) -> None:
-        """Out of room although the accounting allows more: lower the budget for everyone.
-
-        Free pages too fragmented for a value, or held by a reader, fill LMDB's map before the
-        accounted bytes reach the budget; a full file system fails a write. Either way the
-        budget drops below what is held (random residents go), so that later admissions reuse
-        the pages they free instead of asking for new ones.
+        Parameters
+        ----------
+        generation : bytes
+            The caller's store generation.
+        force : bool
+            True for a caller that knows ``generation`` is the store's current one (it just
+            opened or emptied the store): a tier holding another's is emptied. False: only a
+            tier that records none yet takes it (a new tier).
         """
-        ledger = attached.ledger
-        with contextlib.suppress(lmdb.Error), ledger.env.begin(write=True) as txn:
-            account = ledger.account(txn)
-            account.budget = min(account.budget, account.nbytes * _SHRINK_NUM // _SHRINK_DEN)
-            while account.nbytes > account.budget:
-                ledger.remove(txn, account, ledger.draw(txn, account, self._random)[0])
-            ledger.save(txn, account)
-        logger.info("node RAM tier %s: %s; budget lowered", attached.directory, why)
-
-    def _failed(self, attached: Attached, exc: lmdb.Error) -> None:
-        """An admission failed: shrink on a full file system, and warn once either way."""
-        store, directory = self._store_path, str(attached.directory)
-        if getattr(exc, "errno", None) == errno.ENOSPC or os.strerror(errno.ENOSPC) in str(exc):
-            self._shrink(attached, str(exc))
-            warn_once(
-                directory,
-                "full",
-                f"the node RAM tier of the store at {store!r} ran out of room in {directory!r} "
-                f"({exc}); it keeps what it holds and admits only in place of residents from "
-                "now on. Give the memory file system more room (docker run --shm-size) or "
-                "ram_budget less",
-            )
-        else:
-            warn_once(directory, "error", f"the node RAM tier of the store at {store!r}: {exc}")
+        attached = self._enter()
+        try:
+            with attached.ledger.env.begin() as txn:
+                recorded = attached.ledger.generation(txn)
+        finally:
+            attached.gate.leave()
+        if recorded != generation and (force or recorded is None):
+            self.clear(generation)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -379,31 +404,3 @@ class NodeTier:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _too_small(store: str, root: Path, budget: int) -> str:
-    return (
-        f"no node RAM tier for the store at {store!r}: {str(root)!r} has too little free space "
-        f"for even 1 MiB of the {budget} bytes asked (the tier takes at most half of it). "
-        "In a container, give it more: docker run --shm-size=..."
-    )
-
-
-def _warn_sizes(store: str, asked: int, attached: Attached) -> None:
-    params = attached.params
-    if params.asked != asked:
-        warn_once(
-            store,
-            "budget",
-            f"the node RAM tier of the store at {store!r} was opened with a budget of "
-            f"{params.asked} bytes by another process on this node; {asked} asked here is "
-            "ignored (ram_budget is per node)",
-        )
-    elif params.budget < asked:
-        warn_once(
-            store,
-            "small",
-            f"the node RAM tier of the store at {store!r} holds {params.budget} bytes, not the "
-            f"{asked} asked: that is what half the free space of "
-            f"{str(attached.directory.parent)!r} allows (docker run --shm-size=...)",
-        )
