@@ -18,10 +18,20 @@ from .errors import SpillCacheWarning
 from .shared import FIELDS, CounterBlock, WorkerSlot, attach
 from .userwarn import warn
 
-__all__ = ["CORRUPT", "DISK_HITS", "MISSES", "PUTS", "RAM_HITS", "Counters", "DiskCounts"]
+__all__ = [
+    "CORRUPT",
+    "DISK_HITS",
+    "MISSES",
+    "NODE_HITS",
+    "PUTS",
+    "RAM_HITS",
+    "Counters",
+    "DiskCounts",
+]
 
-# Indices into Counters.values: the first five of FIELDS, which this process counts itself.
-RAM_HITS, DISK_HITS, MISSES, PUTS, CORRUPT = range(5)
+# Indices into Counters.values: the first six of FIELDS, which this process counts itself.
+# NODE_HITS are RAM hits served by the node tier (each is counted in RAM_HITS too).
+RAM_HITS, DISK_HITS, MISSES, PUTS, CORRUPT, NODE_HITS = range(6)
 
 
 class DiskCounts(Protocol):
@@ -55,8 +65,8 @@ class Counters:
     """
 
     def __init__(self, disk: DiskCounts, parent_block: Path | None = None) -> None:
-        #: This process's counts, indexed by ``RAM_HITS`` ... ``CORRUPT``.
-        self.values = [0] * 5
+        #: This process's counts, indexed by ``RAM_HITS`` ... ``NODE_HITS``.
+        self.values = [0] * 6
         self._disk = disk
         self._parent_block = parent_block
         self._worker: bool | None = None

@@ -326,6 +326,10 @@ class RamTier:
         self.nbytes = 0
         self._sketch = self._new_sketch()
 
+    def keys(self) -> list[int]:
+        """The resident keys, in arbitrary order."""
+        return list(self._keys)
+
     def __contains__(self, key: object) -> bool:
         return key in self._values
 

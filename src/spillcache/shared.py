@@ -25,7 +25,16 @@ __all__ = ["FIELDS", "CounterBlock", "WorkerSlot", "attach"]
 
 logger = logging.getLogger(__name__)
 
-FIELDS = ("ram_hits", "disk_hits", "misses", "puts", "corrupt", "rejected", "write_errors")
+FIELDS = (
+    "ram_hits",
+    "disk_hits",
+    "misses",
+    "puts",
+    "corrupt",
+    "node_hits",
+    "rejected",
+    "write_errors",
+)
 _PREFIX = "spillcache-counters-"
 _MAGIC = 0x5350494C4C435431  # "SPILLCT1"
 _HEADER_WORDS = 4

@@ -18,7 +18,8 @@ class CacheStats:
     Attributes
     ----------
     ram_hits, disk_hits, misses : int
-        Outcome of every ``get``: served from the RAM tier, from the disk tier, or not at all.
+        Outcome of every ``get``: served from RAM (the process-local tier or the node tier),
+        from the disk tier, or not at all.
     puts : int
         Samples stored with ``put``.
     ram_bytes, ram_items : int
@@ -44,6 +45,14 @@ class CacheStats:
     preload_waits : int
         Requests that found their sample being loaded by the preload and waited for that load
         instead of starting their own (each is also counted in ``misses``).
+    node_hits : int
+        The share of ``ram_hits`` the node tier served (the RAM tier shared by the processes
+        of a node: DataLoader workers, DDP ranks); the rest came from this process's own.
+    node_items, node_bytes : int
+        Entries in the node tier and their accounted bytes, for every process on the node
+        (0 where this process has no node tier).
+    node_budget : int
+        The node tier's budget (0: no node tier in this process).
     probe_errors : int
         1 when a :class:`~spillcache.CachedDataset` served its store unchecked because a probe
         sample could not be loaded from the data set (see ``probes``); else 0.
@@ -66,6 +75,10 @@ class CacheStats:
     preload_errors: int = 0
     preload_waits: int = 0
     probe_errors: int = 0
+    node_hits: int = 0
+    node_items: int = 0
+    node_bytes: int = 0
+    node_budget: int = 0
 
     @property
     def requests(self) -> int:

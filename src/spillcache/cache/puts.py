@@ -81,7 +81,9 @@ class Puts(CacheState):
         copier = replicator(encoding.plan) if copied else None
         del encoding
         nbytes = sample_nbytes(kept) + ENTRY_OVERHEAD if fits else 0
+        pending = self._node.before_put(k, value, stored=self._disk.contains)
         on_disk = self._disk.write(k, value, self._generation)
+        in_node = self._node.after_put(k, pending, evict=evict)
         counters = self._counters  # incremented inline: two calls less per put
         with self._lock:
             counters.values[PUTS] += 1
@@ -93,7 +95,7 @@ class Puts(CacheState):
                     return self._ram.admit(k, kept, nbytes, evict=evict, copier=copier) or on_disk
                 # The private copy would be thrown away; an older value must go all the same.
                 self._ram.discard(k)
-        return on_disk
+        return on_disk or in_node
 
     def commit(self) -> None:
         """Make every put so far visible to other processes (committed, not synced).

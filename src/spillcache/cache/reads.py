@@ -17,7 +17,7 @@ __all__ = ["Reads"]
 class Reads(CacheState):
     """The read methods of :class:`~spillcache.cache.SpillCache`."""
 
-    def get(self, key: object) -> Any | None:
+    def get(self, key: object) -> Any | None:  # noqa: C901 - one body: every branch inlined
         """The sample stored under ``key``, or ``None``.
 
         Parameters
@@ -33,6 +33,8 @@ class Reads(CacheState):
         """
         # The usual key, an int in range, skips the call: a RAM hit takes a few microseconds.
         k = key if type(key) is int and 0 <= key <= MAX_KEY else check_key(key)
+        if self._node.shared:
+            return self._node.get(k)
         # Only a process that admits what it reads needs to know whether a put overtook the
         # read; the others (RAM off, DataLoader workers) skip that bookkeeping.
         admits = False
@@ -51,6 +53,8 @@ class Reads(CacheState):
             if value is not None:
                 # Every entry admitted with copy=True has its copier; with copy=False none.
                 return value if copier is None else copier(value)
+            # A lone process: another one attached the node tier? Shared from the next request.
+            self._node.joined()
             if admits:
                 return self._admitting_read(k)
         # A disk hit not admitted (RAM off, DataLoader workers): _read inlined, and the
@@ -68,6 +72,20 @@ class Reads(CacheState):
             counters.values[field] += 1
             if counters.watching:
                 counters.report(field)
+        return value
+
+    def _disk_get(self, k: int) -> Any | None:
+        """The disk part of :meth:`get` without a RAM tier (what ``get`` inlines).
+
+        The node link's fallback, when a shared process has no node tier after all.
+        """
+        try:
+            value = self._read(k, decode)
+        except CodecError as exc:
+            self._found_corrupt(k, exc)
+            value = None
+        with self._lock:
+            self._counters.add(MISSES if value is None else DISK_HITS)
         return value
 
     def _admitting_read(self, k: int) -> Any | None:
@@ -104,6 +122,8 @@ class Reads(CacheState):
         with self._lock:
             if key in self._ram:
                 return "ram"
+        if self._node.contains(key):
+            return "ram"
         return "disk" if self._current() and self._disk.contains(key) else None
 
     def promote(self, key: int) -> bool | None:
@@ -115,6 +135,8 @@ class Reads(CacheState):
             Whether it now is in RAM (never evicting for it); ``None`` if the entry is missing
             or unreadable.
         """
+        if self._node.shared:
+            return self._node.promote(key)
         with self._lock:
             self._reads.start(key)
         try:
@@ -143,4 +165,4 @@ class Reads(CacheState):
         with self._lock:
             if k in self._ram:
                 return True
-        return self._current() and self._disk.contains(k)
+        return self._node.contains(k) or (self._current() and self._disk.contains(k))

@@ -20,6 +20,7 @@ from ..closing import Closing
 from ..counters import Counters
 from ..disk import TierOptions, open_tier
 from ..flight import SingleFlight
+from ..nodelink import Hooks, NodeLink, weakly
 from ..overtaking import Overtaking
 from ..ram import RamTier
 from ..settings import (
@@ -135,6 +136,9 @@ class SpillCache(MissHook, Closing):
                 shutil.rmtree(root, ignore_errors=True)
             raise
         self._counters = Counters(self._disk)
+        self._node = self._link(fresh=True)
+        if self._node.shared:  # a DDP rank: its RAM tier is the node's
+            self._ram = RamTier(0)
         self._finalizer = weakref.finalize(self, self._disk.release)
 
     def _init_process_state(self) -> None:
@@ -155,6 +159,7 @@ class SpillCache(MissHook, Closing):
         # what we put so far committed.
         block = self._counters.own_block()
         if not self.closed:
+            self._node.share()  # before the commit: another process hits what we held
             self._disk.commit()
         return {
             "_ram_budget": self._ram_budget,
@@ -164,12 +169,17 @@ class SpillCache(MissHook, Closing):
             "_closed": self._closed,
             "_disk": self._disk,
             "_parent_block": block,
+            "_node_where": self._node.where,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        where = state.pop("_node_where", None)
         self.__dict__.update(state)
         self._init_process_state()
         self._counters = Counters(self._disk, self._parent_block)
+        self._node = self._link(fresh=False, where=where)
+        if self._node.shared:  # a process unpickled on the node shares its RAM tier
+            self._ram = RamTier(0)
         forksafe.register(self._before_fork, self._after_fork_in_parent, self._after_fork_in_child)
         # Unpickling the tier made this object one of its users.
         self._finalizer = weakref.finalize(self, self._disk.release)
@@ -210,6 +220,7 @@ class SpillCache(MissHook, Closing):
         with self._lock:
             self._ram.clear()
         self._generation = self._disk.reset(reason, self._fingerprint)
+        self._node.reset(self._generation)
 
     def __len__(self) -> int:
         self._current()
@@ -228,6 +239,9 @@ class SpillCache(MissHook, Closing):
         workers = self._counters.workers()
         if workers is not None:
             counters = {name: counters[name] + workers[name] for name in FIELDS}
+        node = self._node.stats()
+        if node is not None:
+            ram |= {"node_items": node.items, "node_bytes": node.nbytes, "node_budget": node.budget}
         return CacheStats(
             **counters,
             **ram,
@@ -246,6 +260,7 @@ class SpillCache(MissHook, Closing):
         with self._lock:  # no request publishes into the worker's slot meanwhile
             self._counters.close()
             self._ram.clear()
+        self._node.close()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"ram_budget={self._ram_budget}"
@@ -254,11 +269,45 @@ class SpillCache(MissHook, Closing):
     # -- fork ------------------------------------------------------------------------------------
 
     def _before_fork(self) -> None:
+        self._node.forking()  # a DataLoader worker: the RAM tier becomes the node's
         self._lock.acquire()
 
     def _after_fork_in_parent(self) -> None:
         self._lock.release()
+        self._node.forked_parent()
 
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
         self._admits = None  # a DataLoader worker does not admit
+        self._node.forked_child()
+        if self._node.shared:  # the parent's local tier is not this process's to serve
+            self._ram = RamTier(0)
+
+    # -- the node tier (nodelink.py) -------------------------------------------------------------
+
+    def _link(self, *, fresh: bool, where: str | None = None) -> NodeLink:
+        me = weakref.proxy(self)  # the link must not keep its cache object alive
+        hooks = Hooks(
+            read=weakly(self._read),
+            generation=lambda: me._generation,
+            count=weakly(self._count),
+            corrupt=weakly(self._found_corrupt),
+            fallback=weakly(self._disk_get),
+            drop_local=weakly(self._drop_local),
+            commit=self._disk.commit,
+        )
+        budget = 0 if self.closed else self._ram_budget
+        link = NodeLink(self.path, budget, hooks, fresh=fresh, where=where)
+        weakref.finalize(self, link.close)
+        return link
+
+    def _count(self, *fields: int) -> None:
+        with self._lock:
+            for field in fields:
+                self._counters.add(field)
+
+    def _drop_local(self) -> list[int]:
+        """Turn the process-local RAM tier off (the node tier serves instead); its keys."""
+        with self._lock:
+            ram, self._ram = self._ram, RamTier(0)
+        return list(ram.keys())

@@ -17,6 +17,7 @@ from ..counters import CORRUPT, Counters
 from ..disk import DiskTier
 from ..errors import CodecError, SpillCacheWarning
 from ..flight import SingleFlight
+from ..nodelink import NodeLink
 from ..overtaking import Overtaking
 from ..ram import RamTier
 from ..userwarn import warn
@@ -39,6 +40,8 @@ class CacheState:
         The admitting reads in flight, which a put of their key overtakes.
     _counters : Counters
         Requests counted, by tier.
+    _node : NodeLink
+        This object's use of the store's node RAM tier (shared by the node's processes).
     _flights : SingleFlight
         The loads in progress, one per key.
     """
@@ -57,6 +60,7 @@ class CacheState:
     _warned: set[str]
     _flights: SingleFlight
     _counters: Counters
+    _node: NodeLink
     _finalizer: weakref.finalize[Any, Any]
 
     @property

@@ -71,10 +71,13 @@ def gate(directory: Path, *, blocking: bool = True) -> Iterator[bool]:
         if fd is not None or not blocking:
             break
         directory.mkdir(mode=0o700, exist_ok=True)  # removed between mkdir and open
+    if fd is not None:
+        _gates.add(fd)
     try:
         yield fd is not None
     finally:
-        if fd is not None:
+        if fd is not None and fd in _gates:
+            _gates.discard(fd)
             os.close(fd)
 
 
@@ -144,9 +147,18 @@ class Membership:
 _held: weakref.WeakSet[Membership] = weakref.WeakSet()
 
 
+# The gates other threads hold at a fork: a child inheriting one would hold the gate's lock
+# (a flock belongs to the open file, which the child shares) and wait for itself at its own
+# first open. Its copies are closed at once; the parent's close then releases the lock.
+_gates: set[int] = set()
+
+
 def _forget_all() -> None:
     for membership in list(_held):
         membership.forget()
+    for fd in list(_gates):
+        os.close(fd)
+    _gates.clear()
 
 
 os.register_at_fork(after_in_child=_forget_all)
