@@ -26,7 +26,7 @@ import torch.distributed as dist
 import torch.multiprocessing as tmp
 from torch.utils.data import DataLoader, Dataset
 
-from spillcache import SpillCache, nodelink
+from spillcache import SpillCache, clear_cache, nodelink
 from spillcache.node import NodeTier, NodeTierWarning
 from spillcache.node.place import PREFIX
 from test_node_tier import mount, shm  # noqa: F401 - fixtures
@@ -336,3 +336,22 @@ def test_two_gloo_ranks_share_one_node_tier(tmp_path: Path, node_dir: Path) -> N
         assert result["got"] == [float(k) for k in range(16)]
         assert result["node_hits"] == 16  # rank 1 never read rank 0's samples from disk
         assert result["ram_items"] == 0  # one copy on the node, not one per rank
+
+
+def test_clear_cache_empties_the_node_tier_of_a_store_in_use(
+    tmp_path: Path, node_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    store = tmp_path / "store"
+    cache = SpillCache(store, ram_budget="16MiB")
+    for key in range(4):
+        cache.put(key, sample(key))
+    cache.flush()
+    assert value(cache.get(0)) == 0.0 and cache.stats().node_hits == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clear_cache(store, force=True)
+        assert cache.get(1) is None  # neither the node tier nor the store serves it now
+    assert cache.stats().node_items == 0
+    cache.close()
+    assert not [p for p in node_dir.iterdir() if p.name.startswith(PREFIX)]

@@ -25,6 +25,8 @@ from .disk import (
     try_lock_exclusive,
 )
 from .errors import CodecError, StoreError
+from .node.forget import forget
+from .nodelink import ENV_DIR
 
 __all__ = [
     "CacheInfo",
@@ -293,6 +295,7 @@ def clear_cache(path: str | os.PathLike[str], *, force: bool = False) -> list[Pa
     for store in stores:
         # One store's lock at a time, and none while a busy one is opened to mark it: an open
         # of a store in this process waits for its lock while holding the tier registry.
+        forget(store, os.environ.get(ENV_DIR) or None)  # its node RAM tier, if any
         if store in busy or not _unused(store, remove=True):
             if not force:
                 raise StoreError(_in_use_message(store))  # opened since the check

@@ -15,7 +15,15 @@ from pathlib import Path
 
 from .stamps import STAMPS_BYTES
 
-__all__ = ["LOCK_FILE_BYTES", "PREFIX", "Place", "footprint", "locate", "memory_root"]
+__all__ = [
+    "LOCK_FILE_BYTES",
+    "PREFIX",
+    "Place",
+    "footprint",
+    "locate",
+    "memory_root",
+    "tier_directory",
+]
 
 #: Directory names of node tiers begin with this (reclaim.py finds leftovers by it).
 PREFIX = "spillcache-node-"
@@ -104,6 +112,13 @@ def _sized(directory: Path, budget: int) -> Place:
     return Place(directory, budget, map_size, sketch_size(budget))
 
 
+def tier_directory(store_path: str | os.PathLike[str], root: Path) -> Path:
+    """The directory of ``store_path``'s tier under ``root`` (named by its real path)."""
+    real = os.path.realpath(store_path)
+    digest = hashlib.sha256(real.encode("utf-8", "surrogateescape")).hexdigest()[:20]
+    return root / f"{PREFIX}{digest}"
+
+
 def locate(store_path: str | os.PathLike[str], root: Path, budget: int) -> Place | None:
     """The place of ``store_path``'s tier under ``root``, shrunk to the space there.
 
@@ -121,9 +136,7 @@ def locate(store_path: str | os.PathLike[str], root: Path, budget: int) -> Place
     Place or None
         None if ``budget`` does not fit in half of the free space and less than 1 MiB does.
     """
-    real = os.path.realpath(store_path)
-    digest = hashlib.sha256(real.encode("utf-8", "surrogateescape")).hexdigest()[:20]
-    directory = root / f"{PREFIX}{digest}"
+    directory = tier_directory(store_path, root)
     usable = _free_bytes(root) // _FREE_SHARE
     place = _sized(directory, budget)
     if place.total <= usable:
