@@ -207,6 +207,30 @@ def test_a_lone_process_shares_once_another_process_joins(tmp_path: Path, node_d
     cache.close()
 
 
+def test_with_copy_false_a_shared_process_gets_back_the_object_it_put(
+    tmp_path: Path, node_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # a DDP rank: shared from the start
+    store = tmp_path / "store"
+    cache = SpillCache(store, ram_budget="16MiB", copy=False)
+    put = sample(1)
+    cache.put(1, put)
+    cache.put(2, sample(2))
+    stats = cache.stats()
+    assert (stats.ram_items, stats.node_items) == (0, 2)  # held once, on the node
+    assert cache.get(1) is put and cache.get(1) is put
+    assert cache.stats().node_hits == 2
+    cache.put(2, sample(2, version=1))  # a put here replaces the object kept
+    assert value(cache.get(2)) == 1002.0
+    run(put_and_close, str(store), str(node_dir), 1, 1)  # another process replaces key 1
+    got = cache.get(1)
+    assert got is not put and value(got) == 1001.0  # its value, decoded: never the old object
+    cache.reset("test")
+    cache.put(1, put)
+    assert cache.get(1) is put
+    cache.close()
+
+
 # -- degraded memory file systems ------------------------------------------------------------------
 
 

@@ -32,6 +32,7 @@ from .disk.values import Value, readable
 from .errors import CodecError, NodeTierWarning
 from .node import NO_STAMP, NodeStats, NodeTier
 from .node.place import memory_root
+from .ownputs import OWN_SHARE, OwnPuts
 from .userwarn import warn
 
 __all__ = ["ENV_DIR", "Hooks", "NodeLink", "weakly"]
@@ -132,10 +133,20 @@ class NodeLink:
     where : str or None
         The directory of node tiers (:attr:`where` of the pickling process's link); None:
         ``SPILLCACHE_NODE_DIR``, read now.
+    keep_puts : bool
+        ``copy=False``: a ``get`` in this process returns the object put here, while the node
+        tier holds that put's value (ownputs.py).
     """
 
-    def __init__(
-        self, store: Path, budget: int, hooks: Hooks, *, fresh: bool, where: str | None = None
+    def __init__(  # noqa: PLR0913 - the cache's side, and its settings as keywords
+        self,
+        store: Path,
+        budget: int,
+        hooks: Hooks,
+        *,
+        fresh: bool,
+        where: str | None = None,
+        keep_puts: bool = False,
     ) -> None:
         #: Where node tiers live ("": ``/dev/shm``; "off": nowhere); travels with a pickle,
         #: since a forkserver's workers do not see the environment of the process using them.
@@ -150,6 +161,7 @@ class NodeLink:
         self._joins = 0
         self._migrate = False
         self._mover: threading.Thread | None = None
+        self._own = OwnPuts(budget // OWN_SHARE if keep_puts else 0)
         #: Whether this process serves RAM hits from the node tier (no local tier).
         self.shared = budget > 0 and not fresh
         if fresh and budget > 0 and _launched_as_rank() and self._open() is not None:
@@ -255,6 +267,7 @@ class NodeLink:
         self._migrate = False
         self._mover = None
         self._fresh = False
+        self._own.clear()  # put by the parent, not by this process
 
     def settle(self) -> None:
         """Wait until the residents of the local tier have moved (after a fork)."""
@@ -273,6 +286,8 @@ class NodeLink:
         if tier is None:
             return self._hooks.fallback(key)
         generation = self._hooks.generation()
+        if self._own and (own := self._own_get(tier, key, generation)) is not None:
+            return own
         try:
             sample, stamp = tier.fetch(key, decode, generation=generation)
         except CodecError:  # damaged in memory: drop it, read the store
@@ -297,6 +312,21 @@ class NodeLink:
         if stamp != NO_STAMP:
             self._offer(key, value, stamp, generation, evict=True)
         return sample
+
+    def _own_get(self, tier: NodeTier, key: int, generation: bytes | None) -> Any | None:
+        """The object this process put under ``key``, if the node tier still holds that put."""
+        own = self._own.lookup(key)
+        if own is None:
+            return None
+        try:
+            held, stamp = tier.fetch(key, bool, generation=generation)
+        except (OSError, lmdb.Error):
+            return None  # the usual path meets the fault again, and handles it
+        if held and stamp == own[1]:
+            self._hooks.count(RAM_HITS, NODE_HITS)
+            return own[0]
+        self._own.forget(key)
+        return None
 
     def _offer(
         self,
@@ -330,12 +360,16 @@ class NodeLink:
             self.settle()
         return Pending(readable(value), stored(key))
 
-    def after_put(self, key: int, pending: Pending | None, *, evict: bool) -> bool:
+    def after_put(
+        self, key: int, pending: Pending | None, *, evict: bool, sample: object = None
+    ) -> bool:
         """After the disk write: offer the new value, and stamp out older ones everywhere.
 
         A put that replaces a stored value is committed first: a process that sees the new
-        stamp then reads the new value from disk (stamps.py).
+        stamp then reads the new value from disk (stamps.py). ``sample``: the object put
+        (with ``copy=False``), served to this process while the node tier holds this put.
         """
+        self._own.forget(key)
         tier = self._tier
         if pending is None or tier is None:
             return False
@@ -343,10 +377,15 @@ class NodeLink:
             self._hooks.commit()
         generation = self._hooks.generation()
         try:
-            return tier.put(key, pending.value, generation=generation, evict=evict)
+            stamp = tier.put_stamped(key, pending.value, generation=generation, evict=evict)
         except (OSError, lmdb.Error) as exc:
             self._fault(exc)
             return False
+        if stamp == NO_STAMP:
+            return False
+        if sample is not None:
+            self._own.keep(key, sample, stamp)
+        return True
 
     def promote(self, key: int) -> bool | None:
         """Copy ``key`` from disk into the node tier's free space (a preload); None if missing."""
@@ -364,6 +403,7 @@ class NodeLink:
 
     def reset(self, generation: bytes) -> None:
         """The store was emptied for ``generation`` here: so is the node tier."""
+        self._own.clear()
         tier = self._open()
         if tier is not None:
             tier.adopt(generation, force=True)
@@ -378,5 +418,6 @@ class NodeLink:
         """Stop using the tier (the last process on the node frees it). Idempotent."""
         with self._lock:
             tier, self._tier, self._tried = self._tier, None, True
+        self._own.clear()
         if tier is not None:
             tier.close()

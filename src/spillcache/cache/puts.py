@@ -83,7 +83,7 @@ class Puts(CacheState):
         nbytes = sample_nbytes(kept) + ENTRY_OVERHEAD if fits else 0
         pending = self._node.before_put(k, value, stored=self._disk.contains)
         on_disk = self._disk.write(k, value, self._generation)
-        in_node = self._node.after_put(k, pending, evict=evict)
+        in_node = self._node.after_put(k, pending, evict=evict, sample=None if self._copy else kept)
         counters = self._counters  # incremented inline: two calls less per put
         with self._lock:
             counters.values[PUTS] += 1

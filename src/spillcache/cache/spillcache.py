@@ -297,7 +297,9 @@ class SpillCache(MissHook, Closing):
             commit=self._disk.commit,
         )
         budget = 0 if self.closed else self._ram_budget
-        link = NodeLink(self.path, budget, hooks, fresh=fresh, where=where)
+        link = NodeLink(
+            self.path, budget, hooks, fresh=fresh, where=where, keep_puts=not self._copy
+        )
         weakref.finalize(self, link.close)
         return link
 

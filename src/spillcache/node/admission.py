@@ -17,6 +17,7 @@ from .attach import Attached
 from .degrade import failed, shrink
 from .ledger import Account, Txn, pack_key
 from .place import footprint
+from .stamps import NO_STAMP
 
 __all__ = ["Admission", "Declined", "Terms"]
 
@@ -65,19 +66,24 @@ class Admission:
 
     def run(
         self, attached: Attached, key: int, value: bytes | memoryview | None, terms: Terms
-    ) -> bool:
-        """Admit ``value`` for ``key`` on ``terms`` in one write transaction; whether resident."""
+    ) -> tuple[bool, int]:
+        """Admit ``value`` for ``key`` on ``terms`` in one write transaction.
+
+        Returns whether ``key`` is resident afterwards, and its stamp as of the transaction
+        (exact: stamps change only inside write transactions, which LMDB serializes).
+        """
         ledger = attached.ledger
         for retry in (True, False):
             try:
                 with ledger.env.begin(write=True) as txn:
                     if not terms.hold(attached, txn, key):
                         raise Declined
+                    stamp = attached.stamps.read(key)
                     account = ledger.account(txn)
                     admitted = self._place(txn, attached, account, (key, value), terms.evict)
                     ledger.save(txn, account)
             except Declined:
-                return False
+                return False, NO_STAMP
             except lmdb.MapFullError:
                 # Pages a killed reader's snapshot pinned are free again once its slot is gone.
                 if retry and ledger.env.reader_check():
@@ -85,13 +91,13 @@ class Admission:
                 shrink(
                     attached, self._random, f"its map of {attached.params.map_size} bytes is full"
                 )
-                return False
+                return False, NO_STAMP
             except lmdb.Error as exc:
                 failed(attached, self._random, self._store_path, exc)
-                return False
+                return False, NO_STAMP
             attached.sketch.publish_items(account.items)
-            return admitted
-        return False
+            return admitted, stamp
+        return False, NO_STAMP
 
     def _place(
         self,

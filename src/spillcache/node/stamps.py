@@ -21,7 +21,11 @@ import mmap
 import os
 from pathlib import Path
 
-__all__ = ["STAMPS_BYTES", "PutStamps"]
+__all__ = ["NO_STAMP", "STAMPS_BYTES", "PutStamps"]
+
+#: The stamp :meth:`NodeTier.fetch` gives when the tier holds another generation's values:
+#: an admission with it is always declined (stamps are never negative).
+NO_STAMP = -1
 
 _MAGIC = 0x53504E4F44535431  # "SPNODST1"
 _W_MAGIC, _W_EPOCH, _W_JOINS = 0, 1, 2

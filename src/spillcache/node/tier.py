@@ -26,15 +26,12 @@ from .degrade import too_small, warn_sizes
 from .ledger import pack_key
 from .place import locate, memory_root
 from .reclaim import reclaim
+from .stamps import NO_STAMP
 from .warn import warn_once
 
 __all__ = ["NO_STAMP", "NodeStats", "NodeTier"]
 
 T = TypeVar("T")
-
-#: The stamp :meth:`NodeTier.fetch` gives when the tier holds another generation's values:
-#: an admission with it is always declined.
-NO_STAMP = -1
 
 
 @dataclass(frozen=True)
@@ -289,7 +286,8 @@ class NodeTier:
         """
         attached = self._enter()
         try:
-            return self._admission.run(attached, key, value, Terms(stamp, generation, evict, False))
+            terms = Terms(stamp, generation, evict, False)
+            return self._admission.run(attached, key, value, terms)[0]
         finally:
             attached.gate.leave()
 
@@ -312,11 +310,29 @@ class NodeTier:
         bool
             Whether the new value is resident afterwards (never an older one).
         """
+        return self.put_stamped(key, value, generation=generation, evict=evict) != NO_STAMP
+
+    def put_stamped(
+        self,
+        key: int,
+        value: bytes | memoryview | None,
+        *,
+        generation: bytes | None = None,
+        evict: bool = True,
+    ) -> int:
+        """:meth:`put`, returning the stamp this put gave ``key`` if the new value is resident.
+
+        While :meth:`fetch` gives that stamp and finds ``key``, the entry is this put's value
+        (a later put of ``key`` or a clear changes the stamp). :data:`NO_STAMP` if not resident.
+        """
         attached = self._enter()
         try:
-            return self._admission.run(attached, key, value, Terms(None, generation, evict, True))
+            resident, stamp = self._admission.run(
+                attached, key, value, Terms(None, generation, evict, True)
+            )
         finally:
             attached.gate.leave()
+        return stamp if resident else NO_STAMP
 
     def discard(self, key: int) -> None:
         """Remove ``key`` if it is resident."""
