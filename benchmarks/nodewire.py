@@ -71,7 +71,11 @@ def tier_bytes() -> int:
 
 
 def one(setting: dict[str, Any]) -> dict[str, Any]:
-    """Run one setting in this process; its figures."""
+    """Run one setting in this process (two spawned ranks for ``ddp``); its figures."""
+    if setting.get("ddp"):
+        from .nodeddp import one_ddp  # only this setting needs it (it imports this module)
+
+        return one_ddp(setting, tier_bytes)
     n, elements, workers = setting["n"], setting["elements"], setting["workers"]
     budget = setting["budget"]
     idle = pss_anon(os.getpid())  # torch and spillcache imported, no cache yet
@@ -120,8 +124,10 @@ def one(setting: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def settings(quick: bool, root: str) -> list[dict[str, Any]]:
-    small = 16 if quick else 64  # KiB per sample in the rate settings
+def settings(quick: bool, root: str, small: int | None = None) -> list[dict[str, Any]]:
+    """Every setting; ``small``: KiB per sample in the rate settings (default 64, quick 16)."""
+    if small is None:
+        small = 16 if quick else 64
     rate_n = (192 if quick else 768) * 64 // small
     out = []
     for node in ("on", "off"):
@@ -132,10 +138,16 @@ def settings(quick: bool, root: str) -> list[dict[str, Any]]:
         )  # fmt: skip
     data = rate_n * small * 1024
     for workers, order in ((0, "sequential"), (0, "shuffled"), (2, "sequential"),
-                           (2, "shuffled"), (2, "skewed")):  # fmt: skip
+                           (2, "shuffled"), (4, "sequential"), (4, "shuffled"),
+                           (2, "skewed")):  # fmt: skip
         out.append(
             {"kind": "rate", "node": "on", "n": rate_n, "elements": small * 256,
              "workers": workers, "budget": data // 3, "order": order, "epochs": 3, "root": root}
+        )  # fmt: skip
+    for order in ("sequential", "shuffled"):  # 2 DDP ranks (gloo), no DataLoader workers
+        out.append(
+            {"kind": "rate", "node": "on", "n": rate_n, "elements": small * 256, "workers": 0,
+             "budget": data // 3, "order": order, "epochs": 3, "root": root, "ddp": True}
         )  # fmt: skip
     return out
 
@@ -161,7 +173,7 @@ def report(rows: list[dict[str, Any]]) -> str:
         if row["order"] == "skewed":
             target = 1.5 * share
         limit = (1.25 * row["budget"] + 64 * MIB * row["processes"]) / MIB
-        label = f"{row['kind']} node={row['node']}"
+        label = f"{row['kind']} node={row['node']}" + (" 2 DDP ranks" if row.get("ddp") else "")
         lines.append(
             f"| {label} | {row['workers']} | {row['order']} | {row['samples_s']:.0f} | "
             f"{row['ram_rate']:.3f} | {'>= ' + format(target, '.3f') if target else '-'} | "
@@ -175,14 +187,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller data, fewer repeats")
     parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions of speed")
+    parser.add_argument("--rates", action="store_true", help="rates and memory only (no timing)")
+    parser.add_argument("--small", type=int, help="KiB per sample in the rate settings")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
         print(json.dumps(one(json.loads(args.one))))
         return 0
     with tempfile.TemporaryDirectory() as root:
-        all_settings = settings(args.quick, root)
-        speed = [s for s in all_settings if s["kind"] == "speed"]
+        all_settings = settings(args.quick, root, args.small)
+        speed = [s for s in all_settings if s["kind"] == "speed" and not args.rates]
         rows = [run_one(s) for s in all_settings if s["kind"] == "rate"]
         timed: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
         for _ in range(1 if args.quick else args.reps):
@@ -193,8 +207,9 @@ def main(argv: list[str] | None = None) -> int:
             best["samples_s"] = statistics.median(r["samples_s"] for r in runs)
             rows.insert(0 if node == "on" else 1, best)
     print(report(rows))
-    on, off = rows[0]["samples_s"], rows[1]["samples_s"]
-    print(f"\nwarm epoch, 1 MiB, 2 workers: node tier / page cache = {on / off:.2f}")
+    if speed:
+        on, off = rows[0]["samples_s"], rows[1]["samples_s"]
+        print(f"\nwarm epoch, 1 MiB, 2 workers: node tier / page cache = {on / off:.2f}")
     print(os.popen("uptime").read().strip())
     return 0
 
