@@ -357,6 +357,30 @@ def test_uniform_passes_from_two_processes_hit_their_share(
     assert min(rates[1:]) >= 0.9 * (100 / 300), rates
 
 
+def test_values_just_over_whole_pages_are_accounted_near_their_size(
+    tmp_path: Path, shm: Path
+) -> None:
+    size = 16 * KIB + 64  # a 16 KiB tensor and its header: 5 pages if stored whole
+    tier = open_tier(tmp_path, 100 * 16 * KIB, shm)
+    for key in range(150):
+        tier.admit(key, value_of(key, size))
+    resident = [key for key in range(150) if tier.get(key, record=False) is not None]
+    assert len(resident) == tier.stats().items >= 95  # whole values: 79 fit
+    for key in resident:
+        assert_value(key, tier.get(key))
+        with tier.view(key) as raw:
+            assert raw is not None
+            assert_value(key, bytes(raw))
+    assert tier.problems() == []
+    tier.discard(resident[0])
+    assert tier.get(resident[0]) is None and tier.problems() == []
+    assert tier.admit(resident[0], value_of(resident[0], 8 * KIB))  # the same key, another size
+    assert_value(resident[0], tier.get(resident[0]))
+    tier.clear()
+    assert tier.stats().items == 0 and tier.problems() == []
+    tier.close()
+
+
 # -- failures -----------------------------------------------------------------------------------
 
 

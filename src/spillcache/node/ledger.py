@@ -31,6 +31,7 @@ from typing import Any
 import lmdb
 
 from ..disk.env import open_lmdb
+from .place import OVERFLOW_HEADER, split_at
 
 __all__ = ["Account", "Ledger", "Txn", "pack_key"]
 
@@ -83,7 +84,7 @@ class Ledger:
         self.env = open_lmdb(
             directory,
             map_size,
-            max_dbs=4,
+            max_dbs=5,
             spare_txns=2,
             metasync=False,
             readahead=False,
@@ -91,11 +92,13 @@ class Ledger:
         )
         try:
             self.page_size = int(self.env.stat()["psize"])
+            self._head_rest = self.page_size - OVERFLOW_HEADER
             with self.env.begin(write=True) as txn:
                 self.data = self.env.open_db(b"data", txn=txn)
                 self.where = self.env.open_db(b"where", txn=txn)
                 self.slots = self.env.open_db(b"slots", txn=txn)
                 self.meta = self.env.open_db(b"meta", txn=txn)
+                self.tails = self.env.open_db(b"tails", txn=txn)
                 if budget is not None:
                     self.save(txn, Account(0, 0, budget))
             self.env.reader_check()  # reader slots of killed processes
@@ -131,8 +134,14 @@ class Ledger:
     def insert(
         self, txn: Txn[Any], account: Account, key: bytes, value: bytes | memoryview, size: int
     ) -> None:
-        """Add a new entry (``key`` must not be resident)."""
-        txn.put(key, value, db=self.data)
+        """Add a new entry (``key`` must not be resident); split as :func:`split_at` says."""
+        head = split_at(len(value), self.page_size)
+        if head < len(value):
+            view = memoryview(value)
+            txn.put(key, view[:head], db=self.data)
+            txn.put(key, view[head:], db=self.tails)
+        else:
+            txn.put(key, value, db=self.data)
         txn.put(key, _TWO.pack(account.items, size), db=self.where)
         txn.put(_SLOT.pack(account.items), key, db=self.slots)
         account.items += 1
@@ -150,14 +159,24 @@ class Ledger:
         txn.delete(_SLOT.pack(last), db=self.slots)
         txn.delete(key, db=self.where)
         txn.delete(key, db=self.data)
+        txn.delete(key, db=self.tails)
         account.items -= 1
         account.nbytes -= size
 
     def empty(self, txn: Txn[Any]) -> None:
         """Remove every entry; the budget stays."""
-        for db in (self.data, self.where, self.slots):
+        for db in (self.data, self.tails, self.where, self.slots):
             txn.drop(db, delete=False)
         self.save(txn, Account(0, 0, self.account(txn).budget))
+
+    def value(self, txn: Txn[Any], key: bytes) -> memoryview | None:
+        """The value of ``key`` (in a ``buffers`` transaction): in place, or joined if split."""
+        head: memoryview | None = txn.get(key, db=self.data)
+        # Only a head that fills its overflow pages exactly can have a tail (split_at).
+        if head is None or len(head) % self.page_size != self._head_rest:
+            return head
+        tail = txn.get(key, db=self.tails)
+        return head if tail is None else memoryview(b"".join((head, tail)))
 
     def draw(self, txn: Txn[Any], account: Account, rand: random.Random) -> tuple[bytes, int]:
         """A resident drawn uniformly at random: its key and accounted bytes."""
@@ -178,6 +197,9 @@ class Ledger:
                     found.append(f"entry {bytes(key).hex()} claims slot {slot} it does not hold")
                 if txn.get(key, db=self.data) is None:
                     found.append(f"entry {bytes(key).hex()} has no value")
+            for key, _ in txn.cursor(db=self.tails):
+                if txn.get(key, db=self.where) is None:
+                    found.append(f"tail {bytes(key).hex()} of no entry")
             counts = (seen, txn.stat(self.slots)["entries"], txn.stat(self.data)["entries"])
             if counts != (account.items,) * 3:
                 found.append(f"{account.items} items accounted, entries/slots/values {counts}")

@@ -22,6 +22,7 @@ __all__ = [
     "footprint",
     "locate",
     "memory_root",
+    "split_at",
     "tier_directory",
 ]
 
@@ -151,14 +152,48 @@ def _free_bytes(root: Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
+#: An overflow value's first page starts with this LMDB page header.
+OVERFLOW_HEADER = 16
+# A value's tail is stored apart only if it is this small (a leaf node, well within a page).
+_TAIL_MAX_DIV = 4
+# ... and only if storing the value whole would waste more than 1/8 of its bytes.
+_WASTE_DIV = 8
+
+
+def _inline(nbytes: int, page_size: int) -> bool:
+    return nbytes <= page_size // 2 - 26
+
+
+def split_at(nbytes: int, page_size: int) -> int:
+    """Bytes of an ``nbytes`` value stored as its head; the rest goes to a tail row.
+
+    A value just over a whole number of pages (a power-of-two tensor and its header: 16 KiB
+    takes 5 pages) would waste most of its last overflow page. Such a value is stored as a head
+    that fills its overflow pages exactly and a small tail in a leaf page shared with other
+    rows. ``nbytes`` itself means the value is stored whole.
+    """
+    if _inline(nbytes, page_size):
+        return nbytes
+    pages = (OVERFLOW_HEADER + nbytes) // page_size
+    head = pages * page_size - OVERFLOW_HEADER
+    tail = nbytes - head
+    whole = (OVERFLOW_HEADER + nbytes + page_size - 1) // page_size * page_size
+    if pages and 0 < tail <= page_size // _TAIL_MAX_DIV and (whole - nbytes) * _WASTE_DIV > nbytes:
+        return head
+    return nbytes
+
+
 def footprint(nbytes: int, page_size: int) -> int:
     """Bytes an entry of an ``nbytes`` value is accounted at: what it occupies in LMDB.
 
-    A value over about half a page lives on overflow pages of its own (so a 4 KiB value takes
-    two 4 KiB pages); a smaller one shares leaf pages, counted at 1.5 times its node size
-    (B-tree leaves run 2/3 full under random inserts). 128 bytes cover the entry's leaf node
-    and its rows in the slot and index tables.
+    A value over about half a page lives on overflow pages of its own; a smaller one (or the
+    tail of a split value, see :func:`split_at`) shares leaf pages, counted at 1.5 times its
+    node size (B-tree leaves run 2/3 full under random inserts). 128 bytes cover the entry's
+    leaf node and its rows in the slot and index tables.
     """
-    if nbytes > page_size // 2 - 26:
-        return (16 + nbytes + page_size - 1) // page_size * page_size + 128
-    return (nbytes + 18) * 3 // 2 + 128
+    if _inline(nbytes, page_size):
+        return (nbytes + 18) * 3 // 2 + 128
+    head = split_at(nbytes, page_size)
+    pages = (OVERFLOW_HEADER + head + page_size - 1) // page_size
+    tail = nbytes - head
+    return pages * page_size + 128 + ((tail + 18) * 3 // 2 if tail else 0)

@@ -136,7 +136,7 @@ class NodeTier:
                 attached.sketch.frequency(key, True)
             ledger = attached.ledger
             with ledger.env.begin(buffers=True) as txn:
-                value = txn.get(pack_key(key), db=ledger.data)
+                value = ledger.value(txn, pack_key(key))
                 return None if value is None else bytes(value)
         finally:
             attached.gate.leave()
@@ -154,7 +154,7 @@ class NodeTier:
                 attached.sketch.frequency(key, True)
             ledger = attached.ledger
             with ledger.env.begin(buffers=True) as txn:
-                yield txn.get(pack_key(key), db=ledger.data)
+                yield ledger.value(txn, pack_key(key))
         finally:
             attached.gate.leave()
 
@@ -204,7 +204,7 @@ class NodeTier:
             with ledger.env.begin(buffers=True) as txn:
                 if generation is not None and ledger.generation(txn) != generation:
                     return None, NO_STAMP
-                value = txn.get(pack_key(key), db=ledger.data)
+                value = ledger.value(txn, pack_key(key))
                 return (None if value is None else reader(value)), stamp
         finally:
             attached.gate.leave()
