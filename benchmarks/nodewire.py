@@ -203,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             for s in speed:  # interleaved: both share the machine's load
                 timed[s["node"]].append(run_one(s))
         for node, runs in timed.items():
+            if not runs:  # --rates
+                continue
             best = dict(runs[0])
             best["samples_s"] = statistics.median(r["samples_s"] for r in runs)
             rows.insert(0 if node == "on" else 1, best)
