@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import lmdb
 import pytest
 import torch
 import torch.distributed as dist
@@ -28,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from spillcache import SpillCache, clear_cache, nodelink
 from spillcache.node import NodeTier, NodeTierWarning
+from spillcache.node.ledger import Ledger
 from spillcache.node.place import PREFIX
 from test_node_tier import mount, shm  # noqa: F401 - fixtures
 
@@ -171,6 +173,37 @@ def test_a_read_overtaken_by_another_process_put_does_not_admit_the_old_value(
     assert value(cache.get(3)) == 1003.0  # never the old one again
     assert value(cache.get(3)) == 1003.0
     tier.close()
+    cache.close()
+
+
+def read_one(store: str, where: str, key: int, expected: float) -> None:
+    os.environ.update({nodelink.ENV_DIR: where, "LOCAL_WORLD_SIZE": "2"})
+    with SpillCache(store, ram_budget="16MiB") as cache:
+        assert value(cache.get(key)) == expected
+
+
+def test_a_put_the_node_tier_fails_to_take_serves_no_older_version(
+    tmp_path: Path, node_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node tier's transaction of a put fails (an I/O error): the new version is still
+    what every process reads, from the disk tier."""
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    store = tmp_path / "store"
+    cache = SpillCache(store, ram_budget="16MiB")
+    assert cache.put(3, sample(3))
+    assert cache.stats().node_items == 1
+    insert = Ledger.insert
+
+    def failing(self: Ledger, *args: Any) -> None:
+        monkeypatch.setattr(Ledger, "insert", insert)
+        raise lmdb.DiskError("I/O error")
+
+    monkeypatch.setattr(Ledger, "insert", failing)
+    with pytest.warns(NodeTierWarning, match="I/O error"):
+        assert cache.put(3, sample(3, version=1))
+    cache.flush()
+    run(read_one, str(store), str(node_dir), 3, 1003.0)
+    assert value(cache.get(3)) == 1003.0
     cache.close()
 
 

@@ -20,9 +20,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import lmdb
 import pytest
 
 from spillcache.node import NodeTier, NodeTierWarning
+from spillcache.node.ledger import Ledger
 from spillcache.node.place import PREFIX
 
 SPAWN = mp.get_context("spawn")
@@ -543,6 +545,75 @@ def test_an_admission_read_before_another_process_put_the_key_is_declined(
     _, stamp = tier.fetch(3, bytes)
     assert tier.admit(3, old, stamp=stamp)  # nothing put since the miss: admitted
     tier.close()
+
+
+def fail_once(monkeypatch: pytest.MonkeyPatch, error: lmdb.Error) -> None:
+    """The tier's next insert raises ``error`` (the transaction aborts), later ones work."""
+    insert = Ledger.insert
+
+    def failing(self: Ledger, *args: Any) -> None:
+        monkeypatch.setattr(Ledger, "insert", insert)
+        raise error
+
+    monkeypatch.setattr(Ledger, "insert", failing)
+
+
+@pytest.mark.parametrize(
+    "error", [lmdb.MapFullError("full"), lmdb.DiskError("ENOSPC")], ids=["map-full", "disk"]
+)
+def test_a_put_whose_transaction_fails_leaves_no_older_value(
+    tmp_path: Path, shm: Path, monkeypatch: pytest.MonkeyPatch, error: lmdb.Error
+) -> None:
+    tier = open_tier(tmp_path, 8 * MIB, shm)
+    for key in range(4):
+        assert tier.put(key, value_of(key, 4 * KIB))
+    budget = tier.stats().budget
+    fail_once(monkeypatch, error)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NodeTierWarning)
+        assert not tier.put(2, b"new!" * 1024)
+    assert tier.get(2) is None  # the older value went with the failed put
+    assert tier.fetch(2, bytes)[0] is None and not tier.contains(2)
+    assert tier.problems() == []
+    if isinstance(error, lmdb.MapFullError):  # pins and fragments pass: the budget stays
+        assert tier.stats().budget == budget
+    assert tier.put(2, b"new!" * 1024)
+    assert tier.get(2) == b"new!" * 1024
+    tier.close()
+
+
+def test_a_stale_value_that_cannot_be_removed_is_never_served(
+    tmp_path: Path, shm: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full map fails the put and the removal after it: the tier serves nothing until an
+    admission empties it, in every process."""
+    tier = open_tier(tmp_path, 8 * MIB, shm)
+    for key in range(4):
+        assert tier.put(key, value_of(key, 4 * KIB))
+    fail_once(monkeypatch, lmdb.MapFullError("full"))
+    monkeypatch.setattr(Ledger, "remove", raises(lmdb.MapFullError("full")))
+    assert not tier.put(2, b"new!" * 1024)
+    monkeypatch.undo()
+    other = open_tier(tmp_path, 8 * MIB, shm)  # another handle: its own mapping of the tier
+    for handle in (tier, other):
+        assert [handle.get(k) for k in range(4)] == [None] * 4
+        assert not handle.contains(0)
+        with handle.view(0) as seen:
+            assert seen is None
+    got, stamp = other.fetch(5, bytes)  # a miss, then an admission after it: emptied
+    assert got is None and other.admit(5, value_of(5, 4 * KIB), stamp=stamp)
+    assert [tier.get(k) for k in range(4)] == [None] * 4
+    assert_value(5, tier.get(5))
+    assert tier.stats().items == 1 and tier.problems() == []
+    other.close()
+    tier.close()
+
+
+def raises(error: Exception) -> Callable[..., None]:
+    def fail(*args: Any) -> None:
+        raise error
+
+    return fail
 
 
 def test_a_tier_serves_and_takes_only_the_generation_it_holds(tmp_path: Path, shm: Path) -> None:

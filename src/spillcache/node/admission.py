@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import lmdb
 
 from .attach import Attached
-from .degrade import failed, shrink
+from .degrade import drop_stale, failed, make_room, untaint
 from .ledger import Account, Txn, pack_key
 from .place import footprint
 from .stamps import NO_STAMP
@@ -78,7 +78,9 @@ class Admission:
                 with ledger.env.begin(write=True) as txn:
                     if not terms.hold(attached, txn, key):
                         raise Declined
-                    stamp = attached.stamps.read(key)
+                    stamp, taints = attached.stamps.read(key), attached.stamps.taints
+                    if taints:
+                        ledger.empty(txn)  # a stale entry may be among them (degrade.py)
                     account = ledger.account(txn)
                     admitted = self._place(txn, attached, account, (key, value), terms.evict)
                     ledger.save(txn, account)
@@ -88,15 +90,16 @@ class Admission:
                 # Pages a killed reader's snapshot pinned are free again once its slot is gone.
                 if retry and ledger.env.reader_check():
                     continue
-                shrink(
-                    attached, self._random, f"its map of {attached.params.map_size} bytes is full"
-                )
-                return False, NO_STAMP
+                make_room(attached, self._random, 0 if value is None else len(value))
             except lmdb.Error as exc:
                 failed(attached, self._random, self._store_path, exc)
-                return False, NO_STAMP
-            attached.sketch.publish_items(account.items)
-            return admitted, stamp
+            else:
+                untaint(attached, taints)
+                attached.sketch.publish_items(account.items)
+                return admitted, stamp
+            if terms.put:  # the put failed: the older value must not outlive it
+                drop_stale(attached, pack_key(key))
+            break
         return False, NO_STAMP
 
     def _place(

@@ -14,13 +14,35 @@ import lmdb
 from .attach import Attached
 from .warn import warn_once
 
-__all__ = ["failed", "shrink", "too_small", "warn_sizes"]
+__all__ = ["drop_stale", "failed", "make_room", "shrink", "too_small", "untaint", "warn_sizes"]
 
 logger = logging.getLogger(__name__)
 
 # Out of room although the accounting says otherwise (a full tmpfs, or LMDB's free pages too
 # fragmented for a value): the budget drops to this share of what is held, for every process.
 _SHRINK_NUM, _SHRINK_DEN = 7, 8
+
+
+# A full map (not file system) frees this many times the failed value's bytes, at least.
+_ROOM_FACTOR = 2
+
+
+def make_room(attached: Attached, rand: random.Random, nbytes: int) -> None:
+    """The map is full although the accounting allows more: evict, keep the budget.
+
+    Free pages pinned by a reader's snapshot, or in runs too short for an ``nbytes`` value,
+    are what fills a map before the budget. Random residents go, twice the value's bytes or
+    an eighth of what is held, so that later admissions find pages; the budget stays, since
+    pins end and runs merge (lowering it for good collapsed a nearly empty tier to nothing).
+    """
+    ledger = attached.ledger
+    with contextlib.suppress(lmdb.Error), ledger.env.begin(write=True) as txn:
+        account = ledger.account(txn)
+        goal = account.nbytes - max(_ROOM_FACTOR * nbytes, account.nbytes // _SHRINK_DEN)
+        while account.items and account.nbytes > goal:
+            ledger.remove(txn, account, ledger.draw(txn, account, rand)[0])
+        ledger.save(txn, account)
+    logger.info("node RAM tier %s: its map is full; residents evicted", attached.directory)
 
 
 def shrink(attached: Attached, rand: random.Random, why: str) -> None:
@@ -39,6 +61,39 @@ def shrink(attached: Attached, rand: random.Random, why: str) -> None:
             ledger.remove(txn, account, ledger.draw(txn, account, rand)[0])
         ledger.save(txn, account)
     logger.info("node RAM tier %s: %s; budget lowered", attached.directory, why)
+
+
+def drop_stale(attached: Attached, key: bytes) -> None:
+    """A put's transaction failed: the older value of ``key`` must not outlive the put.
+
+    Its removal is a transaction of its own, which a full map can fail too; then the put is
+    counted in the stamps' taints, and the tier serves nothing until an admission empties it.
+    """
+    ledger = attached.ledger
+    try:
+        with ledger.env.begin(write=True) as txn:
+            if ledger.size_of(txn, key) is not None:
+                account = ledger.account(txn)
+                ledger.remove(txn, account, key)
+                ledger.save(txn, account)
+        return
+    except lmdb.Error:
+        pass
+    try:
+        with ledger.env.begin(write=True):  # taints change under the writer lock only
+            attached.stamps.taint(1)
+    except lmdb.Error:
+        attached.stamps.taint(1)  # no lock to be had: a lost count (a race) is the lesser harm
+    logger.warning(
+        "node RAM tier %s: a stale entry could not be removed; emptying", attached.directory
+    )
+
+
+def untaint(attached: Attached, count: int) -> None:
+    """The tier was emptied in a transaction that began with ``count`` taints: take them off."""
+    if count:
+        with contextlib.suppress(lmdb.Error), attached.ledger.env.begin(write=True):
+            attached.stamps.taint(-count)
 
 
 def failed(attached: Attached, rand: random.Random, store: str, exc: lmdb.Error) -> None:

@@ -11,8 +11,11 @@ counter only decline each other's admissions now and then (a put during a disk r
 Why the order is safe: a put commits the disk tier before it bumps the stamp, so a reader
 that sees the new stamp reads the new value from disk; a reader that saw the old stamp
 either admits before the put's transaction (which then replaces its entry) or after it (and
-is declined). ``joins`` counts the processes that ever attached, so that one process can
-tell another joined without a system call. Words are 8-byte aligned stores: never torn.
+is declined). A put whose transaction failed must still not leave the key's older value
+behind: if even removing it fails, ``taints`` counts it, and while it is non-zero the tier
+serves nothing until an admission empties it (degrade.py). ``joins`` counts the processes
+that ever attached, so that one process can tell another joined without a system call.
+Words are 8-byte aligned stores: never torn.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ __all__ = ["NO_STAMP", "STAMPS_BYTES", "PutStamps"]
 NO_STAMP = -1
 
 _MAGIC = 0x53504E4F44535431  # "SPNODST1"
-_W_MAGIC, _W_EPOCH, _W_JOINS = 0, 1, 2
+_W_MAGIC, _W_EPOCH, _W_JOINS, _W_TAINTS = 0, 1, 2, 3
 _FIRST = 8
 _BUCKETS = 4096
 #: Size of the stamps file, allocated up front (a mapped write never faults with SIGBUS).
@@ -78,6 +81,15 @@ class PutStamps:
     def bump_all(self) -> None:
         """A clear (inside the tier's write transaction)."""
         self._words[_W_EPOCH] += 1
+
+    @property
+    def taints(self) -> int:
+        """Failed puts whose key may still hold an older value: nonzero, the tier serves none."""
+        return self._words[_W_TAINTS]
+
+    def taint(self, count: int) -> None:
+        """Add ``count`` (negative: remove) to :attr:`taints`, under the tier's writer lock."""
+        self._words[_W_TAINTS] += count
 
     @property
     def joins(self) -> int:

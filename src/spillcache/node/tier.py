@@ -22,7 +22,7 @@ import lmdb
 
 from .admission import Admission, Terms
 from .attach import Attached, attach
-from .degrade import too_small, warn_sizes
+from .degrade import too_small, untaint, warn_sizes
 from .ledger import pack_key
 from .place import locate, memory_root
 from .reclaim import reclaim
@@ -135,6 +135,8 @@ class NodeTier:
             if record:
                 attached.sketch.frequency(key, True)
             ledger = attached.ledger
+            if attached.stamps.taints:  # a stale entry may be there (stamps.py)
+                return None
             with ledger.env.begin(buffers=True) as txn:
                 value = ledger.value(txn, pack_key(key))
                 return None if value is None else bytes(value)
@@ -153,6 +155,9 @@ class NodeTier:
             if record:
                 attached.sketch.frequency(key, True)
             ledger = attached.ledger
+            if attached.stamps.taints:
+                yield None
+                return
             with ledger.env.begin(buffers=True) as txn:
                 yield ledger.value(txn, pack_key(key))
         finally:
@@ -201,6 +206,8 @@ class NodeTier:
             if record:
                 attached.sketch.frequency(key, True)
             ledger = attached.ledger
+            if attached.stamps.taints:  # admitting after this miss empties the tier
+                return None, stamp
             with ledger.env.begin(buffers=True) as txn:
                 if generation is not None and ledger.generation(txn) != generation:
                     return None, NO_STAMP
@@ -214,6 +221,8 @@ class NodeTier:
         attached = self._enter()
         try:
             ledger = attached.ledger
+            if attached.stamps.taints:
+                return False
             with ledger.env.begin() as txn:
                 if generation is not None and ledger.generation(txn) != generation:
                     return False
@@ -361,8 +370,10 @@ class NodeTier:
         try:
             with attached.ledger.env.begin(write=True) as txn:
                 attached.stamps.bump_all()
+                taints = attached.stamps.taints
                 attached.ledger.empty(txn)
                 attached.ledger.set_generation(txn, generation)
+            untaint(attached, taints)
             attached.sketch.clear()
         finally:
             attached.gate.leave()
