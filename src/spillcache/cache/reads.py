@@ -17,7 +17,7 @@ __all__ = ["Reads"]
 class Reads(CacheState):
     """The read methods of :class:`~spillcache.cache.SpillCache`."""
 
-    def get(self, key: object) -> Any | None:  # noqa: C901 - one body: every branch inlined
+    def get(self, key: object) -> Any | None:
         """The sample stored under ``key``, or ``None``.
 
         Parameters
@@ -57,8 +57,15 @@ class Reads(CacheState):
             self._node.joined()
             if admits:
                 return self._admitting_read(k)
-        # A disk hit not admitted (RAM off, DataLoader workers): _read inlined, and the
-        # generation read as an attribute, not the property: three calls less on this hit.
+        return self._disk_get(k)
+
+    def _disk_get(self, k: int) -> Any | None:
+        """The disk part of :meth:`get` for a read not admitted (RAM off, DataLoader workers).
+
+        Also the node link's, when a shared process has no node tier after all. ``_read``
+        inlined, and the generation read as an attribute, not the property: three calls less.
+        """
+        counters = self._counters
         view = self._disk.view
         try:
             value = self._disk.read(k, decode) if self._current() else None
@@ -72,20 +79,6 @@ class Reads(CacheState):
             counters.values[field] += 1
             if counters.watching:
                 counters.report(field)
-        return value
-
-    def _disk_get(self, k: int) -> Any | None:
-        """The disk part of :meth:`get` without a RAM tier (what ``get`` inlines).
-
-        The node link's fallback, when a shared process has no node tier after all.
-        """
-        try:
-            value = self._read(k, decode)
-        except CodecError as exc:
-            self._found_corrupt(k, exc)
-            value = None
-        with self._lock:
-            self._counters.add(MISSES if value is None else DISK_HITS)
         return value
 
     def _admitting_read(self, k: int) -> Any | None:
