@@ -1,8 +1,9 @@
 """The node RAM tier wired into SpillCache: warm epochs, hit rates and memory with workers.
 
-Run: ``python -m benchmarks.nodewire [--quick]`` (with ``PYTHONPATH`` set to the ``src`` of the
-tree to measure). Each setting runs in a fresh process (``--one``), the settings interleaved,
-so that all share the machine's load in one run; read the ratios, not the absolute figures.
+Run: ``python -m benchmarks.nodewire [--quick] [--old OLD_SRC]`` (with ``PYTHONPATH`` set to the
+``src`` of the tree to measure; ``--old`` runs every rate setting in that tree too, interleaved).
+Each setting runs in a fresh process (``--one``), the settings interleaved, so that all share
+the machine's load in one run; read the ratios, not the absolute figures.
 
 * ``speed``: a warm epoch of 1 MiB samples, data within the budget, ``num_workers=2``: the node
   tier against ``SPILLCACHE_NODE_DIR=off`` (today's workers: the disk tier through the page
@@ -33,9 +34,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
 
 from spillcache import SpillCache
-from spillcache.node.place import PREFIX
 
 MIB = 1 << 20
+PREFIX = "spillcache-node-"  # node/place.py's; spelt out so that --old trees import this too
 
 
 class Items(Dataset[torch.Tensor]):
@@ -152,10 +153,12 @@ def settings(quick: bool, root: str, small: int | None = None) -> list[dict[str,
     return out
 
 
-def run_one(setting: dict[str, Any]) -> dict[str, Any]:
+def run_one(setting: dict[str, Any], src: str | None = None) -> dict[str, Any]:
     env = dict(os.environ)
     if setting["node"] == "off":
         env["SPILLCACHE_NODE_DIR"] = "off"
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join((src, os.getcwd()))
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.nodewire", "--one", json.dumps(setting)],
         capture_output=True, text=True, env=env, check=True, timeout=1200,
@@ -174,6 +177,8 @@ def report(rows: list[dict[str, Any]]) -> str:
             target = 1.5 * share
         limit = (1.25 * row["budget"] + 64 * MIB * row["processes"]) / MIB
         label = f"{row['kind']} node={row['node']}" + (" 2 DDP ranks" if row.get("ddp") else "")
+        if row.get("old"):
+            label = "old tree" + (" 2 DDP ranks" if row.get("ddp") else "")
         lines.append(
             f"| {label} | {row['workers']} | {row['order']} | {row['samples_s']:.0f} | "
             f"{row['ram_rate']:.3f} | {'>= ' + format(target, '.3f') if target else '-'} | "
@@ -189,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions of speed")
     parser.add_argument("--rates", action="store_true", help="rates and memory only (no timing)")
     parser.add_argument("--small", type=int, help="KiB per sample in the rate settings")
+    parser.add_argument("--old", help="src of an old tree: its rate settings beside the new")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
@@ -197,7 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as root:
         all_settings = settings(args.quick, root, args.small)
         speed = [s for s in all_settings if s["kind"] == "speed" and not args.rates]
-        rows = [run_one(s) for s in all_settings if s["kind"] == "rate"]
+        rows = []
+        for s in all_settings:
+            if s["kind"] == "rate":
+                rows.append(run_one(s))
+                if args.old:  # interleaved: both share the machine's load
+                    rows.append({**run_one(s, args.old), "old": True})
         timed: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
         for _ in range(1 if args.quick else args.reps):
             for s in speed:  # interleaved: both share the machine's load

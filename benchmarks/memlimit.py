@@ -1,0 +1,185 @@
+"""Sequential warm epochs under a job memory limit smaller than the data: node tier vs page cache.
+
+Run as root: ``python -m benchmarks.memlimit [--quick] [--old OLD_SRC]`` (``PYTHONPATH`` set to
+the ``src`` of the tree to measure). Each setting runs in a fresh process placed in a memory
+cgroup of its own (v2 ``memory.max`` where the unified hierarchy has the memory controller,
+else v1 ``memory.limit_in_bytes``), which charges anonymous memory, the page cache of the store
+and the node tier's tmpfs pages alike, as SLURM and container limits do. The store is on the
+local disk. A main process and ``--workers`` persistent DataLoader workers (fork) read a
+sequential first pass, then sequential warm epochs:
+
+* ``node=off``: the workers read the store through the page cache only (as before the node
+  tier; ``--old`` runs the old tree this way too), which the limit squeezes;
+* ``node=on``: the node tier holds ``--budget`` of the data in shared memory.
+
+Reported per setting (median of the warm epochs): samples/s, the RAM (node) tier's hit rate,
+and the share of the epoch's bytes that had to come from the disk (``read_bytes`` of
+``/proc/PID/io``, summed over the processes): a page-cache miss rate, 1.0 = every byte read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import DataLoader
+
+from spillcache import SpillCache
+
+from .nodewire import Items
+
+MIB = 1 << 20
+_V2 = Path("/sys/fs/cgroup")
+_V1 = Path("/sys/fs/cgroup/memory")
+
+
+def read_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("read_bytes:"):
+            return int(line.split()[1])
+    return 0
+
+
+def one(setting: dict[str, Any]) -> dict[str, Any]:
+    """Run one setting in this process (already in its cgroup); its figures."""
+    n, elements = setting["n"], setting["elements"]
+    with tempfile.TemporaryDirectory(dir=setting["root"]) as store:
+        cache = SpillCache(Path(store) / "s", ram_budget=setting["budget"])
+        data = Items(cache, n, elements)
+        loader = DataLoader(
+            data, batch_size=8, num_workers=setting["workers"], persistent_workers=True,
+            multiprocessing_context="fork",
+        )  # fmt: skip
+        for _ in loader:  # the first pass fills the store (and the node tier)
+            pass
+        epochs = []
+        for _ in range(setting["epochs"]):
+            before = cache.stats()
+            it = iter(loader)
+            pids = [os.getpid()] + [w.pid for w in getattr(it, "_workers", [])]
+            read = sum(read_bytes(p) for p in pids if p is not None)
+            start = time.perf_counter()
+            count = sum(len(batch) for batch in it)
+            seconds = time.perf_counter() - start
+            read = sum(read_bytes(p) for p in pids if p is not None) - read
+            after = cache.stats()
+            requests = max(after.requests - before.requests, 1)
+            epochs.append(
+                {
+                    "samples_s": count / seconds,
+                    "ram_rate": (after.ram_hits - before.ram_hits) / requests,
+                    "disk_share": read / (count * elements * 4),
+                }
+            )
+            del it
+        cache.close()
+    return {
+        **setting,
+        **{k: statistics.median(e[k] for e in epochs) for k in epochs[0]},
+    }
+
+
+def make_cgroup(limit: int) -> tuple[Path, str]:
+    """A memory cgroup limited to ``limit`` bytes, under this process's own; and its kind."""
+    controllers = _V2 / "cgroup.controllers"
+    if controllers.exists() and "memory" in controllers.read_text().split():
+        mine = Path(Path("/proc/self/cgroup").read_text().split("::", 1)[1].strip())
+        group = _V2 / mine.relative_to("/") / f"spillcache-bench-{os.getpid()}"
+        group.mkdir()
+        (group / "memory.max").write_text(str(limit))
+        (group / "memory.swap.max").write_text("0")
+        return group, "v2 memory.max"
+    mine_v1 = next(
+        line.split(":", 2)[2]
+        for line in Path("/proc/self/cgroup").read_text().splitlines()
+        if line.split(":")[1] == "memory"
+    )
+    group = _V1 / mine_v1.lstrip("/") / f"spillcache-bench-{os.getpid()}"
+    group.mkdir()
+    (group / "memory.limit_in_bytes").write_text(str(limit))
+    return group, "v1 memory.limit_in_bytes"
+
+
+def run_one(setting: dict[str, Any], group: Path, src: str | None) -> dict[str, Any]:
+    env = dict(os.environ)
+    if setting["node"] == "off":
+        env["SPILLCACHE_NODE_DIR"] = "off"
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join((src, os.getcwd()))
+
+    def enter() -> None:  # in the child, before exec: it and its workers are charged there
+        (group / "cgroup.procs").write_text(str(os.getpid()))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.memlimit", "--one", json.dumps(setting)],
+        capture_output=True, text=True, env=env, check=False, timeout=3600, preexec_fn=enter,
+    )  # fmt: skip
+    if done.returncode:
+        raise RuntimeError(f"setting {setting} failed ({done.returncode}): {done.stderr[-2000:]}")
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def report(rows: list[dict[str, Any]], limit: int, kind: str) -> str:
+    row0 = rows[0]
+    data = row0["n"] * row0["elements"] * 4
+    lines = [
+        f"limit {limit // MIB} MiB ({kind}); data {data // MIB} MiB on local disk; "
+        f"budget {row0['budget'] // MIB} MiB (budget/data {row0['budget'] / data:.3f}); "
+        f"{row0['workers']} workers; sequential warm epochs (median of {row0['epochs']})",
+        "",
+        "| setting | samples/s | RAM hit rate | bytes read from disk / epoch bytes |",
+        "|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['label']} | {row['samples_s']:.0f} | {row['ram_rate']:.3f} | "
+            f"{row['disk_share']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller data and limit")
+    parser.add_argument("--old", help="src of an old tree, run page-cache only as a third row")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.one:
+        print(json.dumps(one(json.loads(args.one))))
+        return 0
+    data = (512 if args.quick else 1536) * MIB
+    limit = data // 2 + 256 * MIB  # half the data, and room for three processes' torch
+    elements = 64 * 1024  # 256 KiB samples
+    base = {
+        "n": data // (elements * 4), "elements": elements, "workers": args.workers,
+        "budget": data // 4, "epochs": 3,
+    }  # fmt: skip
+    group, kind = make_cgroup(limit)
+    rows = []
+    try:
+        with tempfile.TemporaryDirectory(dir=os.getcwd()) as root:  # on the local disk
+            for label, node, src in (("node=off (page cache only)", "off", None),
+                                     ("node=on", "on", None),
+                                     ("old tree (page cache only)", "off", args.old)):  # fmt: skip
+                if label.startswith("old") and src is None:
+                    continue
+                setting = {**base, "node": node, "root": root, "label": label}
+                rows.append(run_one(setting, group, src))
+    finally:
+        group.rmdir()
+    print(report(rows, limit, kind))
+    print(os.popen("uptime").read().strip())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
