@@ -25,7 +25,7 @@ import pytest
 
 from spillcache.node import NodeTier, NodeTierWarning
 from spillcache.node.ledger import Ledger
-from spillcache.node.place import PREFIX
+from spillcache.node.place import PREFIX, footprint
 
 SPAWN = mp.get_context("spawn")
 KIB = 1 << 10
@@ -306,6 +306,46 @@ def test_the_budget_holds_while_three_processes_admit(tmp_path: Path, shm: Path)
     assert tier.problems() == []
     data = Path(stats.directory) / "data.mdb"
     assert data.stat().st_size <= budget + budget // 4 + MIB
+    tier.close()
+
+
+def hold_the_writer_lock(directory: str, held: Any, release: Any) -> None:
+    """Another process in the middle of an admission: a write transaction of the tier's LMDB
+    environment stays open."""
+    with lmdb.open(directory, max_dbs=5) as env:
+        txn = env.begin(write=True)
+        held.set()
+        release.wait(120)
+        txn.abort()  # changes nothing (a commit could record this environment's map size)
+
+
+def test_an_offer_that_loses_to_its_victims_waits_for_no_writer(tmp_path: Path, shm: Path) -> None:
+    """Misses of every process offer their value; in a full tier most lose, and deciding that
+    must not queue behind another process's admission (the writer lock is the node's one)."""
+    tier = open_tier(tmp_path, 2 * MIB, shm)
+    key, size = 0, footprint(4 * KIB, 4096)
+    while tier.stats().nbytes + size <= tier.stats().budget:  # full of hot residents
+        for _ in range(6):
+            tier.record(key)
+        assert tier.admit(key, value_of(key, 4 * KIB))
+        key += 1
+    held, release = SPAWN.Event(), SPAWN.Event()
+    directory = tier.stats().directory
+    child = SPAWN.Process(target=hold_the_writer_lock, args=(directory, held, release))
+    child.start()
+    try:
+        assert held.wait(60)
+        offered: list[bool] = []
+        cold = threading.Thread(target=lambda: offered.append(tier.admit(9999, b"c" * 4096)))
+        cold.start()
+        cold.join(30)  # without the read-only decision: blocked until the child lets go
+        assert offered == [False]
+    finally:
+        release.set()
+        child.join(60)
+    assert child.exitcode == 0
+    assert tier.admit(key + 1, value_of(key + 1, 4 * KIB)) is False  # cold: still declined
+    assert tier.problems() == []
     tier.close()
 
 

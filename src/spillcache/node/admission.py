@@ -72,6 +72,14 @@ class Admission:
         Returns whether ``key`` is resident afterwards, and its stamp as of the transaction
         (exact: stamps change only inside write transactions, which LMDB serializes).
         """
+        if not terms.put and value is not None and not self._worth(attached, key, value, terms):
+            return False, NO_STAMP
+        return self._write(attached, key, value, terms)
+
+    def _write(
+        self, attached: Attached, key: int, value: bytes | memoryview | None, terms: Terms
+    ) -> tuple[bool, int]:
+        """:meth:`run`'s write transaction, retried once after clearing dead readers."""
         ledger = attached.ledger
         for retry in (True, False):
             try:
@@ -101,6 +109,28 @@ class Admission:
                 drop_stale(attached, pack_key(key))
             break
         return False, NO_STAMP
+
+    def _worth(self, attached: Attached, key: int, value: bytes | memoryview, terms: Terms) -> bool:
+        """Whether an admission may go ahead, judged in a read transaction (no writer lock).
+
+        In a full tier most offers after a miss lose to their victims; deciding that without
+        the writer lock keeps them from serializing the misses of every process on the node.
+        The write transaction decides again (on its own draw of victims).
+        """
+        ledger = attached.ledger
+        try:
+            with ledger.env.begin() as txn:
+                account = ledger.account(txn)
+                size = footprint(len(value), ledger.page_size)
+                excess = account.nbytes - (ledger.size_of(txn, pack_key(key)) or 0)
+                excess += size - account.budget
+                if excess <= 0:
+                    return True
+                if not terms.evict or size > account.budget:
+                    return False
+                return self._victims(txn, attached, account, key, excess) is not None
+        except lmdb.Error:
+            return True  # the write transaction meets the fault and handles it
 
     def _place(
         self,
