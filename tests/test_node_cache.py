@@ -16,6 +16,7 @@ import signal
 import socket
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,9 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as tmp
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from spillcache import SpillCache, clear_cache, nodelink
+from spillcache import CachedDataset, SpillCache, clear_cache, nodelink
 from spillcache.node import NodeTier, NodeTierWarning
 from spillcache.node.ledger import Ledger
 from spillcache.node.place import PREFIX
@@ -393,6 +394,95 @@ def test_two_gloo_ranks_share_one_node_tier(tmp_path: Path, node_dir: Path) -> N
         assert result["got"] == [float(k) for k in range(16)]
         assert result["node_hits"] == 16  # rank 1 never read rank 0's samples from disk
         assert result["ram_items"] == 0  # one copy on the node, not one per rank
+
+
+class Counted(Dataset[dict[str, torch.Tensor]]):
+    """The source: records every index it loads."""
+
+    def __init__(self) -> None:
+        self.loads: list[int] = []
+
+    def __len__(self) -> int:
+        return 64
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        self.loads.append(i)
+        return sample(i)
+
+
+def node_rank(rank: int, nodes: list[tuple[str, str]], port: int, out: str) -> None:
+    """One of 2 ranks on each of 2 simulated nodes: its node's store and memory file system."""
+    store, where = nodes[rank // 2]
+    os.environ.update(
+        {
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "LOCAL_WORLD_SIZE": "2",  # as torchrun --nnodes=2 --nproc-per-node=2 sets it
+            "LOCAL_RANK": str(rank % 2),
+            nodelink.ENV_DIR: where,
+        }
+    )
+    dist.init_process_group("gloo", rank=rank, world_size=4)
+    try:
+        source = Counted()
+        dataset = CachedDataset(source, store, ram_budget="1MiB")
+        probes = len(source.loads)  # each process digests 2 samples to check the store's data
+        sampler: DistributedSampler[int] = DistributedSampler(dataset, seed=5)
+        seen = []
+        for epoch in range(3):
+            sampler.set_epoch(epoch)
+            for i in sampler:
+                assert value(dataset[i]) == float(i)
+                seen.append(i)
+            dataset.cache.flush()  # the recipe's epoch end: commit, then wait for every rank
+            dist.barrier()
+        stats = dataset.cache.stats()
+        tiers = [p.name for p in Path(where).iterdir() if p.name.startswith(PREFIX)]
+        result = {
+            "loads": source.loads[probes:],
+            "probed": source.loads[:probes],
+            "seen": seen,
+            "node_hits": stats.node_hits,
+            "tiers": tiers,
+        }
+        Path(out, f"{rank}.json").write_text(json.dumps(result))
+        dist.barrier()
+        dataset.close()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_nodes_of_two_ranks_keep_a_store_and_tier_each(
+    tmp_path: Path,
+    mount: Callable[[str], Path],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """docs/multiprocess.rst's multi-node recipe, simulated: one gloo group of 4 over
+    localhost, two "nodes" of two ranks, each node with its own store and /dev/shm."""
+    for name in ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE"):
+        monkeypatch.delenv(name, raising=False)
+    nodes = [(str(tmp_path / f"node{n}" / "cache"), str(mount("64m"))) for n in range(2)]
+    out = tmp_path / "out"
+    out.mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    tmp.spawn(node_rank, args=(nodes, port, str(out)), nprocs=4, join=True)
+    results = [json.loads((out / f"{r}.json").read_text()) for r in range(4)]
+    for node, (store, where) in enumerate(nodes):
+        ranks = results[2 * node : 2 * node + 2]
+        loads = Counter(i for r in ranks for i in r["loads"])
+        seen = {i for r in ranks for i in r["seen"]}
+        assert loads and max(loads.values()) == 1  # within a node: loaded at most once
+        assert set(loads) <= seen  # ... and only what its ranks asked for (probes aside)
+        assert sum(r["node_hits"] for r in ranks) > 0  # the node's ranks shared its tier
+        assert ranks[0]["tiers"] == ranks[1]["tiers"] and len(ranks[0]["tiers"]) == 1
+        with SpillCache(store, ram_budget=0) as cache:
+            probed = {i for r in ranks for i in r["probed"]}
+            assert len(cache) == len(seen | probed)  # the store holds this node's samples only
+        assert len([p for p in Path(where).iterdir() if p.name.startswith(PREFIX)]) == 0
+    other = {i for r in results[2:] for i in r["seen"]}
+    assert {i for r in results[:2] for i in r["seen"]} != other  # the nodes read different data
 
 
 def test_clear_cache_empties_the_node_tier_of_a_store_in_use(
