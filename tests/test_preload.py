@@ -1096,11 +1096,18 @@ def test_dataloader_workers_fork_without_the_preload(tmp_path: Path) -> None:
     n = 120
     parent = os.getpid()
     gate = threading.Event()
+    held = tmp_path / "held"
 
     class Held(Source):
         def __getitem__(self, i: int) -> dict[str, Any]:
             if i == n - 1 and os.getpid() == parent:
+                held.touch()
                 gate.wait(TIMEOUT)  # keeps the preload running across the forks
+            elif i == n - 1:
+                # A worker that stored the last index first would let the preload promote it
+                # and finish before the epoch ends (a slow, loaded machine): it waits for the
+                # preload to hold it.
+                wait_until(held.exists)
             return super().__getitem__(i)
 
     source = Held(n, delay=0.001)
