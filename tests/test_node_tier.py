@@ -683,3 +683,50 @@ def test_joins_count_the_processes_that_attached(tmp_path: Path, shm: Path) -> N
     assert child.exitcode == 0
     assert tier.joins() == before + 1
     tier.close()
+
+
+def test_a_fork_while_another_thread_takes_the_gate_leaves_the_child_no_hold_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A DataLoader forks its second worker while its first worker's fork hook opens the tier
+    in a thread: the fork lands just after that thread's flock of the gate. The child must not
+    keep the parent's hold (a flock belongs to the open file, which the child shares): it
+    would then wait for itself at its first open of the tier, and every worker with it."""
+    import fcntl
+
+    from spillcache.node import users
+
+    directory = tmp_path / "tier"
+    taken, forked = threading.Event(), threading.Event()
+    flock = fcntl.flock
+
+    def flock_then_wait(fd: int, operation: int) -> None:
+        flock(fd, operation)
+        if operation == fcntl.LOCK_EX and not taken.is_set():  # the thread's gate, locked
+            taken.set()
+            assert forked.wait(60)
+
+    monkeypatch.setattr(fcntl, "flock", flock_then_wait)
+
+    def take_the_gate() -> None:
+        with users.gate(directory) as held:
+            assert held
+
+    thread = threading.Thread(target=take_the_gate)
+    thread.start()
+    assert taken.wait(60)
+    pid = os.fork()
+    if pid == 0:  # the child: once the parent let go, the gate is free
+        code = 1
+        try:
+            deadline = time.monotonic() + 10
+            while code and time.monotonic() < deadline:
+                with users.gate(directory, blocking=False) as held:
+                    code = 0 if held else 1
+                time.sleep(0.01)
+        finally:
+            os._exit(code)
+    forked.set()
+    thread.join(60)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the forked child kept the parent's gate"

@@ -19,6 +19,7 @@ import errno
 import fcntl
 import os
 import shutil
+import threading
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,16 +32,22 @@ _ATTEMPTS = 100
 
 
 def _open_locked(path: Path, blocking: bool) -> int | None:
-    """An fd of ``path`` (created if missing) locked exclusively, or None if it is busy/gone."""
+    """An fd of ``path`` (created if missing) locked exclusively, or None if it is busy/gone.
+
+    The fd is in ``_gates`` from its open to its close (see there), so a fork at any moment
+    closes the child's copy.
+    """
     for _ in range(_ATTEMPTS):
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        except FileNotFoundError:  # the directory was removed by a last closer
-            return None
+        with _forking:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            except FileNotFoundError:  # the directory was removed by a last closer
+                return None
+            _gates.add(fd)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:
-            os.close(fd)
+            _close_gate(fd)
             return None
         try:
             same = os.stat(path).st_ino == os.fstat(fd).st_ino
@@ -48,8 +55,16 @@ def _open_locked(path: Path, blocking: bool) -> int | None:
             same = False
         if same:
             return fd
-        os.close(fd)  # locked a file a last closer removed meanwhile: try the new one
+        _close_gate(fd)  # locked a file a last closer removed meanwhile: try the new one
     raise OSError(errno.EAGAIN, f"{path} keeps being removed and re-created")
+
+
+def _close_gate(fd: int) -> None:
+    """Close a gate's fd and forget it, in one step as far as a fork can tell."""
+    with _forking:
+        if fd in _gates:
+            _gates.discard(fd)
+            os.close(fd)
 
 
 @contextlib.contextmanager
@@ -71,14 +86,11 @@ def gate(directory: Path, *, blocking: bool = True) -> Iterator[bool]:
         if fd is not None or not blocking:
             break
         directory.mkdir(mode=0o700, exist_ok=True)  # removed between mkdir and open
-    if fd is not None:
-        _gates.add(fd)
     try:
         yield fd is not None
     finally:
-        if fd is not None and fd in _gates:
-            _gates.discard(fd)
-            os.close(fd)
+        if fd is not None:
+            _close_gate(fd)
 
 
 def _unused(directory: Path) -> bool:
@@ -120,9 +132,10 @@ class Membership:
 
     def __init__(self, directory: Path) -> None:
         self.first = _unused(directory)
-        self._fd: int | None = os.open(directory / _USERS, os.O_RDWR | os.O_CREAT, 0o600)
+        with _forking:  # held from its open: a child forked at any moment forgets its copy
+            self._fd: int | None = os.open(directory / _USERS, os.O_RDWR | os.O_CREAT, 0o600)
+            _held.add(self)
         fcntl.flock(self._fd, fcntl.LOCK_SH)
-        _held.add(self)
 
     def leave(self, directory: Path) -> bool:
         """Stop being a user; remove ``directory`` if that made it unused (gate held).
@@ -137,9 +150,10 @@ class Membership:
 
     def forget(self) -> None:
         """Close this process's fd (in a forked child: the parent's hold stays). Idempotent."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        with _forking:  # a child forked in between must not close the fd number again
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
 
 # A forked child is no user until it opens the tier itself: drop its copies of the holds at
@@ -149,8 +163,15 @@ _held: weakref.WeakSet[Membership] = weakref.WeakSet()
 
 # The gates other threads hold at a fork: a child inheriting one would hold the gate's lock
 # (a flock belongs to the open file, which the child shares) and wait for itself at its own
-# first open. Its copies are closed at once; the parent's close then releases the lock.
+# first open. Its copies are closed at once; the parent's close then releases the lock. An fd
+# is listed from its open to its close, not only while locked: a fork between the flock and
+# the listing (a DataLoader forking its next worker while the first worker's fork hook opens
+# the tier in a thread) left the child holding the gate, and every worker waited forever.
 _gates: set[int] = set()
+
+# Held by a fork (before and until after it) and around each open and close of these fds, so
+# a child sees each fd listed exactly while it is open.
+_forking = threading.RLock()
 
 
 def _forget_all() -> None:
@@ -161,4 +182,11 @@ def _forget_all() -> None:
     _gates.clear()
 
 
-os.register_at_fork(after_in_child=_forget_all)
+def _after_fork_in_child() -> None:
+    _forking.release()  # the child's one thread: nothing opens or closes meanwhile
+    _forget_all()
+
+
+os.register_at_fork(
+    before=_forking.acquire, after_in_parent=_forking.release, after_in_child=_after_fork_in_child
+)
