@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 
 from spillcache import SpillCache
 
-from .nodewire import Items
+from .nodewire import Items, child_env
 
 MIB = 1 << 20
 _V2 = Path("/sys/fs/cgroup")
@@ -109,11 +109,7 @@ def make_cgroup(limit: int) -> tuple[Path, str]:
 
 
 def run_one(setting: dict[str, Any], group: Path, src: str | None) -> dict[str, Any]:
-    env = dict(os.environ)
-    if setting["node"] == "off":
-        env["SPILLCACHE_NODE_DIR"] = "off"
-    if src is not None:
-        env["PYTHONPATH"] = os.pathsep.join((src, os.getcwd()))
+    env = child_env(setting["node"], src)
 
     def enter() -> None:  # in the child, before exec: it and its workers are charged there
         (group / "cgroup.procs").write_text(str(os.getpid()))

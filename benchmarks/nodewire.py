@@ -153,12 +153,18 @@ def settings(quick: bool, root: str, small: int | None = None) -> list[dict[str,
     return out
 
 
-def run_one(setting: dict[str, Any], src: str | None = None) -> dict[str, Any]:
+def child_env(node: str, src: str | None) -> dict[str, str]:
+    """The environment of a setting's process: node tiers ``on`` or ``off``; ``src``: a tree."""
     env = dict(os.environ)
-    if setting["node"] == "off":
+    if node == "off":
         env["SPILLCACHE_NODE_DIR"] = "off"
     if src is not None:
         env["PYTHONPATH"] = os.pathsep.join((src, os.getcwd()))
+    return env
+
+
+def run_one(setting: dict[str, Any], src: str | None = None) -> dict[str, Any]:
+    env = child_env(setting["node"], src)
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.nodewire", "--one", json.dumps(setting)],
         capture_output=True, text=True, env=env, check=True, timeout=1200,

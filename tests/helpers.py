@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import struct
 from typing import Any
 
@@ -76,3 +77,10 @@ def spy(monkeypatch: Any, owner: object, name: str) -> list[Any]:
 
     monkeypatch.setattr(owner, name, recording)
     return calls
+
+
+def free_port() -> int:
+    """A TCP port free on localhost now (for a gloo process group's rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as tmp
 from torch.utils.data import DistributedSampler
 
-from helpers import assert_sample_equal
+from helpers import assert_sample_equal, free_port
 from spillcache import CachedDataset, SpillCache, StoreError
 from spillcache.disk import filesystem as filesystem_module
 
@@ -63,16 +62,10 @@ def _rank(rank: int, path: str, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_two_ranks_share_one_store(tmp_path: Path) -> None:
     store, out = tmp_path / "store", tmp_path / "out"
     out.mkdir()
-    tmp.spawn(_rank, args=(str(store), _free_port(), str(out)), nprocs=WORLD, join=True)
+    tmp.spawn(_rank, args=(str(store), free_port(), str(out)), nprocs=WORLD, join=True)
     results = [json.loads((out / f"{r}.json").read_text()) for r in range(WORLD)]
     # Each rank walked its own shard of the shuffled order, and the shards cover the data set.
     for epoch in range(2):

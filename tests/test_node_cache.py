@@ -13,7 +13,6 @@ import json
 import multiprocessing as mp
 import os
 import signal
-import socket
 import time
 import warnings
 from collections import Counter
@@ -28,11 +27,11 @@ import torch.distributed as dist
 import torch.multiprocessing as tmp
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from helpers import free_port
 from spillcache import CachedDataset, SpillCache, clear_cache, nodelink
 from spillcache.node import NodeTier, NodeTierWarning
-from spillcache.node.ledger import Ledger
 from spillcache.node.place import PREFIX
-from test_node_tier import mount, shm  # noqa: F401 - fixtures
+from test_node_tier import fail_once, mount, shm  # noqa: F401 - fixtures
 
 SPAWN = mp.get_context("spawn")
 MIB = 1 << 20
@@ -193,13 +192,7 @@ def test_a_put_the_node_tier_fails_to_take_serves_no_older_version(
     cache = SpillCache(store, ram_budget="16MiB")
     assert cache.put(3, sample(3))
     assert cache.stats().node_items == 1
-    insert = Ledger.insert
-
-    def failing(self: Ledger, *args: Any) -> None:
-        monkeypatch.setattr(Ledger, "insert", insert)
-        raise lmdb.DiskError("I/O error")
-
-    monkeypatch.setattr(Ledger, "insert", failing)
+    fail_once(monkeypatch, lmdb.DiskError("I/O error"))
     with pytest.warns(NodeTierWarning, match="I/O error"):
         assert cache.put(3, sample(3, version=1))
     cache.flush()
@@ -208,14 +201,20 @@ def test_a_put_the_node_tier_fails_to_take_serves_no_older_version(
     cache.close()
 
 
-def test_reset_empties_the_node_tier_for_every_process(
-    tmp_path: Path, node_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def rank_with_four(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, SpillCache]:
+    """A DDP rank's cache (shared from the start) that put samples 0-3."""
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     store = tmp_path / "store"
     cache = SpillCache(store, ram_budget="16MiB")
     for key in range(4):
         cache.put(key, sample(key))
+    return store, cache
+
+
+def test_reset_empties_the_node_tier_for_every_process(
+    tmp_path: Path, node_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, cache = rank_with_four(tmp_path, monkeypatch)
     assert cache.stats().node_items == 4
     cache.reset("test")
     assert cache.stats().node_items == 0
@@ -384,9 +383,7 @@ def rank_body(rank: int, store: str, where: str, port: int, out: str) -> None:
 def test_two_gloo_ranks_share_one_node_tier(tmp_path: Path, node_dir: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    port = free_port()
     args = (str(tmp_path / "store"), str(node_dir), port, str(out))
     tmp.spawn(rank_body, args=args, nprocs=2, join=True)
     results = [json.loads((out / f"{r}.json").read_text()) for r in range(2)]
@@ -464,9 +461,7 @@ def test_two_nodes_of_two_ranks_keep_a_store_and_tier_each(
     nodes = [(str(tmp_path / f"node{n}" / "cache"), str(mount("64m"))) for n in range(2)]
     out = tmp_path / "out"
     out.mkdir()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    port = free_port()
     tmp.spawn(node_rank, args=(nodes, port, str(out)), nprocs=4, join=True)
     results = [json.loads((out / f"{r}.json").read_text()) for r in range(4)]
     for node, (store, where) in enumerate(nodes):
@@ -488,11 +483,7 @@ def test_two_nodes_of_two_ranks_keep_a_store_and_tier_each(
 def test_clear_cache_empties_the_node_tier_of_a_store_in_use(
     tmp_path: Path, node_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    store = tmp_path / "store"
-    cache = SpillCache(store, ram_budget="16MiB")
-    for key in range(4):
-        cache.put(key, sample(key))
+    store, cache = rank_with_four(tmp_path, monkeypatch)
     cache.flush()
     assert value(cache.get(0)) == 0.0 and cache.stats().node_hits == 1
     with warnings.catch_warnings():

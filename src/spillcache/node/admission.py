@@ -121,14 +121,7 @@ class Admission:
         try:
             with ledger.env.begin() as txn:
                 account = ledger.account(txn)
-                size = footprint(len(value), ledger.page_size)
-                excess = account.nbytes - (ledger.size_of(txn, pack_key(key)) or 0)
-                excess += size - account.budget
-                if excess <= 0:
-                    return True
-                if not terms.evict or size > account.budget:
-                    return False
-                return self._victims(txn, attached, account, key, excess) is not None
+                return self._room(txn, attached, account, (key, value), terms.evict)[2] is not None
         except lmdb.Error:
             return True  # the write transaction meets the fault and handles it
 
@@ -144,14 +137,7 @@ class Admission:
         key, value = item
         ledger = attached.ledger
         packed = pack_key(key)
-        old = ledger.size_of(txn, packed)
-        size = account.budget + 1 if value is None else footprint(len(value), ledger.page_size)
-        excess = account.nbytes - (old or 0) + size - account.budget
-        victims: list[bytes] | None = []
-        if value is None or size > account.budget or (excess > 0 and not evict):
-            victims = None
-        elif excess > 0:
-            victims = self._victims(txn, attached, account, key, excess)
+        old, size, victims = self._room(txn, attached, account, item, evict)
         if victims is None or value is None:
             if old is None:
                 raise Declined
@@ -163,6 +149,30 @@ class Admission:
             ledger.remove(txn, account, victim)
         ledger.insert(txn, account, packed, value, size)
         return True
+
+    def _room(
+        self,
+        txn: Txn[bytes],
+        attached: Attached,
+        account: Account,
+        item: tuple[int, bytes | memoryview | None],
+        evict: bool,
+    ) -> tuple[int | None, int, list[bytes] | None]:
+        """What admitting ``item`` takes: ``(old, size, victims)``.
+
+        ``old``: the accounted bytes of ``key`` if resident; ``size``: the value's footprint;
+        ``victims``: residents that make room for it, ``[]`` if it fits, None if it may not go in.
+        """
+        key, value = item
+        ledger = attached.ledger
+        old = ledger.size_of(txn, pack_key(key))
+        size = account.budget + 1 if value is None else footprint(len(value), ledger.page_size)
+        excess = account.nbytes - (old or 0) + size - account.budget
+        if value is None or size > account.budget or (excess > 0 and not evict):
+            return old, size, None
+        if excess <= 0:
+            return old, size, []
+        return old, size, self._victims(txn, attached, account, key, excess)
 
     def _victims(
         self, txn: Txn[bytes], attached: Attached, account: Account, key: int, excess: int

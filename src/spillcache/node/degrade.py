@@ -39,27 +39,22 @@ def make_room(attached: Attached, rand: random.Random, nbytes: int) -> None:
     with contextlib.suppress(lmdb.Error), ledger.env.begin(write=True) as txn:
         account = ledger.account(txn)
         goal = account.nbytes - max(_ROOM_FACTOR * nbytes, account.nbytes // _SHRINK_DEN)
-        while account.items and account.nbytes > goal:
-            ledger.remove(txn, account, ledger.draw(txn, account, rand)[0])
-        ledger.save(txn, account)
+        ledger.evict_to(txn, account, goal, rand)
     logger.info("node RAM tier %s: its map is full; residents evicted", attached.directory)
 
 
 def shrink(attached: Attached, rand: random.Random, why: str) -> None:
-    """Out of room although the accounting allows more: lower the budget for everyone.
+    """The file system is full although the accounting allows more: lower the budget for all.
 
-    Free pages too fragmented for a value, or held by a reader, fill LMDB's map before the
-    accounted bytes reach the budget; a full file system fails a write. Either way the
-    budget drops below what is held (random residents go), so that later admissions reuse
-    the pages they free instead of asking for new ones.
+    Another program took the room, and it may not come back: the budget drops below what is
+    held (random residents go), so that later admissions reuse the pages they free instead
+    of asking the file system for new ones.
     """
     ledger = attached.ledger
     with contextlib.suppress(lmdb.Error), ledger.env.begin(write=True) as txn:
         account = ledger.account(txn)
         account.budget = min(account.budget, account.nbytes * _SHRINK_NUM // _SHRINK_DEN)
-        while account.nbytes > account.budget:
-            ledger.remove(txn, account, ledger.draw(txn, account, rand)[0])
-        ledger.save(txn, account)
+        ledger.evict_to(txn, account, account.budget, rand)
     logger.info("node RAM tier %s: %s; budget lowered", attached.directory, why)
 
 
@@ -72,10 +67,7 @@ def drop_stale(attached: Attached, key: bytes) -> None:
     ledger = attached.ledger
     try:
         with ledger.env.begin(write=True) as txn:
-            if ledger.size_of(txn, key) is not None:
-                account = ledger.account(txn)
-                ledger.remove(txn, account, key)
-                ledger.save(txn, account)
+            ledger.drop(txn, key)
         return
     except lmdb.Error:
         pass

@@ -163,6 +163,19 @@ class Ledger:
         account.items -= 1
         account.nbytes -= size
 
+    def drop(self, txn: Txn[Any], key: bytes) -> None:
+        """Remove ``key`` if it is resident, with its accounting."""
+        if self.size_of(txn, key) is not None:
+            account = self.account(txn)
+            self.remove(txn, account, key)
+            self.save(txn, account)
+
+    def evict_to(self, txn: Txn[Any], account: Account, goal: int, rand: random.Random) -> None:
+        """Remove residents drawn at random until at most ``goal`` bytes are held; save."""
+        while account.items and account.nbytes > goal:
+            self.remove(txn, account, self.draw(txn, account, rand)[0])
+        self.save(txn, account)
+
     def empty(self, txn: Txn[Any]) -> None:
         """Remove every entry; the budget stays."""
         for db in (self.data, self.tails, self.where, self.slots):

@@ -350,10 +350,7 @@ class NodeTier:
         packed = pack_key(key)
         try:
             with contextlib.suppress(lmdb.Error), ledger.env.begin(write=True) as txn:
-                if ledger.size_of(txn, packed) is not None:
-                    account = ledger.account(txn)
-                    ledger.remove(txn, account, packed)
-                    ledger.save(txn, account)
+                ledger.drop(txn, packed)
         finally:
             attached.gate.leave()
 
