@@ -104,6 +104,7 @@ from .decoding import decode, decode_sized, view
 from .encoding import Buffer, Encoding, Unsealed, encode, seal
 from .footprint import Decoded
 from .format import FORMAT_VERSION, digest
+from .records import Relaid, UnknownSpec, learn, relaid
 from .replicators import replicator
 from .snapshots import snapshot
 
@@ -112,12 +113,16 @@ __all__ = [
     "Buffer",
     "Decoded",
     "Encoding",
+    "Relaid",
+    "UnknownSpec",
     "Unsealed",
     "clone",
     "decode",
     "decode_sized",
     "digest",
     "encode",
+    "learn",
+    "relaid",
     "replicate",
     "replicator",
     "seal",

@@ -16,7 +16,6 @@ import xxhash
 
 from spillcache.errors import CodecError
 
-from .format import ALIGN
 from .rules import Array, Data
 
 if TYPE_CHECKING:
@@ -38,7 +37,7 @@ __all__ = [
 ]
 
 # How a leaf with a payload is decoded (the ``kind`` of an :class:`Op`):
-ARRAY: Final = 0  # nums[slot:slot + ndim] is the shape; data at the next multiple of ALIGN
+ARRAY: Final = 0  # nums[slot:slot + ndim] is the shape; data at a multiple of plan.align
 SCALAR: Final = 1  # a numpy scalar: itemsize bytes of dtype
 BLOB: Final = 2  # nums[slot] bytes passed to convert
 
@@ -110,6 +109,7 @@ def _read(
 ) -> tuple[tuple[Any, ...], list[object]]:
     """The table's numbers and the leaves with payloads of ``value``, up to ``limit``."""
     pos = plan.data_start
+    align = plan.align
     if pos > limit:
         raise _short_table()
     nums = plan.table.unpack_from(value, plan.table_start)
@@ -117,7 +117,7 @@ def _read(
     leaves: list[object] = []
     for kind, slot, ndim, dtype, itemsize, convert in plan.ops:
         if kind == ARRAY:
-            pos += -pos % ALIGN
+            pos += -pos % align
             shape = nums[slot : slot + ndim]
             end = pos + math.prod(shape) * itemsize
             if end > limit:
@@ -188,7 +188,7 @@ def generate(plan: Plan, mode: int) -> Builder:
         lines.append(f"    {names}= unpack_from(value, {plan.table_start})")
     lines += [f"    pos = {plan.data_start}", "    hashed = 0"]
     for index, op in enumerate(plan.ops):
-        lines += _leaf_lines(index, op, mode != VIEW, consts)
+        lines += _leaf_lines(index, op, mode != VIEW, consts, plan.align)
         lines.append("    pos = end")
     lines += [
         "    if pos != limit:",
@@ -206,7 +206,7 @@ def generate(plan: Plan, mode: int) -> Builder:
     return cast(Builder, consts["build"])
 
 
-def _leaf_lines(index: int, op: Op, copy: bool, consts: dict[str, object]) -> list[str]:
+def _leaf_lines(index: int, op: Op, copy: bool, consts: dict[str, object], align: int) -> list[str]:
     """Source reading the leaf of ``op`` into ``v<index>`` and setting ``end`` past its payload."""
     kind, slot, ndim, dtype, itemsize, convert = op
     leaf = f"v{index}"
@@ -225,7 +225,7 @@ def _leaf_lines(index: int, op: Op, copy: bool, consts: dict[str, object]) -> li
         return [f"    end = pos + n{slot}", *check, f"    {leaf} = f{index}(value[pos:end])"]
     dims = [f"n{slot + d}" for d in range(ndim)]
     lines = [
-        f"    pos += -pos % {ALIGN}",
+        f"    pos += -pos % {align}",
         f"    end = pos + {' * '.join([*dims, str(itemsize)])}",
         *check,
         f"    {leaf} = ndarray(({''.join(d + ', ' for d in dims)}), d{index}, value, pos)"

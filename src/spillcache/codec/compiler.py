@@ -17,7 +17,7 @@ import torch
 from spillcache.errors import CodecError
 
 from .builders import ARRAY, BLOB, SCALAR, Op, decode_int, decode_str
-from .format import CACHE_LIMIT, CONTAINER_TAGS, I64, MAX_DEPTH, MAX_NDIM, PREFIX, U32
+from .format import ALIGN, CACHE_LIMIT, CONTAINER_TAGS, I64, MAX_DEPTH, MAX_NDIM, PREFIX, U32
 from .plan import Node, Plan
 from .rules import ARRAY_KINDS, SCALAR_KINDS, TORCH_BY_NAME, Array, PathError, stored_dtype
 
@@ -88,8 +88,12 @@ class SpecCompiler:
         self.ops: list[Op] = []
         self.nodes = 0
 
-    def compile(self) -> Plan:
-        """Parse the whole spec into its plan; raises CodecError for any invalid spec."""
+    def compile(self, table_start: int | None = None, align: int = ALIGN) -> Plan:
+        """Parse the whole spec into its plan; raises CodecError for any invalid spec.
+
+        ``table_start`` and ``align``: where the table starts and what arrays' payloads are
+        aligned to (by default as in a value; a pack's record has its own, see ``records``).
+        """
         try:
             root = self._node(0)
             if self.pos != len(self.spec):
@@ -99,7 +103,10 @@ class SpecCompiler:
             if isinstance(exc, CodecError):
                 raise
             raise CodecError(f"invalid structure spec: {exc}") from exc
-        return Plan(table, PREFIX.size + len(self.spec), tuple(self.ops), root, self.nodes)
+        start = PREFIX.size + len(self.spec) if table_start is None else table_start
+        plan = Plan(table, start, tuple(self.ops), root, self.nodes)
+        plan.align = align
+        return plan
 
     def _take(self, count: int) -> bytes:
         end = self.pos + count

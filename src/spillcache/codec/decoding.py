@@ -11,7 +11,12 @@ from spillcache.errors import CodecError
 
 from .compiler import PLANS, SpecCompiler, plan_of, remember
 from .footprint import Decoded
-from .format import CHECKSUM, FORMAT_VERSION, MAGIC, PREFIX
+from .format import CHECKSUM, MAGIC, PREFIX, RECORD_MAGIC, VALUE_VERSION
+from .plan import Plan
+from .records import RECORD_PLANS, UnknownSpec
+
+# The spec id of a record, after its magic.
+SPEC_ID: Final = struct.Struct("<Q")
 
 __all__ = ["decode", "decode_sized", "view"]
 
@@ -28,7 +33,7 @@ def decode(value: bytes | bytearray | memoryview, *, sized: Literal[True]) -> De
 
 
 def decode(value: bytes | bytearray | memoryview, *, sized: bool = False) -> object:
-    """Rebuild a sample from a value made by :func:`encode`.
+    """Rebuild a sample from a value made by :func:`encode`, or a pack's record.
 
     Every tensor and array is a fresh, writable copy: nothing refers to ``value`` afterwards,
     so it may be a buffer that becomes invalid (e.g. LMDB memory) as soon as this returns.
@@ -66,7 +71,8 @@ def decode(value: bytes | bytearray | memoryview, *, sized: bool = False) -> obj
     if size < PREFIX.size + CHECKSUM.size:
         raise CodecError(f"value of {size} bytes is too short")
     magic, version, flags, spec_len = PREFIX.unpack_from(data)
-    if magic != MAGIC or version != FORMAT_VERSION:
+    record = magic == RECORD_MAGIC  # a pack's record: its spec is named by id (``records``)
+    if not record and (magic != MAGIC or version != VALUE_VERSION):
         raise _foreign(magic, version)
     limit = size - CHECKSUM.size
     (checksum,) = CHECKSUM.unpack_from(data, limit)
@@ -74,12 +80,9 @@ def decode(value: bytes | bytearray | memoryview, *, sized: bool = False) -> obj
     hasher = xxhash.xxh3_64() if limit >= _FUSED_MIN else None
     if hasher is None and xxhash.xxh3_64_intdigest(memoryview(data)[:limit]) != checksum:
         raise CodecError(_CHECKSUM_MISMATCH)
-    spec_end = PREFIX.size + spec_len
-    if flags or spec_end > limit:
-        raise _bad_spec(flags)
-    spec = bytes(data[PREFIX.size : spec_end])
-    known = PLANS.get(spec)
-    plan = known or SpecCompiler(spec).compile()
+    plan, fresh = (
+        (_record_plan(data), None) if record else _value_plan(data, flags, spec_len, limit)
+    )
     try:  # the builder checks the table's end and each payload's against ``limit``
         built = (plan.sized_build if sized else plan.build)(data, limit, hasher)
     except CodecError:
@@ -88,9 +91,9 @@ def decode(value: bytes | bytearray | memoryview, *, sized: bool = False) -> obj
         raise CodecError(f"invalid value: {exc}") from exc
     if hasher is not None and hasher.intdigest() != checksum:
         raise CodecError(_CHECKSUM_MISMATCH)
-    if known is None:
+    if fresh is not None:
         # Only once the checksum held: damaged values must not crowd out real specs.
-        remember(spec, plan)
+        remember(fresh, plan)
     return built
 
 
@@ -115,6 +118,29 @@ def decode_sized(value: bytes | bytearray | memoryview) -> Decoded:
     return decode(value, sized=True)
 
 
+def _value_plan(
+    data: bytes | memoryview, flags: int, spec_len: int, limit: int
+) -> tuple[Plan, bytes | None]:
+    """The plan of a value's spec, and the spec if the plan is new (not cached yet)."""
+    spec_end = PREFIX.size + spec_len
+    if flags or spec_end > limit:
+        raise _bad_spec(flags)
+    spec = bytes(data[PREFIX.size : spec_end])
+    known = PLANS.get(spec)
+    if known is not None:
+        return known, None
+    return SpecCompiler(spec).compile(), spec
+
+
+def _record_plan(data: bytes | memoryview) -> Plan:
+    """The plan of a record's spec, named by its id (:mod:`.records`)."""
+    (ident,) = SPEC_ID.unpack_from(data, 4)
+    plan = RECORD_PLANS.get(ident)
+    if plan is None:
+        raise UnknownSpec(ident)
+    return plan
+
+
 def _as_bytes(value: object) -> memoryview:
     try:
         return memoryview(value).cast("B")  # type: ignore[arg-type]
@@ -125,7 +151,7 @@ def _as_bytes(value: object) -> memoryview:
 def _foreign(magic: bytes, version: int) -> CodecError:
     if magic != MAGIC:
         return CodecError("not a spillcache value (bad magic)")
-    return CodecError(f"value has format version {version}, this codec reads {FORMAT_VERSION}")
+    return CodecError(f"value has format version {version}, this codec reads {VALUE_VERSION}")
 
 
 def _bad_spec(flags: int) -> CodecError:

@@ -15,12 +15,12 @@ from .format import (
     ALIGN,
     CHECKSUM,
     CONTAINER_TAGS,
-    FORMAT_VERSION,
     MAGIC,
     MAX_DEPTH,
     PADDING,
     PREFIX,
     U32,
+    VALUE_VERSION,
 )
 from .plan import Plan
 from .rules import (
@@ -233,7 +233,7 @@ def _layout(sample: object, name: str) -> tuple[list[Data], int, int, Plan]:
     spec_bytes = b"".join(spec)
     plan = plan_of(spec_bytes)
     parts: list[Data] = [
-        PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(spec_bytes)),
+        PREFIX.pack(MAGIC, VALUE_VERSION, 0, len(spec_bytes)),
         spec_bytes,
         plan.table.pack(*nums),
     ]

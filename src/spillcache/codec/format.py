@@ -19,11 +19,18 @@ __all__ = [
     "MAX_NDIM",
     "PADDING",
     "PREFIX",
+    "RECORD",
+    "RECORD_ALIGN",
+    "RECORD_MAGIC",
     "U32",
+    "VALUE_VERSION",
     "digest",
 ]
 
+# The format of a store (values; records come with format 2, see ``records``).
 FORMAT_VERSION: Final = 1
+# The version in a value's prefix: its layout is the same in formats 1 and 2.
+VALUE_VERSION: Final = 1
 
 MAGIC: Final = b"SPLC"
 PREFIX: Final = struct.Struct("<4sHHI")
@@ -31,6 +38,11 @@ CHECKSUM: Final = struct.Struct("<Q")
 U32: Final = struct.Struct("<I")
 I64: Final = struct.Struct("<q")
 ALIGN: Final = 64
+# A record in a pack (module ``records``): magic, the id of its spec, kept elsewhere.
+RECORD_MAGIC: Final = b"SPLR"
+RECORD: Final = struct.Struct("<4sQ")
+# Arrays in a record are 8-aligned: records sit 8-aligned in a pack, 16 bytes into a page.
+RECORD_ALIGN: Final = 8
 PADDING: Final = bytes(ALIGN)
 MAX_DEPTH: Final = 100
 MAX_NDIM: Final = 64

@@ -15,6 +15,7 @@ import xxhash
 
 from .builders import COPY, SIZED, VIEW, Builder, Op, generate, interpret
 from .footprint import Decoded, Footprint
+from .format import ALIGN
 
 __all__ = ["Node", "Plan"]
 
@@ -35,6 +36,7 @@ class Plan:
     """What encoding and decoding need to know about one structure spec."""
 
     __slots__ = (
+        "align",
         "build",
         "copiers",
         "data_start",
@@ -60,6 +62,8 @@ class Plan:
         nodes: int,
     ) -> None:
         self.table = table
+        # Arrays' payloads start at multiples of this (64 in a value, 8 in a pack's record).
+        self.align = ALIGN
         self.table_start = table_start
         self.data_start = table_start + table.size
         self.ops = ops
