@@ -28,7 +28,7 @@ def test_cache_info(tmp_path: Path) -> None:
     info = cache_info(path)
     assert info.items == 7
     assert info.fingerprint == "fp"
-    assert info.format_version == 1
+    assert info.format_version == 2
     assert info.disk_bytes == sum(f.stat().st_size for f in path.iterdir())
     assert info.created is not None
     assert before - dt.timedelta(seconds=5) <= info.created <= dt.datetime.now(dt.timezone.utc)

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from helpers import assert_sample_equal, spy
+from packed import replace_record
 from spillcache import (
     FingerprintMismatch,
     SpillCache,
@@ -612,12 +613,14 @@ def test_writes_are_committed_without_flush(tmp_path: Path) -> None:
             """
             import sys, time
             import lmdb
-            env = lmdb.open(sys.argv[1], max_dbs=2, readonly=True, lock=True)
-            db = env.open_db(b"data", create=False)
+            from spillcache.disk.env import DB_NAMES, Dbs
+            from spillcache.disk.lookup import find
+            env = lmdb.open(sys.argv[1], max_dbs=len(DB_NAMES), readonly=True, lock=True)
+            dbs = Dbs(*(env.open_db(n, create=False) for n in DB_NAMES))
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
-                with env.begin(db=db) as txn:
-                    if txn.get((7).to_bytes(8, "big")) is not None:
+                with env.begin() as txn:
+                    if find(txn, dbs, 7) is not None:
                         print("seen")
                         break
                 time.sleep(0.05)
@@ -673,13 +676,12 @@ def test_other_format_version_is_a_mismatch(tmp_path: Path) -> None:
 
 
 def corrupt_value(path: Path, key: int, offset: int = -1) -> None:
-    env = lmdb.open(str(path), max_dbs=2)
-    with env.begin(write=True) as txn:
-        db = env.open_db(b"data", txn=txn)
-        raw = bytearray(txn.get(key.to_bytes(8, "big"), db=db))
+    def flip(record: bytes) -> bytes:
+        raw = bytearray(record)
         raw[offset] ^= 0x10
-        txn.put(key.to_bytes(8, "big"), bytes(raw), db=db)
-    env.close()
+        return bytes(raw)
+
+    replace_record(path, key, flip)
 
 
 def test_corrupt_entry_is_a_counted_miss_and_refilled(tmp_path: Path) -> None:

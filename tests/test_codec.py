@@ -298,7 +298,7 @@ def test_golden_bytes_follow_the_documented_format() -> None:
     head = struct.pack("<4sHHI", b"SPLC", 1, 0, len(spec)) + spec + table
     pad = bytes(-len(head) % 64)
     expected = sealed(head + pad + struct.pack("<2i", 1, 2) + "hé".encode())
-    assert FORMAT_VERSION == 1
+    assert FORMAT_VERSION == 2  # the store's; a value's prefix says 1 (its layout)
     assert encode(sample) == expected
     assert_sample_equal(decode(expected), sample)
 

@@ -20,6 +20,7 @@ import pytest
 import torch
 import xxhash
 
+from packed import replace_record, stored_record
 from reliability import (
     check_sample,
     fill,
@@ -88,17 +89,8 @@ DAMAGES = sorted(_damages(Path()))
 
 
 def damage_value(path: Path, key: int, how: Callable[[bytes], bytes]) -> None:
-    """Replace the stored value of ``key`` by ``how(value)``, through LMDB itself."""
-    env = lmdb.open(str(path), max_dbs=2)
-    try:
-        with env.begin(write=True) as txn:
-            db = env.open_db(b"data", txn=txn)
-            raw = key.to_bytes(8, "big")
-            value = txn.get(raw, db=db)
-            assert value is not None
-            txn.put(raw, how(bytes(value)), db=db)
-    finally:
-        env.close()
+    """Replace the stored record of ``key`` by ``how(record)``, through LMDB itself."""
+    replace_record(path, key, how)
 
 
 def corrupt_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
@@ -185,7 +177,8 @@ def test_bit_rot_in_the_data_file_is_detected(tmp_path: Path) -> None:
     data = path / "data.mdb"
     raw = bytearray(data.read_bytes())
     for key in (2, 4):  # a value inside a leaf page and one on overflow pages
-        value = encode(make_sample(key))
+        value = stored_record(path, key)  # the bytes the store holds for the sample
+        assert value is not None
         # Every copy: LMDB does not clear page buffers, so stale copies may exist elsewhere.
         at = raw.find(value)
         assert at > 0

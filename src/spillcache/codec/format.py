@@ -27,8 +27,8 @@ __all__ = [
     "digest",
 ]
 
-# The format of a store (values; records come with format 2, see ``records``).
-FORMAT_VERSION: Final = 1
+# The format of a store: values, records and packs (2: samples packed, see ``records``).
+FORMAT_VERSION: Final = 2
 # The version in a value's prefix: its layout is the same in formats 1 and 2.
 VALUE_VERSION: Final = 1
 

@@ -12,11 +12,12 @@ import time
 import lmdb
 
 from .buffers import BufferPool
-from .env import key_bytes
 from .events import Events
 from .fill import FillPolicy
 from .generation import Generation
 from .meta import GENERATION
+from .packgrowth import PackGrowth
+from .packing import PackWriter
 from .transactions import Transactions
 from .values import Stored
 from .writer import Batch
@@ -123,10 +124,19 @@ class Committer:
             current = txn.get(GENERATION, db=txns.meta_db)
             if generation is not None and current != generation:
                 raise _Stale(current)
-            stored = self._fill.admitted(txn, txns.data_db, txns.current(), items, need)
-            for key, value in stored:
-                txn.put(key_bytes(key), value, db=txns.data_db)
+            packs = PackWriter(txn, txns.dbs, self._psize(txn))
+            moved = packs.reclaimable()
+            stored, moving = self._fill.admitted(
+                PackGrowth(txn, txns.dbs), txns.current(), items, need, moved
+            )
+            if moving:
+                packs.move(moved)
+            packs.store(stored)
+            packs.finish()
         return stored
+
+    def _psize(self, txn: lmdb.Transaction[bytes]) -> int:
+        return int(txn.stat(self._txns.meta_db)["psize"])
 
     def clear_stale_readers(self) -> None:
         """Free the slots of killed readers: they pin old pages and make the file grow."""

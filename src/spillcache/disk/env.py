@@ -1,7 +1,10 @@
 """Opening a store's LMDB environment, and telling damaged files from other LMDB errors.
 
-Inside LMDB the named database ``data`` maps 8-byte big-endian keys to stored values and
-``meta`` records the store's identity (:mod:`spillcache.disk.meta`). The environment runs with
+Inside LMDB the named database ``data`` maps pack ids to packs (:mod:`spillcache.disk.packs`),
+``index`` and ``keys`` map sample keys to their records (:mod:`spillcache.disk.index`), ``live``
+and ``reclaim`` account garbage (:mod:`spillcache.disk.packing`), ``specs`` holds each
+structure spec once (:mod:`spillcache.codec.records`), and ``meta`` records the store's
+identity (:mod:`spillcache.disk.meta`). The environment runs with
 ``sync=False``: a committed transaction survives the death of the process (``kill -9``); only
 an OS crash or power loss can lose transactions committed since the last ``env.sync(True)``.
 """
@@ -19,7 +22,9 @@ from ..errors import StoreError
 __all__ = [
     "DAMAGE",
     "DAMAGE_IN_TXN",
+    "DB_NAMES",
     "DamagedStore",
+    "Dbs",
     "Opened",
     "damaged",
     "key_bytes",
@@ -40,12 +45,27 @@ class DamagedStore(StoreError):
     """The store's LMDB files are damaged (the directory is ours: it has our marker)."""
 
 
+# The named databases of a store, in the order of Dbs (a store of format 1 had the first two).
+DB_NAMES = (b"data", b"meta", b"index", b"keys", b"live", b"reclaim", b"specs")
+
+
+class Dbs(NamedTuple):
+    """The handles of a store's named databases (see the module docstring)."""
+
+    data: lmdb._Database
+    meta: lmdb._Database
+    chunks: lmdb._Database
+    keys: lmdb._Database
+    live: lmdb._Database
+    reclaim: lmdb._Database
+    specs: lmdb._Database
+
+
 class Opened(NamedTuple):
-    """An open environment and the handles of its two named databases."""
+    """An open environment and the handles of its named databases."""
 
     env: lmdb.Environment
-    data_db: lmdb._Database
-    meta_db: lmdb._Database
+    dbs: Dbs
 
 
 def open_lmdb(
@@ -111,7 +131,7 @@ def open_env(path: Path, *, read_only: bool, readahead: bool) -> Opened:
         env = open_lmdb(
             path,
             max(_INITIAL_MAP_SIZE, 2 * size),
-            max_dbs=2,
+            max_dbs=len(DB_NAMES),
             spare_txns=1,
             readahead=readahead,
             lock=locking,
@@ -151,15 +171,30 @@ def _check_size(env: lmdb.Environment, path: Path, size: int) -> None:
 
 
 def _open_dbs(env: lmdb.Environment, path: Path, read_only: bool) -> Opened:
-    """The handles of ``data`` and ``meta``; refuses a database with anything else."""
+    """The handles of the store's databases; refuses a database with anything else."""
     with env.begin(write=not read_only) as txn:
-        foreign = [k for k, _ in txn.cursor() if k not in (b"data", b"meta")]
+        names = [k for k, _ in txn.cursor()]
+        foreign = [k for k in names if k not in DB_NAMES]
         if foreign:
             raise StoreError(
                 f"the LMDB database at {str(path)!r} was not written by spillcache "
                 f"(it has {foreign[0]!r}); spillcache will not modify it"
             )
         if not read_only:
-            return Opened(env, env.open_db(b"data", txn=txn), env.open_db(b"meta", txn=txn))
+            return Opened(env, Dbs(*(env.open_db(n, txn=txn) for n in DB_NAMES)))
+    if names and set(DB_NAMES) - set(names):
+        raise StoreError(
+            f"the store at {str(path)!r} was written by an older spillcache (format "
+            f"{_format_of(env)}) and is read-only for this user, so it cannot be rebuilt: "
+            "rebuild it with this version where it is writable, or read it with the version "
+            "that wrote it"
+        )
     # Not in that transaction: handles opened in a read transaction die with it.
-    return Opened(env, env.open_db(b"data", create=False), env.open_db(b"meta", create=False))
+    return Opened(env, Dbs(*(env.open_db(n, create=False) for n in DB_NAMES)))
+
+
+def _format_of(env: lmdb.Environment) -> str:
+    meta = env.open_db(b"meta", create=False)
+    with env.begin() as txn:
+        value = txn.get(b"format_version", db=meta)
+    return "unknown" if value is None else bytes(value).decode(errors="replace")

@@ -2,7 +2,7 @@
 
 Inside each write transaction, which holds the store's write lock, the entries of a batch that
 would take the data file past the budget, or its file system below the floor, are refused
-before they are written (:class:`~spillcache.disk.growth.Growth` bounds what they add). A
+before they are written (:class:`~spillcache.disk.packgrowth.PackGrowth` bounds what they add). A
 store that refused an entry then refuses puts at least as large for a while, without queueing
 them.
 """
@@ -17,7 +17,7 @@ from typing import Literal
 
 import lmdb
 
-from .growth import Growth
+from .packgrowth import PackGrowth
 from .values import Stored
 
 __all__ = ["FillPolicy"]
@@ -98,31 +98,35 @@ class FillPolicy:
 
     def admitted(
         self,
-        txn: lmdb.Transaction[bytes],
-        data_db: lmdb._Database,
+        growth: PackGrowth,
         env: lmdb.Environment,
         items: list[tuple[int, Stored]],
         size: int,
-    ) -> list[tuple[int, Stored]]:
+        moved: list[tuple[int, bytes]],
+    ) -> tuple[list[tuple[int, Stored]], bool]:
         """The entries of ``items`` (``size`` bytes) that fit the budget and the floor.
 
+        ``moved``: the records a commit would move out of packs it reclaims; the second
+        value says whether they fit too (they come first: moving them frees their packs).
         Inside the write transaction, which holds the store's write lock: the file size it
         reads is the one every process's commits made, so processes together stay within.
         """
-        growth = Growth(txn.stat(data_db))
         room = self._room_pages(growth.psize, int(env.info()["last_pgno"]))
-        if growth.pages_for_batch(len(items), size) <= room:
-            return items
+        keys = [key for key, _ in moved] + [key for key, _ in items]
+        extra = sum(len(raw) for _, raw in moved)
+        if growth.pages_for_batch(keys, size + extra) <= room:
+            return items, True
+        for key, raw in moved:
+            growth.add(key, len(raw))
+        moving = growth.pages <= room
+        if not moving:
+            growth = growth.fresh()
         stored: list[tuple[int, Stored]] = []
-        cursor = txn.cursor(db=data_db)
-        last = -2
         for key, value in items:
-            new_run = key != last + 1 or cursor.set_key(key.to_bytes(8, "big"))
-            if growth.pages_with(len(value), new_run=new_run) <= room:
-                growth.add(len(value), new_run=new_run)
+            if growth.pages_with(key, len(value)) <= room:
+                growth.add(key, len(value))
                 stored.append((key, value))
-                last = key
-        return stored
+        return stored, moving
 
     def _room_pages(self, psize: int, last_page: int) -> int:
         """Pages the data file may still grow by: to ``budget``, and above the floor.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 
+from ..codec import FORMAT_VERSION
 from ..errors import FingerprintMismatch, StoreError
 from ..settings import OnMismatch
 from .env import DamagedStore
@@ -20,6 +21,7 @@ from .events import Events
 from .layout import LMDB_FILES
 from .meta import CLEARED, GENERATION, identity, new_generation, put_meta, recorded
 from .options import TierOptions
+from .packing import clear_counters
 from .transactions import Transactions
 from .writer import WriteQueue
 
@@ -136,7 +138,14 @@ class Generation:
                 "is read-only for this user, so it cannot be rebuilt: pass a directory you can "
                 "write to, or the fingerprint the store was built with"
             )
-        return self.reset(f"it holds {stored}, expected {expected}", fingerprint)
+        reason = f"it holds {stored}, expected {expected}"
+        if stored_fmt != str(FORMAT_VERSION).encode():
+            reason += (
+                f" (format {stored_fmt.decode(errors='replace')} is the layout of another "
+                "spillcache version, which this one does not read: samples are stored again as "
+                "they are loaded)"
+            )
+        return self.reset(reason, fingerprint)
 
     def _recorded(self, fingerprint: str | None) -> _Recorded:
         """The recorded format, fingerprint and generation; a writer records them if missing."""
@@ -183,8 +192,8 @@ class Generation:
             )
         with txns.write() as txn:
             # One transaction: readers see either the old store or the empty new one.
-            txn.drop(txns.data_db, delete=False)
-            txn.drop(txns.meta_db, delete=False)
+            for db in txns.dbs:
+                txn.drop(db, delete=False)
             generation = put_meta(txn, txns.meta_db, fingerprint)
         self._adopt(generation, fingerprint)
         return generation
@@ -196,7 +205,10 @@ class Generation:
             self.stale = True
         txns = self._txns
         with txns.write() as txn:
+            for db in txns.dbs[2:]:
+                txn.drop(db, delete=False)
             txn.drop(txns.data_db, delete=False)
+            clear_counters(txn, txns.dbs)
             txn.put(GENERATION, CLEARED + new_generation(), db=txns.meta_db)
 
     def set_meta(self, name: str, value: bytes) -> None:

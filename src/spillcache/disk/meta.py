@@ -14,6 +14,8 @@ from typing import Any
 import lmdb
 
 from ..codec import FORMAT_VERSION
+from .env import Dbs
+from .packing import entries_count
 
 __all__ = [
     "CLEARED",
@@ -64,20 +66,21 @@ def put_meta(
     return generation
 
 
-def describe(
-    txn: lmdb.Transaction[memoryview], data_db: lmdb._Database, meta_db: lmdb._Database
-) -> dict[str, object]:
+def describe(txn: lmdb.Transaction[memoryview], dbs: Dbs) -> dict[str, object]:
     """Items, format version, fingerprint and creation time, as the store records them."""
 
     def meta(name: bytes) -> str | None:
-        value = txn.get(name, db=meta_db)
+        value = txn.get(name, db=dbs.meta)
         return None if value is None else bytes(value).decode()
 
     created = meta(b"created")
     fmt = meta(b"format_version")
+    version = int(fmt) if fmt is not None else None
+    # A store of format 1 had one entry per item in ``data``.
+    items = entries_count(txn, dbs) if version == FORMAT_VERSION else txn.stat(dbs.data)["entries"]
     return {
-        "items": int(txn.stat(data_db)["entries"]),
-        "format_version": int(fmt) if fmt is not None else None,
+        "items": int(items),
+        "format_version": version,
         "fingerprint": meta(b"fingerprint"),
         "created": float(created) if created is not None else None,
     }

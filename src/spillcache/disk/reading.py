@@ -6,14 +6,21 @@ values still queued are served from the queue.
 
 from __future__ import annotations
 
+import contextlib
+import heapq
 from collections.abc import Callable
 from typing import TypeVar
 
 import lmdb
 
-from .env import DAMAGE_IN_TXN, damaged, key_bytes
+from ..codec import FORMAT_VERSION, learn
+from ..errors import CodecError, StoreError
+from .env import DAMAGE_IN_TXN, damaged
 from .generation import Generation
+from .index import entries_of, lookup, sparse_entries
+from .lookup import decoded, find
 from .meta import GENERATION, describe
+from .packing import entries_count
 from .transactions import Transactions
 from .writer import WriteQueue
 
@@ -73,8 +80,8 @@ class Reading:
                     # In the value's transaction: the store cannot be emptied in between.
                     stored = txn.get(GENERATION, db=txns.meta_db)
                     if generation is None or stored == generation:  # type: ignore[comparison-overlap]
-                        value = txn.get(key_bytes(key), db=txns.data_db)
-                        return None if value is None else decode(value)
+                        value = find(txn, txns.dbs, key)
+                        return None if value is None else decoded(txn, txns.dbs, value, decode)
                     seen = None if stored is None else bytes(stored)
                 except DAMAGE_IN_TXN as exc:
                     raise damaged(txns.path, exc) from exc
@@ -94,8 +101,8 @@ class Reading:
         with txns.read() as txn:
             stored = txn.get(GENERATION, db=txns.meta_db)
             if generation is None or stored == generation:  # type: ignore[comparison-overlap]
-                value = txn.get(key_bytes(key), db=txns.data_db)
-                return None if value is None else decode(value)
+                value = find(txn, txns.dbs, key)
+                return None if value is None else decoded(txn, txns.dbs, value, decode)
             seen = None if stored is None else bytes(stored)
         self.view.went_stale(generation, seen)
         return None
@@ -110,14 +117,14 @@ class Reading:
             stored = txn.get(GENERATION, db=txns.meta_db)
             if generation is not None and stored != generation:  # type: ignore[comparison-overlap]
                 return False
-            return txn.get(key_bytes(key), db=txns.data_db) is not None
+            return _indexed(txn, txns, key)
 
     def __len__(self) -> int:
         pending = self.writes.keys()
         txns = self.txns
         with txns.read() as txn:
-            stored = int(txn.stat(txns.data_db)["entries"])
-            new = sum(1 for k in pending if txn.get(key_bytes(k), db=txns.data_db) is None)
+            stored = entries_count(txn, txns.dbs)
+            new = sum(1 for k in pending if not _indexed(txn, txns, k))
         return stored + new
 
     def get_meta(self, name: str) -> bytes | None:
@@ -131,18 +138,47 @@ class Reading:
         """Items, format version, fingerprint and creation time, read from the store."""
         txns = self.txns
         with txns.read() as txn:
-            return describe(txn, txns.data_db, txns.meta_db)
+            return describe(txn, txns.dbs)
 
     def scan(self, visit: Callable[[int, memoryview], None]) -> int:
-        """Call ``visit(key, value)`` for every stored entry in key order; return the count.
+        """Call ``visit(key, record)`` for every stored entry in key order; return the count.
 
-        One read transaction covers the whole scan (a consistent snapshot); ``value`` is valid
-        only during its call.
+        One read transaction covers the whole scan (a consistent snapshot); ``record`` is
+        valid only during its call, and decodes with :func:`~spillcache.codec.decode` (the
+        store's specs are learnt first). A damaged index or pack entry is visited as an empty
+        record (which fails to decode).
         """
         count = 0
         txns = self.txns
+        dbs = txns.dbs
         with txns.read() as txn:
-            for raw_key, value in txn.cursor(db=txns.data_db):
-                visit(int.from_bytes(raw_key, "big"), value)
-                count += 1
+            fmt = txn.get(b"format_version", db=dbs.meta)
+            if fmt is not None and bytes(fmt) != str(FORMAT_VERSION).encode():
+                raise StoreError(
+                    f"the store at {str(txns.path)!r} has format {bytes(fmt).decode()}, which "
+                    f"this spillcache (format {FORMAT_VERSION}) does not read: open it with "
+                    "SpillCache to rebuild it, or read it with the version that wrote it"
+                )
+            for raw_spec, spec in txn.cursor(db=dbs.specs):
+                with contextlib.suppress(CodecError):
+                    learn(bytes(spec), int.from_bytes(raw_spec, "big"))
+            dense = entries_of(txn, dbs.chunks)
+            for key, entry in heapq.merge(dense, sparse_entries(txn, dbs.keys)):
+                try:
+                    record = find(txn, dbs, key) if entry else _DAMAGED
+                except CodecError:
+                    record = _DAMAGED
+                if record is not None:
+                    visit(key, record)
+                    count += 1
         return count
+
+
+_DAMAGED = memoryview(b"")
+
+
+def _indexed(txn: lmdb.Transaction[memoryview], txns: Transactions, key: int) -> bool:
+    try:
+        return lookup(txn, txns.dbs.chunks, txns.dbs.keys, key) != 0
+    except CodecError:
+        return False

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import lmdb
 
 from ..signalsafe import Condition
-from .env import DAMAGE_IN_TXN, damaged, open_env
+from .env import DAMAGE_IN_TXN, Dbs, damaged, open_env
 from .events import Events
 from .gate import Gate
 
@@ -50,12 +50,15 @@ class Transactions:
         Transactions share it; closing, forking and growing the map hold it alone.
     env : lmdb.Environment or None
         The open environment; None until first use, after a fork and once closed.
+    dbs : Dbs
+        The handles of the store's named databases (set wherever ``env`` is opened).
     data_db, meta_db : lmdb._Database
         The handles of the named databases of ``env`` (set wherever it is opened).
     released : bool
         :meth:`close` was called: the environment is not opened again.
     """
 
+    dbs: Dbs
     data_db: lmdb._Database
     meta_db: lmdb._Database
 
@@ -74,7 +77,8 @@ class Transactions:
     def open(self) -> lmdb.Environment:
         """Open the environment now (checked: see :func:`~spillcache.disk.env.open_env`)."""
         opened = open_env(self.path, read_only=self.read_only, readahead=self.readahead)
-        self.data_db, self.meta_db = opened.data_db, opened.meta_db
+        self.dbs = opened.dbs
+        self.data_db, self.meta_db = opened.dbs.data, opened.dbs.meta
         self.env = opened.env
         return opened.env
 

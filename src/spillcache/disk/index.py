@@ -1,0 +1,199 @@
+"""The index of a store: where each key's record is, in dense chunks or, for sparse keys, alone.
+
+An entry is 8 bytes, ``pack << 16 | slot`` (0: no entry; pack ids start at 1). Keys are
+indexed densely, in chunks of ``CHUNK_KEYS`` consecutive keys: the ``index`` database maps
+``key // CHUNK_KEYS`` (8 bytes big-endian) to the chunk's entries, little-endian u64s, then
+their xxh3_64 seeded with the chunk number (4,008 bytes: one overflow page). A key whose chunk
+does not exist, and that does not come with ``DENSE_MIN`` keys of its chunk in one commit, is
+indexed in the ``keys`` database instead (key -> entry and the xxh3_64 of key and entry): a
+store of scattered keys does not pay a page per key. A key is in a chunk or in ``keys``, the
+chunk first; a damaged chunk or entry raises :class:`~spillcache.errors.CodecError` (a miss
+for the key, counted as corrupt), never a pointer to another key's record.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from typing import Any, Final
+
+import lmdb
+import xxhash
+
+from ..errors import CodecError
+
+__all__ = ["CHUNK_KEYS", "DENSE_MIN", "IndexWriter", "entries_of", "lookup", "sparse_entries"]
+
+CHUNK_KEYS: Final = 500
+# Keys of one chunk that make a commit create it (1/32 of it).
+DENSE_MIN: Final = 16
+_ENTRY: Final = struct.Struct("<Q")
+_CHUNK_BYTES: Final = CHUNK_KEYS * _ENTRY.size
+_SPARSE: Final = struct.Struct("<QQ")
+_EMPTY: Final = bytes(_CHUNK_BYTES)
+
+
+def _sum(chunk: int, raw: bytes | memoryview) -> int:
+    return xxhash.xxh3_64_intdigest(raw, chunk)
+
+
+def _checked(chunk: int, raw: memoryview | bytes) -> memoryview | bytes:
+    """The entries of a stored chunk, checked."""
+    if (
+        len(raw) != _CHUNK_BYTES + 8
+        or _sum(chunk, raw[:_CHUNK_BYTES]) != _ENTRY.unpack_from(raw, _CHUNK_BYTES)[0]
+    ):
+        raise CodecError(f"index chunk {chunk} (keys {chunk * CHUNK_KEYS}...) is damaged")
+    return raw
+
+
+def _sparse_entry(key: int, raw: memoryview | bytes) -> int:
+    if len(raw) != _SPARSE.size:
+        raise CodecError(f"index entry of key {key} is damaged")
+    entry, check = _SPARSE.unpack(raw)
+    if xxhash.xxh3_64_intdigest(_ENTRY.pack(entry), key & 0xFFFFFFFFFFFFFFFF) != check:
+        raise CodecError(f"index entry of key {key} is damaged")
+    return int(entry)
+
+
+def lookup(txn: lmdb.Transaction[Any], index_db: Any, keys_db: Any, key: int) -> int:
+    """The entry of ``key`` (0: none). Raises CodecError for a damaged chunk or entry."""
+    chunk, pos = divmod(key, CHUNK_KEYS)
+    raw = txn.get(chunk.to_bytes(8, "big"), db=index_db)
+    if raw is not None:
+        entry: int = _ENTRY.unpack_from(_checked(chunk, raw), pos * 8)[0]
+        if entry:
+            return entry
+    single = txn.get(key.to_bytes(8, "big"), db=keys_db)
+    return 0 if single is None else _sparse_entry(key, single)
+
+
+def entries_of(txn: lmdb.Transaction[Any], index_db: Any) -> Iterator[tuple[int, int]]:
+    """(key, entry) of every key in a chunk, in key order; (first key, 0) for a damaged one."""
+    for raw_chunk, raw in txn.cursor(db=index_db):
+        chunk = int.from_bytes(raw_chunk, "big")
+        try:
+            entries = _checked(chunk, raw)
+        except CodecError:
+            yield chunk * CHUNK_KEYS, 0
+            continue
+        base = chunk * CHUNK_KEYS
+        for pos, (entry,) in enumerate(_ENTRY.iter_unpack(entries[:_CHUNK_BYTES])):
+            if entry:
+                yield base + pos, entry
+
+
+def sparse_entries(txn: lmdb.Transaction[Any], keys_db: Any) -> Iterator[tuple[int, int]]:
+    """(key, entry) of every key in ``keys``, in key order; (key, 0) for a damaged one."""
+    for raw_key, raw in txn.cursor(db=keys_db):
+        key = int.from_bytes(raw_key, "big")
+        try:
+            entry = _sparse_entry(key, raw)
+        except CodecError:
+            entry = 0
+        yield key, entry
+
+
+class IndexWriter:
+    """The index as one write transaction changes it (changed chunks are written at the end).
+
+    Parameters
+    ----------
+    txn : lmdb.Transaction
+        The write transaction.
+    index_db, keys_db : lmdb._Database
+        The chunks and the sparse keys.
+
+    Attributes
+    ----------
+    added : int
+        Keys that had no entry and have one now.
+    damaged : int
+        Damaged chunks or entries found (their keys lost their entries).
+    """
+
+    def __init__(self, txn: lmdb.Transaction[bytes], index_db: Any, keys_db: Any) -> None:
+        self._txn = txn
+        self._index_db = index_db
+        self._keys_db = keys_db
+        self._chunks: dict[int, bytearray | None] = {}
+        self._dirty: set[int] = set()
+        self._dense: set[int] = set()
+        self._any_sparse = int(txn.stat(keys_db)["entries"]) > 0
+        self.added = 0
+        self.damaged = 0
+
+    def plan(self, keys: Iterable[int]) -> None:
+        """Let the chunks ``DENSE_MIN`` of ``keys`` fall into be created (one commit's keys)."""
+        counts = Counter(key // CHUNK_KEYS for key in keys)
+        self._dense |= {chunk for chunk, n in counts.items() if n >= DENSE_MIN}
+
+    def _chunk(self, chunk: int) -> bytearray | None:
+        if chunk in self._chunks:
+            return self._chunks[chunk]
+        raw = self._txn.get(chunk.to_bytes(8, "big"), db=self._index_db)
+        entries: bytearray | None = None
+        if raw is not None:
+            try:
+                entries = bytearray(_checked(chunk, raw)[:_CHUNK_BYTES])
+            except CodecError:
+                self.damaged += 1
+                entries = bytearray(_EMPTY)
+                self._dirty.add(chunk)
+        self._chunks[chunk] = entries
+        return entries
+
+    def get(self, key: int) -> int:
+        """The entry of ``key`` as this transaction has it (0: none)."""
+        chunk, pos = divmod(key, CHUNK_KEYS)
+        entries = self._chunk(chunk)
+        if entries is not None:
+            entry: int = _ENTRY.unpack_from(entries, pos * 8)[0]
+            if entry:
+                return entry
+        return self._sparse_get(key)
+
+    def _sparse_get(self, key: int) -> int:
+        if not self._any_sparse:
+            return 0
+        raw = self._txn.get(key.to_bytes(8, "big"), db=self._keys_db)
+        if raw is None:
+            return 0
+        try:
+            return _sparse_entry(key, raw)
+        except CodecError:
+            self.damaged += 1
+            return 0
+
+    def set(self, key: int, entry: int) -> int:
+        """Point ``key`` at ``entry``; the entry it had (0: none)."""
+        chunk, pos = divmod(key, CHUNK_KEYS)
+        entries = self._chunk(chunk)
+        if entries is None and chunk in self._dense:
+            entries = self._chunks[chunk] = bytearray(_EMPTY)
+        if entries is not None:
+            old: int = _ENTRY.unpack_from(entries, pos * 8)[0]
+            _ENTRY.pack_into(entries, pos * 8, entry)
+            self._dirty.add(chunk)
+            if not old and self._any_sparse:
+                old = self._sparse_get(key)
+                if old:
+                    self._txn.delete(key.to_bytes(8, "big"), db=self._keys_db)
+        else:
+            old = self._sparse_get(key)
+            check = xxhash.xxh3_64_intdigest(_ENTRY.pack(entry), key)
+            self._txn.put(key.to_bytes(8, "big"), _SPARSE.pack(entry, check), db=self._keys_db)
+            self._any_sparse = True
+        if not old:
+            self.added += 1
+        return old
+
+    def flush(self) -> None:
+        """Write the changed chunks."""
+        for chunk in sorted(self._dirty):
+            entries = self._chunks[chunk]
+            assert entries is not None
+            raw = bytes(entries) + _ENTRY.pack(_sum(chunk, bytes(entries)))
+            self._txn.put(chunk.to_bytes(8, "big"), raw, db=self._index_db)
+        self._dirty.clear()
