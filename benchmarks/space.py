@@ -17,7 +17,10 @@ index (DENSE_BYTES per key in chunks of DENSE_SLOTS consecutive keys, rewritten 
 from __future__ import annotations
 
 import argparse
+import os
 import struct
+import subprocess
+import sys
 import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
@@ -30,6 +33,7 @@ import numpy as np
 import torch
 
 from spillcache import SpillCache
+from spillcache.codec import encode, relaid
 
 SIZES = (512, 1024, 2048, 3072, 4096, 6144, 16384, 65536, 262144)  # tensor bytes per sample
 QUICK_SIZES = (512, 4096)
@@ -84,7 +88,7 @@ def node_bytes(key: int, value: int, nodemax: int) -> int:
 
 def measure(path: Path, db: bytes) -> Pages:
     """The page statistics of the store at ``path`` (read-only, no lock) and its db ``db``."""
-    env = lmdb.open(str(path), readonly=True, lock=False, max_dbs=4, subdir=True)
+    env = lmdb.open(str(path), readonly=True, lock=False, max_dbs=8, subdir=True)
     try:
         info, psize = env.info(), env.stat()["psize"]
         handle = env.open_db(db, create=False)
@@ -115,14 +119,30 @@ def fill(path: Path, nbytes: int, keys: list[int]) -> None:
         cache.flush()
 
 
-def stored(path: Path) -> list[tuple[bytes, bytes]]:
-    """Every (key, value) of a spillcache store's data db, in key order."""
-    env = lmdb.open(str(path), readonly=True, lock=False, max_dbs=4, subdir=True)
-    try:
-        with env.begin() as txn:
-            return list(txn.cursor(env.open_db(b"data", txn=txn)))
-    finally:
-        env.close()
+def stored(nbytes: int, n: int) -> list[tuple[bytes, bytes]]:
+    """Every (key, value) a store of format 1 held, in key order: the samples' values."""
+    return [(i.to_bytes(8, "big"), encode(sample(i, nbytes))) for i in range(n)]
+
+
+_OLD_FILL = """
+import sys, warnings
+import numpy as np, torch
+from spillcache import SpillCache
+path, nbytes, n, shuffled = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
+keys = np.random.default_rng(0).permutation(n).tolist() if shuffled else list(range(n))
+warnings.simplefilter("ignore")
+with SpillCache(path, ram_budget=0) as cache:
+    for i in keys:
+        cache.put(i, {"image": torch.full((nbytes // 4,), float(i)), "meta": {"id": i, "z": 0.5}})
+    cache.flush()
+"""
+
+
+def fill_old(path: Path, nbytes: int, n: int, shuffled: bool, src: str) -> None:
+    """The same store written by the spillcache in ``src`` (e.g. a worktree of main)."""
+    env = {**os.environ, "PYTHONPATH": src}
+    args = [str(path), str(nbytes), str(n), "1" if shuffled else "0"]
+    subprocess.run([sys.executable, "-c", _OLD_FILL, *args], env=env, check=True)
 
 
 def chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
@@ -214,7 +234,8 @@ class Row:
 
 
 LAYOUTS = {
-    "spillcache": "spillcache today",
+    "old": "spillcache, old code (--old)",
+    "spillcache": "spillcache",
     "raw": "raw LMDB put, same order",
     "append": "raw LMDB put(append=True), key order",
     "packed": f"packs of >= {PACK_BYTES >> 10} KiB + index",
@@ -222,13 +243,17 @@ LAYOUTS = {
 }
 
 
-def measure_size(tmp: Path, nbytes: int, n: int, shuffled: bool) -> Row:
+def measure_size(tmp: Path, nbytes: int, n: int, shuffled: bool, old: str | None) -> Row:
     """A spillcache store of ``n`` samples of ``nbytes`` and the raw layouts of its values."""
     keys = order(n, shuffled)
     fill(tmp / "store", nbytes, keys)
-    items = stored(tmp / "store")  # key order
+    items = stored(nbytes, n)  # key order
     arrival = [items[k] for k in keys]
-    layouts = {
+    layouts = {}
+    if old is not None:
+        fill_old(tmp / "old", nbytes, n, shuffled, old)
+        layouts["old"] = measure(tmp / "old", b"data")
+    layouts |= {
         "spillcache": measure(tmp / "store", b"data"),
         "raw": raw(tmp / "raw", arrival, append=False),
         "append": raw(tmp / "append", items, append=True),
@@ -238,12 +263,13 @@ def measure_size(tmp: Path, nbytes: int, n: int, shuffled: bool) -> Row:
     return Row(nbytes, n, shuffled, sum(len(v) for _, v in items) / n, layouts)
 
 
-def run(sizes: Iterable[int], quick: bool) -> list[Row]:
+def run(sizes: Iterable[int], quick: bool, old: str | None = None) -> list[Row]:
     rows = []
     for nbytes in sizes:
         for shuffled in (False, True):
             with tempfile.TemporaryDirectory() as tmp:
-                rows.append(measure_size(Path(tmp), nbytes, entries(nbytes, quick), shuffled))
+                n = entries(nbytes, quick)
+                rows.append(measure_size(Path(tmp), nbytes, n, shuffled, old))
     return rows
 
 
@@ -260,8 +286,12 @@ def ratio_table(rows: list[Row]) -> list[str]:
     ]
     by = {(r.nbytes, r.shuffled): r for r in rows}
     values = " | ".join(f"{by[s, False].value_bytes / s:.3f}" for s in sizes)
-    lines.append(f"| stored value / tensor bytes | - | {values} |")
+    lines.append(f"| value (format 1 entry) / tensor bytes | - | {values} |")
+    packed = " | ".join(f"{relaid(encode(sample(0, s))).size / s:.3f}" for s in sizes)
+    lines.append(f"| record (format 2, in a pack) / tensor bytes | - | {packed} |")
     for layout, label in LAYOUTS.items():
+        if layout not in rows[0].layouts:
+            continue
         for shuffled in (False, True):
             if layout == "append" and shuffled:
                 continue  # MDB_APPEND takes keys in order only
@@ -295,7 +325,8 @@ def report(rows: list[Row]) -> str:
         "",
         *ratio_table(rows),
         "",
-        "### LMDB pages of spillcache's data db",
+        "### LMDB pages of spillcache's data db (format 2: the packs; the index, specs and "
+        "accounting are in *other pages*)",
         "",
         *pages_table(rows, "spillcache"),
         "",
@@ -316,8 +347,11 @@ def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="two sizes, tiny stores")
     parser.add_argument("--out", type=Path, help="also write the tables to this file")
+    parser.add_argument(
+        "--old", metavar="SRC", help="also fill each store with the spillcache in SRC (its src/)"
+    )
     args = parser.parse_args(argv)
-    text = report(run(QUICK_SIZES if args.quick else SIZES, args.quick))
+    text = report(run(QUICK_SIZES if args.quick else SIZES, args.quick, args.old))
     print(text)
     if args.out:
         args.out.write_text(text)

@@ -128,6 +128,23 @@ def test_a_sparse_key_moves_into_its_chunk_when_replaced(tmp_path: Path) -> None
         assert txn.stat(dbs.keys)["entries"] == 0
 
 
+def test_a_shuffled_fill_in_small_commits_ends_up_in_chunks(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    keys = list(range(4 * CHUNK_KEYS))
+    random.Random(2).shuffle(keys)
+    with SpillCache(path, ram_budget=0) as cache:
+        for start in range(0, len(keys), 40):  # ~10 keys of each chunk per commit
+            for key in keys[start : start + 40]:
+                cache.put(key, sample(key))
+            cache.flush()
+        assert len(cache) == len(keys)
+        for key in range(len(keys)):
+            check(cache.get(key), key)
+    with raw_txn(path) as (txn, dbs):
+        assert txn.stat(dbs.keys)["entries"] == 0  # moved into their chunks
+        assert txn.stat(dbs.chunks)["entries"] == 4
+
+
 # -- garbage --------------------------------------------------------------------------------------
 
 

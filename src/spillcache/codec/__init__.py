@@ -1,4 +1,4 @@
-"""Safe, versioned serialization of one sample into one LMDB value.
+"""Safe, versioned serialization of one sample into one value, and into a pack's record.
 
 A *sample* is a nested structure of ``dict`` (keys ``str`` or ``int``, insertion order kept),
 ``list`` and ``tuple`` whose leaves are torch tensors, numpy arrays, numpy scalars (including
@@ -6,13 +6,13 @@ A *sample* is a nested structure of ``dict`` (keys ``str`` or ``int``, insertion
 or ``None``. Nothing is pickled and decoding never executes code: a value only ever turns into
 those types. Anything else is refused by :func:`encode` with a ``TypeError`` naming its path.
 
-Byte format, version 1
-----------------------
+Byte format of a value (store format 2, value version 1)
+--------------------------------------------------------
 All integers are little-endian; offsets count from the first byte of the value::
 
     offset 0            prefix, 12 bytes, struct "<4sHHI":
                           magic      4 bytes  b"SPLC"
-                          version    u16      FORMAT_VERSION (1)
+                          version    u16      VALUE_VERSION (1; FORMAT_VERSION, 2, is the store's)
                           flags      u16      0 (reserved; any other value is invalid)
                           spec_len   u32      length of the structure spec
     offset 12           structure spec, spec_len bytes (grammar below)
@@ -73,6 +73,21 @@ most 256 nodes gets a generated decoder, straight-line Python built only from th
 numbers and names (no value byte is ever parsed as code), so decoding a sample of a known shape
 only unpacks the prefix and the table, checks the checksum and copies the payloads.
 
+Records (store format 2)
+------------------------
+The disk tier stores values re-laid as records (module ``records``), their spec kept once per
+store::
+
+    offset 0            prefix, 12 bytes, struct "<4sQ": magic b"SPLR", spec id (the xxh3_64
+                        of the spec's bytes)
+    offset 12           table, as in the value
+    after the table     payloads as in the value, but arrays start at multiples of 8
+    n - 8               checksum: u64 xxh3_64 (seed 0) of bytes [0, n - 8)
+
+:func:`decode` and :func:`decode_sized` read values and records alike; a record whose spec
+this process has not learnt (:func:`learn`, which checks the spec against its id) raises
+:class:`UnknownSpec`, a ``CodecError``.
+
 Modules
 -------
 ``format``
@@ -92,6 +107,8 @@ Modules
     :class:`Decoded`, what :func:`decode_sized` returns.
 ``copying``
     :func:`clone` and :func:`replicate`, the RAM tier's copies of samples.
+``records``
+    :func:`relaid`, :func:`learn`, :class:`UnknownSpec`: values as a pack's records.
 ``snapshots``
     :func:`snapshot`: what a put with ``copy=True`` stores and keeps, from one encoding.
 ``replicators``

@@ -125,9 +125,49 @@ class IndexWriter:
         self.damaged = 0
 
     def plan(self, keys: Iterable[int]) -> None:
-        """Let the chunks ``DENSE_MIN`` of ``keys`` fall into be created (one commit's keys)."""
+        """Let the chunks of one commit's ``keys`` be created that will hold ``DENSE_MIN`` keys.
+
+        Counting the keys indexed alone already: a shuffled fill brings a dozen keys of each
+        chunk per commit, and its keys must not all stay alone.
+        """
         counts = Counter(key // CHUNK_KEYS for key in keys)
-        self._dense |= {chunk for chunk, n in counts.items() if n >= DENSE_MIN}
+        for chunk, n in counts.items():
+            if n >= DENSE_MIN or (self._any_sparse and n + self._alone(chunk) >= DENSE_MIN):
+                self._dense.add(chunk)
+
+    def _alone(self, chunk: int) -> int:
+        """Keys of ``chunk`` indexed alone (counted up to ``DENSE_MIN``)."""
+        cursor = self._txn.cursor(db=self._keys_db)
+        end = (chunk + 1) * CHUNK_KEYS
+        count = 0
+        if cursor.set_range((chunk * CHUNK_KEYS).to_bytes(8, "big")):
+            while count < DENSE_MIN and int.from_bytes(cursor.key(), "big") < end:
+                count += 1
+                if not cursor.next():
+                    break
+        return count
+
+    def _create(self, chunk: int) -> bytearray:
+        """A new chunk, holding the keys of its range indexed alone until now."""
+        entries = self._chunks[chunk] = bytearray(_EMPTY)
+        if not self._any_sparse:
+            return entries
+        base = chunk * CHUNK_KEYS
+        cursor = self._txn.cursor(db=self._keys_db)
+        moved = []
+        if cursor.set_range(base.to_bytes(8, "big")):
+            for raw_key, raw in cursor:
+                key = int.from_bytes(raw_key, "big")
+                if key >= base + CHUNK_KEYS:
+                    break
+                try:
+                    _ENTRY.pack_into(entries, (key - base) * 8, _sparse_entry(key, raw))
+                except CodecError:
+                    self.damaged += 1
+                moved.append(bytes(raw_key))
+        for raw_key in moved:
+            self._txn.delete(raw_key, db=self._keys_db)
+        return entries
 
     def _chunk(self, chunk: int) -> bytearray | None:
         if chunk in self._chunks:
@@ -171,7 +211,7 @@ class IndexWriter:
         chunk, pos = divmod(key, CHUNK_KEYS)
         entries = self._chunk(chunk)
         if entries is None and chunk in self._dense:
-            entries = self._chunks[chunk] = bytearray(_EMPTY)
+            entries = self._create(chunk)
         if entries is not None:
             old: int = _ENTRY.unpack_from(entries, pos * 8)[0]
             _ENTRY.pack_into(entries, pos * 8, entry)
