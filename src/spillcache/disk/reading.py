@@ -13,7 +13,7 @@ from typing import TypeVar
 
 import lmdb
 
-from ..codec import FORMAT_VERSION, learn
+from ..codec import FORMAT_VERSION, UnknownSpec, learn
 from ..errors import CodecError, StoreError
 from .env import DAMAGE_IN_TXN, damaged
 from .generation import Generation
@@ -81,7 +81,12 @@ class Reading:
                     stored = txn.get(GENERATION, db=txns.meta_db)
                     if generation is None or stored == generation:  # type: ignore[comparison-overlap]
                         value = find(txn, txns.dbs, key)
-                        return None if value is None else decoded(txn, txns.dbs, value, decode)
+                        if value is None:
+                            return None
+                        try:
+                            return decode(value)
+                        except UnknownSpec:  # a spec this process has not learnt yet
+                            return decoded(txn, txns.dbs, value, decode)
                     seen = None if stored is None else bytes(stored)
                 except DAMAGE_IN_TXN as exc:
                     raise damaged(txns.path, exc) from exc
