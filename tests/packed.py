@@ -15,7 +15,7 @@ import lmdb
 
 from spillcache.disk.env import DB_NAMES, Dbs
 from spillcache.disk.index import lookup
-from spillcache.disk.packs import PackBuilder, pack_key, slots_of
+from spillcache.disk.packs import SINGLE, PackBuilder, pack_key, slots_of
 
 
 def _dbs(env: lmdb.Environment, txn: lmdb.Transaction) -> Dbs:
@@ -52,6 +52,8 @@ def stored_record(path: Path, key: int) -> bytes | None:
             if not entry:
                 return None
             raw = bytes(txn.get(pack_key(entry >> 16), db=dbs.data))
+            if entry & 0xFFFF == SINGLE:
+                return raw
             _, start, end = slots_of(memoryview(raw))[entry & 0xFFFF]
             return raw[start:end]
     finally:
@@ -68,6 +70,9 @@ def replace_record(path: Path, key: int, how: Callable[[bytes], bytes]) -> None:
             assert entry, f"key {key} is not stored"
             pack, slot = entry >> 16, entry & 0xFFFF
             raw = bytes(txn.get(pack_key(pack), db=dbs.data))
+            if slot == SINGLE:  # a large value, alone and headerless
+                txn.put(pack_key(pack), how(raw), db=dbs.data)
+                return
             builder = PackBuilder()
             for index, (stored, start, end) in enumerate(slots_of(memoryview(raw))):
                 record = raw[start:end]

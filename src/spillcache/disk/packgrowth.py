@@ -86,7 +86,7 @@ class PackGrowth:
     def _split(self, key: int, size: int) -> tuple[int, int, int, int, int]:
         chunks = len(self._chunks) + (key // CHUNK_KEYS not in self._chunks)
         if size >= SINGLE_MIN:
-            pages = (_PAGE_HEADER + HEAD.size + SLOT.size + 8 + size - 1) // self.psize + 1
+            pages = (_PAGE_HEADER + size - 1) // self.psize + 1
             return (
                 self._packed,
                 self._records,

@@ -20,7 +20,7 @@ import lmdb
 from ..codec import relaid
 from .env import Dbs
 from .index import IndexWriter
-from .packs import SINGLE_MIN, PackBuilder, pack_key, slots_of
+from .packs import SINGLE, SINGLE_MIN, PackBuilder, pack_key, slots_of
 from .values import Stored
 
 __all__ = ["KEEP", "RECLAIM_BYTES", "PackWriter", "clear_counters", "entries_count"]
@@ -84,9 +84,7 @@ class PackWriter:
         self.index.plan(key for key, _ in items)
         for key, value in items:
             if len(value) >= SINGLE_MIN:
-                single = PackBuilder()
-                single.add_verbatim(key, value)
-                self._write(single)
+                self._write_single(key, value)
                 continue
             record = relaid(value)
             if record.spec_id not in self._specs:
@@ -117,6 +115,16 @@ class PackWriter:
             if old:
                 self._dead(old)
 
+    def _write_single(self, key: int, value: Stored) -> None:
+        """A large value as a pack of its own, as it is (no copy into a pack buffer)."""
+        pack = self._next
+        self._next += 1
+        self._txn.put(pack_key(pack), value, db=self._dbs.data)
+        self._live[pack] = [len(value), len(value)]
+        old = self.index.set(key, pack << 16 | SINGLE)
+        if old:
+            self._dead(old)
+
     def _dead(self, entry: int) -> None:
         """The record at ``entry`` is no longer indexed: count it as garbage."""
         pack, slot = entry >> 16, entry & 0xFFFF
@@ -126,6 +134,9 @@ class PackWriter:
             if raw is None:
                 return  # damaged accounting: the pack is reclaimed with the store
             live = self._live[pack] = list(_LIVE.unpack(raw))
+        if slot == SINGLE:
+            live[0] = 0
+            return
         slots = self._slots_of(pack)
         if slot < len(slots):
             live[0] -= slots[slot][2] - slots[slot][1]

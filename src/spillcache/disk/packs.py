@@ -7,9 +7,11 @@ A pack is one value of the ``data`` database (key: the pack id, 8 bytes big-endi
     then          records, each 8-aligned: slot s spans [align8(end of s - 1), end of s),
                   slot 0 starting at align8(8 + 12 * count)
 
-A record is a value re-laid by :mod:`spillcache.codec.records`, or, for a value of
-``SINGLE_MIN`` bytes or more, the value itself, alone in its pack. A value of LMDB is written
-whole by one transaction, so a reader never sees a pack half-written. Nothing in the pack is
+A record is a value re-laid by :mod:`spillcache.codec.records`. A value of ``SINGLE_MIN``
+bytes or more is stored as it is instead, headerless, as the whole pack: its index entry
+names slot ``SINGLE`` (no copy into a pack buffer; the value checks itself). A value of LMDB
+is written whole by one transaction, so a reader never sees a pack half-written. Nothing in
+the pack is
 trusted: every offset is checked against the pack's size and the slot's key against the key
 looked up, and the record checks itself (its checksum), so a damaged pack reads as a miss.
 """
@@ -26,6 +28,7 @@ __all__ = [
     "HEAD",
     "MAX_SLOTS",
     "PACK_BYTES",
+    "SINGLE",
     "SINGLE_MIN",
     "SLOT",
     "PackBuilder",
@@ -43,8 +46,10 @@ PACK_BYTES: Final = 1 << 20
 # Values this large get a pack of their own, not re-laid: a page of rounding is < 1.6 % of
 # them, and they are written and read without one more copy.
 SINGLE_MIN: Final = 256 << 10
-# Slots are numbered in 16 bits in the index (see :mod:`spillcache.disk.index`).
+# Slots are numbered in 16 bits in the index (see :mod:`spillcache.disk.index`); the last
+# number means "the pack is one value, without a header".
 MAX_SLOTS: Final = 0xFFFF
+SINGLE: Final = 0xFFFF
 
 
 def pack_key(pack: int) -> bytes:
@@ -68,6 +73,8 @@ def record_of(raw: memoryview, pack: int, slot: int, key: int) -> memoryview:
     CodecError
         If the pack is damaged or the slot holds another key (a damaged index).
     """
+    if slot == SINGLE:
+        return raw
     size = len(raw)
     if size < HEAD.size:
         raise _damaged(pack, key, f"{size} bytes")
