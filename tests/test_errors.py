@@ -14,7 +14,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import lmdb
 import numpy as np
 import pytest
 import torch
@@ -26,6 +25,7 @@ import spillcache.budget
 import spillcache.cli
 import spillcache.demo
 import spillcache.errors
+from packed import replace_record
 from spillcache import (
     CachedDataset,
     DataCache,
@@ -37,7 +37,7 @@ from spillcache import (
     copy_cache,
 )
 from spillcache.cli import _parser
-from spillcache.codec import decode, digest, encode
+from spillcache.codec import FORMAT_VERSION, decode, digest, encode
 from spillcache.errors import CodecError
 from spillcache.probes import probe_digest
 
@@ -168,13 +168,7 @@ def test_a_warning_inside_a_dataloader_points_at_the_training_loop(tmp_path: Pat
     path = tmp_path / "s"
     with CachedDataset(Source(), path, probes=0) as ds:
         ds[2]
-    env = lmdb.open(str(path), max_dbs=2)
-    with env.begin(write=True) as txn:
-        db = env.open_db(b"data", txn=txn)
-        raw = bytearray(txn.get((2).to_bytes(8, "big"), db=db))
-        raw[-1] ^= 0x10
-        txn.put((2).to_bytes(8, "big"), bytes(raw), db=db)
-    env.close()
+    replace_record(path, 2, lambda record: record[:-1] + bytes([record[-1] ^ 0x10]))
     with CachedDataset(Source(), path, probes=0) as ds:
         loader = DataLoader(torch.utils.data.Subset(ds, [2]), batch_size=1)
         with warnings.catch_warnings(record=True) as caught:
@@ -489,8 +483,8 @@ def test_store_events_are_logged_once_each(
     assert info == [
         f"created the store at {path} (entries: 0)",
         f"opened the store at {path} (entries: 8)",
-        f"emptying the store at {str(path)!r}: it holds format 1, fingerprint 'a', expected "
-        "format 1, fingerprint 'b'",
+        f"emptying the store at {str(path)!r}: it holds format {FORMAT_VERSION}, fingerprint "
+        f"'a', expected format {FORMAT_VERSION}, fingerprint 'b'",
         f"opened the store at {path} (entries: 0)",
         f"copied the store at {path} to {tmp_path / 'copy'}",
         f"deleted the store at {tmp_path / 'copy'}",

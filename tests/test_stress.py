@@ -36,7 +36,7 @@ from reliability import (
 from spillcache import SpillCache
 from spillcache.admin import verify
 from spillcache.cache import reads as cache_reads
-from spillcache.codec import decode_sized
+from spillcache.codec import decode_sized, encode
 from spillcache.disk import tier as disk_module
 
 SECONDS = scaled(8, 60)
@@ -168,7 +168,8 @@ def test_flush_returns_while_other_threads_keep_writing(
     ) -> None:
         real_commit(self, batch, *args)
         if not stop.is_set():
-            threading.Thread(target=self.write, args=(max(batch) + 1, b"x")).start()
+            key = max(batch) + 1  # a real value: format 2 re-lays what it stores into packs
+            threading.Thread(target=self.write, args=(key, encode(make_sample(key)))).start()
             time.sleep(0.01)  # that put lands before the flushing thread looks again
 
     monkeypatch.setattr(disk_module.DiskTier, "store_batch", commit_then_another_put)
