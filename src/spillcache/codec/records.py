@@ -24,8 +24,6 @@ from .plan import Plan
 
 __all__ = ["RECORD_PLANS", "Relaid", "UnknownSpec", "learn", "relaid", "spec_id"]
 
-# The plan of each record's spec, by spec id (only specs whose bytes hash to their id).
-RECORD_PLANS: dict[int, Plan] = {}
 # spec bytes -> (spec id, its record plan, the value's plan): what relaying needs.
 _BY_SPEC: dict[bytes, tuple[int, Plan, Plan]] = {}
 
@@ -42,6 +40,17 @@ class UnknownSpec(CodecError):
     def __init__(self, spec: int) -> None:
         super().__init__(f"record of unknown structure spec {spec:#018x}")
         self.spec = spec
+
+
+class _Plans(dict[int, Plan]):
+    """Plans by spec id; a missing id raises :class:`UnknownSpec` (no test on the hit path)."""
+
+    def __missing__(self, spec: int) -> Plan:
+        raise UnknownSpec(spec)
+
+
+# The plan of each record's spec, by spec id (only specs whose bytes hash to their id).
+RECORD_PLANS: dict[int, Plan] = _Plans()
 
 
 def spec_id(spec: bytes) -> int:

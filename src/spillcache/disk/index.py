@@ -23,17 +23,31 @@ import xxhash
 
 from ..errors import CodecError
 
-__all__ = ["CHUNK_KEYS", "DENSE_MIN", "IndexWriter", "entries_of", "lookup", "sparse_entries"]
+__all__ = [
+    "CHUNK_BYTES",
+    "CHUNK_KEYS",
+    "CHUNK_SIZE",
+    "DENSE_MIN",
+    "HASH",
+    "UNPACK",
+    "IndexWriter",
+    "entries_of",
+    "lookup",
+    "sparse_entries",
+    "sparse_lookup",
+]
 
 CHUNK_KEYS: Final = 500
 # Keys of one chunk that make a commit create it (1/32 of it).
 DENSE_MIN: Final = 16
 _ENTRY: Final = struct.Struct("<Q")
-_CHUNK_BYTES: Final = CHUNK_KEYS * _ENTRY.size
+CHUNK_BYTES: Final = CHUNK_KEYS * _ENTRY.size
+# A stored chunk: its entries, then their checksum.
+CHUNK_SIZE: Final = CHUNK_BYTES + 8
 _SPARSE: Final = struct.Struct("<QQ")
-_EMPTY: Final = bytes(_CHUNK_BYTES)
-_HASH: Final = xxhash.xxh3_64_intdigest
-_UNPACK: Final = _ENTRY.unpack_from
+_EMPTY: Final = bytes(CHUNK_BYTES)
+HASH: Final = xxhash.xxh3_64_intdigest
+UNPACK: Final = _ENTRY.unpack_from
 
 
 def _sum(chunk: int, raw: bytes | memoryview) -> int:
@@ -43,8 +57,8 @@ def _sum(chunk: int, raw: bytes | memoryview) -> int:
 def _checked(chunk: int, raw: memoryview | bytes) -> memoryview | bytes:
     """The entries of a stored chunk, checked."""
     if (
-        len(raw) != _CHUNK_BYTES + 8
-        or _sum(chunk, raw[:_CHUNK_BYTES]) != _ENTRY.unpack_from(raw, _CHUNK_BYTES)[0]
+        len(raw) != CHUNK_BYTES + 8
+        or _sum(chunk, raw[:CHUNK_BYTES]) != _ENTRY.unpack_from(raw, CHUNK_BYTES)[0]
     ):
         raise CodecError(f"index chunk {chunk} (keys {chunk * CHUNK_KEYS}...) is damaged")
     return raw
@@ -66,13 +80,18 @@ def lookup(txn: lmdb.Transaction[Any], index_db: Any, keys_db: Any, key: int) ->
     if raw is not None:
         # _checked inlined: every disk hit comes through here.
         if (
-            len(raw) != _CHUNK_BYTES + 8
-            or _HASH(raw[:_CHUNK_BYTES], chunk) != _UNPACK(raw, _CHUNK_BYTES)[0]
+            len(raw) != CHUNK_BYTES + 8
+            or HASH(raw[:CHUNK_BYTES], chunk) != UNPACK(raw, CHUNK_BYTES)[0]
         ):
             _checked(chunk, raw)
-        entry: int = _UNPACK(raw, pos * 8)[0]
+        entry: int = UNPACK(raw, pos * 8)[0]
         if entry:
             return entry
+    return sparse_lookup(txn, keys_db, key)
+
+
+def sparse_lookup(txn: lmdb.Transaction[Any], keys_db: Any, key: int) -> int:
+    """The entry of ``key`` if indexed alone (0: none). Raises CodecError if damaged."""
     single = txn.get(key.to_bytes(8, "big"), db=keys_db)
     return 0 if single is None else _sparse_entry(key, single)
 
@@ -87,7 +106,7 @@ def entries_of(txn: lmdb.Transaction[Any], index_db: Any) -> Iterator[tuple[int,
             yield chunk * CHUNK_KEYS, 0
             continue
         base = chunk * CHUNK_KEYS
-        for pos, (entry,) in enumerate(_ENTRY.iter_unpack(entries[:_CHUNK_BYTES])):
+        for pos, (entry,) in enumerate(_ENTRY.iter_unpack(entries[:CHUNK_BYTES])):
             if entry:
                 yield base + pos, entry
 
@@ -184,7 +203,7 @@ class IndexWriter:
         entries: bytearray | None = None
         if raw is not None:
             try:
-                entries = bytearray(_checked(chunk, raw)[:_CHUNK_BYTES])
+                entries = bytearray(_checked(chunk, raw)[:CHUNK_BYTES])
             except CodecError:
                 self.damaged += 1
                 entries = bytearray(_EMPTY)

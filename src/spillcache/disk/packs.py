@@ -31,6 +31,7 @@ __all__ = [
     "SINGLE",
     "SINGLE_MIN",
     "SLOT",
+    "SLOT_WITH_START",
     "PackBuilder",
     "pack_key",
     "record_of",
@@ -39,6 +40,9 @@ __all__ = [
 
 HEAD: Final = struct.Struct("<4sI")
 SLOT: Final = struct.Struct("<QI")
+# The end of the slot before (for slot 0: the pack's count), then the slot: one unpack of
+# what a read needs, at offset ``12 * slot + 4``.
+SLOT_WITH_START: Final = struct.Struct("<IQI")
 MAGIC: Final = b"SPK2"
 # A pack is closed once it holds this much: its rounding to whole pages then costs < 0.4 %
 # (docs/benchmarks/space.md).
