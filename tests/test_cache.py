@@ -614,13 +614,14 @@ def test_writes_are_committed_without_flush(tmp_path: Path) -> None:
             import sys, time
             import lmdb
             from spillcache.disk.env import DB_NAMES, Dbs
+            from spillcache.disk.index import CheckedChunks
             from spillcache.disk.lookup import find
             env = lmdb.open(sys.argv[1], max_dbs=len(DB_NAMES), readonly=True, lock=True)
             dbs = Dbs(*(env.open_db(n, create=False) for n in DB_NAMES))
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 with env.begin() as txn:
-                    if find(txn, dbs, 7) is not None:
+                    if find(txn, dbs, 7, CheckedChunks()) is not None:
                         print("seen")
                         break
                 time.sleep(0.05)

@@ -13,7 +13,14 @@ import pytest
 import torch
 
 from packed import raw_txn, used_bytes
-from spillcache import FingerprintMismatch, SpillCache, SpillCacheWarning, StoreError, cache_info
+from reliability import run_python
+from spillcache import (
+    FingerprintMismatch,
+    SpillCache,
+    SpillCacheWarning,
+    StoreError,
+    cache_info,
+)
 from spillcache.admin import verify
 from spillcache.codec import records
 from spillcache.disk import inspected
@@ -300,3 +307,55 @@ def test_large_values_have_packs_of_their_own(tmp_path: Path) -> None:
         assert txn.stat(dbs.data)["entries"] == 3
         assert txn.stat(dbs.specs)["entries"] == 0  # stored as values, spec included
     shutil.rmtree(path)
+
+
+def test_a_chunk_is_hashed_once_per_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spillcache.disk import lookup
+
+    path = tmp_path / "s"
+    fill(path, list(range(2 * CHUNK_KEYS)))
+    hashed: list[int] = []
+    real = lookup.HASH
+
+    def counting(raw: Any, chunk: int) -> int:
+        hashed.append(chunk)
+        return real(raw, chunk)
+
+    monkeypatch.setattr(lookup, "HASH", counting)
+    with SpillCache(path, ram_budget=0) as cache:
+        for _ in range(3):
+            for key in range(2 * CHUNK_KEYS):
+                check(cache.get(key), key)
+        assert hashed == [0, 1]  # each chunk once in this snapshot
+        cache.put(5, sample(5, version=1))
+        cache.flush()  # a commit: a new snapshot, whose chunks are checked again
+        check(cache.get(5), 5, version=1)
+        check(cache.get(CHUNK_KEYS), CHUNK_KEYS)
+        assert hashed == [0, 1, 0, 1]
+
+
+def test_a_chunk_damaged_by_a_later_commit_is_found(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    fill(path, list(range(CHUNK_KEYS)))
+    with SpillCache(path, ram_budget=0) as cache:
+        check(cache.get(3), 3)  # chunk 0 checked in this snapshot
+        damage = run_python(  # another process damages it, in a new snapshot
+            """
+            import sys
+            from pathlib import Path
+            from packed import raw_txn
+            with raw_txn(Path(sys.argv[1])) as (txn, dbs):
+                raw = bytearray(txn.get((0).to_bytes(8, "big"), db=dbs.chunks))
+                raw[3 * 8] ^= 1  # key 3's entry: slot 3 becomes slot 2, which holds key 2
+                txn.put((0).to_bytes(8, "big"), bytes(raw), db=dbs.chunks)
+            """,
+            str(path),
+        )
+        assert damage.returncode == 0, damage.stderr
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert cache.get(4) is None  # the chunk is hashed again: all its keys are lost
+            assert cache.get(3) is None
+        assert cache.stats().corrupt == 2

@@ -30,6 +30,7 @@ __all__ = [
     "DENSE_MIN",
     "HASH",
     "UNPACK",
+    "CheckedChunks",
     "IndexWriter",
     "entries_of",
     "lookup",
@@ -94,6 +95,27 @@ def sparse_lookup(txn: lmdb.Transaction[Any], keys_db: Any, key: int) -> int:
     """The entry of ``key`` if indexed alone (0: none). Raises CodecError if damaged."""
     single = txn.get(key.to_bytes(8, "big"), db=keys_db)
     return 0 if single is None else _sparse_entry(key, single)
+
+
+class CheckedChunks:
+    """The chunks of one store found intact in its latest snapshot read, to hash each once.
+
+    A snapshot is named by its transaction id: LMDB never changes a committed page that a
+    snapshot can see, so a chunk intact in it stays intact until a commit makes a new one.
+    Threads share the object: each keeps the set of its own snapshot, replaced whole.
+    """
+
+    __slots__ = ("_snapshot",)
+
+    def __init__(self) -> None:
+        self._snapshot: tuple[int, set[int]] = (-1, set())
+
+    def seen(self, txn_id: int) -> set[int]:
+        """The chunks found intact in the snapshot ``txn_id`` (a set to add them to)."""
+        snapshot = self._snapshot
+        if snapshot[0] != txn_id:
+            snapshot = self._snapshot = (txn_id, set())
+        return snapshot[1]
 
 
 def entries_of(txn: lmdb.Transaction[Any], index_db: Any) -> Iterator[tuple[int, int]]:

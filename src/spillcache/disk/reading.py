@@ -80,7 +80,7 @@ class Reading:
                     # In the value's transaction: the store cannot be emptied in between.
                     stored = txn.get(GENERATION, db=txns.meta_db)
                     if generation is None or stored == generation:  # type: ignore[comparison-overlap]
-                        value = find(txn, txns.dbs, key)
+                        value = find(txn, txns.dbs, key, txns.checked)
                         if value is None:
                             return None
                         try:
@@ -106,7 +106,7 @@ class Reading:
         with txns.read() as txn:
             stored = txn.get(GENERATION, db=txns.meta_db)
             if generation is None or stored == generation:  # type: ignore[comparison-overlap]
-                value = find(txn, txns.dbs, key)
+                value = find(txn, txns.dbs, key, txns.checked)
                 return None if value is None else decoded(txn, txns.dbs, value, decode)
             seen = None if stored is None else bytes(stored)
         self.view.went_stale(generation, seen)
@@ -170,7 +170,7 @@ class Reading:
             dense = entries_of(txn, dbs.chunks)
             for key, entry in heapq.merge(dense, sparse_entries(txn, dbs.keys)):
                 try:
-                    record = find(txn, dbs, key) if entry else _DAMAGED
+                    record = find(txn, dbs, key, txns.checked) if entry else _DAMAGED
                 except CodecError:
                     record = _DAMAGED
                 if record is not None:

@@ -20,6 +20,7 @@ from ..signalsafe import Condition
 from .env import DAMAGE_IN_TXN, Dbs, damaged, open_env
 from .events import Events
 from .gate import Gate
+from .index import CheckedChunks
 
 __all__ = ["Transactions"]
 
@@ -52,6 +53,8 @@ class Transactions:
         The open environment; None until first use, after a fork and once closed.
     dbs : Dbs
         The handles of the store's named databases (set wherever ``env`` is opened).
+    checked : CheckedChunks
+        The index chunks found intact in the latest snapshot read (set with ``dbs``).
     data_db, meta_db : lmdb._Database
         The handles of the named databases of ``env`` (set wherever it is opened).
     released : bool
@@ -59,6 +62,7 @@ class Transactions:
     """
 
     dbs: Dbs
+    checked: CheckedChunks
     data_db: lmdb._Database
     meta_db: lmdb._Database
 
@@ -78,6 +82,7 @@ class Transactions:
         """Open the environment now (checked: see :func:`~spillcache.disk.env.open_env`)."""
         opened = open_env(self.path, read_only=self.read_only, readahead=self.readahead)
         self.dbs = opened.dbs
+        self.checked = CheckedChunks()
         self.data_db, self.meta_db = opened.dbs.data, opened.dbs.meta
         self.env = opened.env
         return opened.env
