@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import struct
 import tarfile
 import warnings
 from pathlib import Path
@@ -359,3 +360,22 @@ def test_a_chunk_damaged_by_a_later_commit_is_found(tmp_path: Path) -> None:
             assert cache.get(4) is None  # the chunk is hashed again: all its keys are lost
             assert cache.get(3) is None
         assert cache.stats().corrupt == 2
+
+
+def test_the_records_of_a_damaged_chunk_are_garbage_and_len_is_recounted(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    fill(path, list(range(2 * CHUNK_KEYS)))  # one pack holds them all
+    with raw_txn(path) as (txn, dbs):
+        raw = bytearray(txn.get((1).to_bytes(8, "big"), db=dbs.chunks))
+        raw[100] ^= 1
+        txn.put((1).to_bytes(8, "big"), bytes(raw), db=dbs.chunks)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fill(path, [CHUNK_KEYS])  # the writer finds chunk 1 damaged, and resets it
+    with SpillCache(path, ram_budget=0) as cache:
+        assert len(cache) == CHUNK_KEYS + 1  # chunk 0's keys and the one put again
+    with raw_txn(path) as (txn, dbs):
+        live, size = struct.unpack("<QQ", txn.get(pack_key(1), db=dbs.live))
+    # The 499 records chunk 1 still pointed at (key 512's entry was the damaged one), and
+    # key 500's old one, are garbage: about half of the pack.
+    assert live < 0.55 * size

@@ -160,6 +160,9 @@ class IndexWriter:
         Keys that had no entry and have one now.
     damaged : int
         Damaged chunks or entries found (their keys lost their entries).
+    dropped : list of (int, int)
+        (key, entry) of each nonzero entry a damaged chunk held, unchecked: the records they
+        may point at are garbage now (:class:`~.packing.PackWriter` accounts those it finds).
     """
 
     def __init__(self, txn: lmdb.Transaction[bytes], index_db: Any, keys_db: Any) -> None:
@@ -172,6 +175,7 @@ class IndexWriter:
         self._any_sparse = int(txn.stat(keys_db)["entries"]) > 0
         self.added = 0
         self.damaged = 0
+        self.dropped: list[tuple[int, int]] = []
 
     def plan(self, keys: Iterable[int]) -> None:
         """Let the chunks of one commit's ``keys`` be created that will hold ``DENSE_MIN`` keys.
@@ -230,6 +234,13 @@ class IndexWriter:
                 self.damaged += 1
                 entries = bytearray(_EMPTY)
                 self._dirty.add(chunk)
+                base = chunk * CHUNK_KEYS
+                whole = raw[: min(len(raw), CHUNK_BYTES) // 8 * 8]
+                self.dropped += [
+                    (base + pos, entry)
+                    for pos, (entry,) in enumerate(_ENTRY.iter_unpack(whole))
+                    if entry
+                ]
         self._chunks[chunk] = entries
         return entries
 

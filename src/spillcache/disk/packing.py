@@ -19,7 +19,7 @@ import lmdb
 
 from ..codec import relaid
 from .env import Dbs
-from .index import IndexWriter
+from .index import IndexWriter, entries_of
 from .packs import SINGLE, SINGLE_MIN, PackBuilder, pack_key, slots_of
 from .values import Stored
 
@@ -191,6 +191,9 @@ class PackWriter:
         self._close()
         self.index.flush()
         txn, dbs = self._txn, self._dbs
+        for lost, entry in self.index.dropped:  # a damaged chunk's: garbage if they were real
+            if self._holds(entry, lost):
+                self._dead(entry)
         for pack, (live, size) in self._live.items():
             key = _live_key(pack)
             if live <= 0:
@@ -203,9 +206,23 @@ class PackWriter:
             if live < KEEP * pages * self._psize:
                 txn.put(key, b"", db=dbs.reclaim)
         txn.put(NEXT_PACK, _COUNTER.pack(self._next), db=dbs.meta)
-        if self.index.added:
+        if self.index.damaged:
+            # Keys lost with a damaged index are not known one by one: counted again.
+            count = sum(1 for _, entry in entries_of(txn, dbs.chunks) if entry)
+            txn.put(ENTRIES, _COUNTER.pack(count + txn.stat(dbs.keys)["entries"]), db=dbs.meta)
+        elif self.index.added:
             count = entries_count(txn, dbs) + self.index.added
             txn.put(ENTRIES, _COUNTER.pack(count), db=dbs.meta)
+
+    def _holds(self, entry: int, key: int) -> bool:
+        """Whether ``entry`` points at a record of ``key`` (a stored pack, a slot of the key)."""
+        pack, slot = entry >> 16, entry & 0xFFFF
+        if slot == SINGLE:
+            return (
+                pack in self._live or self._txn.get(_live_key(pack), db=self._dbs.live) is not None
+            )
+        slots = self._slots_of(pack)
+        return slot < len(slots) and slots[slot][0] == key
 
 
 def _live_key(pack: int) -> bytes:
