@@ -24,8 +24,9 @@ from spillcache import (
 )
 from spillcache.admin import verify
 from spillcache.codec import records
-from spillcache.disk import inspected
+from spillcache.disk import inspected, read_marker
 from spillcache.disk.index import CHUNK_KEYS
+from spillcache.disk.layout import LAYOUT
 from spillcache.disk.packs import pack_key
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -83,6 +84,18 @@ def test_a_format_1_store_is_rebuilt_with_one_warning(tmp_path: Path) -> None:
     assert (info.format_version, info.items, info.fingerprint) == (2, 1, "v1-fixture")
     with SpillCache(path, ram_budget=0, fingerprint="v1-fixture") as cache:
         check(cache.get(1), 1, 5)
+
+
+def test_the_marker_names_the_directory_layout_not_the_format(tmp_path: Path) -> None:
+    # The format is in LMDB and changes with a rebuild; the marker is written once.
+    fill(tmp_path / "new", [1])
+    rebuilt = v1_store(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fill(rebuilt, [1], fingerprint="v1-fixture")
+    for path in (tmp_path / "new", rebuilt):
+        assert cache_info(path).format_version == 2
+        assert read_marker(path)["spillcache"] == LAYOUT == 1
 
 
 def test_a_format_1_store_is_refused_on_mismatch_error(tmp_path: Path) -> None:

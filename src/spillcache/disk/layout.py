@@ -4,6 +4,10 @@ A store directory holds exactly the files the store owns: ``spillcache.json`` (t
 tells a store from any other directory, written before anything else), ``spillcache.lock``
 (see :mod:`spillcache.disk.lockfile`), LMDB's ``data.mdb`` and ``lock.mdb``, and transient
 ``spillcache.json.<pid>.tmp`` files while the marker is written.
+
+The marker's number is this directory layout's (``LAYOUT``), not the format of what the
+store holds: that is recorded in LMDB, beside the data it describes
+(:mod:`spillcache.disk.meta`), and changes when a store is rebuilt, which the marker is not.
 """
 
 from __future__ import annotations
@@ -15,10 +19,10 @@ import re
 import time
 from pathlib import Path
 
-from ..codec import FORMAT_VERSION
 from ..errors import StoreError
 
 __all__ = [
+    "LAYOUT",
     "LMDB_FILES",
     "LOCK_FILE",
     "MARKER",
@@ -31,6 +35,8 @@ __all__ = [
 ]
 
 MARKER = "spillcache.json"
+# The directory layout the marker names: the same for stores of format 1 and 2.
+LAYOUT = 1
 LMDB_FILES = ("data.mdb", "lock.mdb")
 # Held (flock, shared) by every process that has the store open; `clear` takes it exclusively.
 LOCK_FILE = "spillcache.lock"
@@ -148,9 +154,7 @@ def prepare_directory(root: Path) -> bool:
     # never ours, so a crash here can never make us adopt (or later delete) a foreign database.
     tmp = root / f"{MARKER}.{os.getpid()}.tmp"
     try:
-        tmp.write_text(
-            json.dumps({"spillcache": FORMAT_VERSION, "created": time.time()}), encoding="utf-8"
-        )
+        tmp.write_text(json.dumps({"spillcache": LAYOUT, "created": time.time()}), encoding="utf-8")
         os.replace(tmp, root / MARKER)
     except OSError as exc:
         with contextlib.suppress(OSError):
