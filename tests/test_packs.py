@@ -21,6 +21,7 @@ from spillcache import (
     SpillCacheWarning,
     StoreError,
     cache_info,
+    copy_cache,
 )
 from spillcache.admin import verify
 from spillcache.codec import records
@@ -96,6 +97,18 @@ def test_the_marker_names_the_directory_layout_not_the_format(tmp_path: Path) ->
     for path in (tmp_path / "new", rebuilt):
         assert cache_info(path).format_version == 2
         assert read_marker(path)["spillcache"] == LAYOUT == 1
+
+
+def test_copy_migrates_a_format_1_store(tmp_path: Path) -> None:
+    source = v1_store(tmp_path)
+    (copied,) = copy_cache(source, tmp_path / "copy")
+    info = cache_info(copied)
+    assert (info.format_version, info.items, info.fingerprint) == (2, 3, "v1-fixture")
+    with SpillCache(copied, ram_budget=0, fingerprint="v1-fixture", on_mismatch="error") as c:
+        for key in range(3):
+            check(c.get(key), key)
+    assert verify(copied).ok
+    assert cache_info(source).format_version == 1  # the source is only read
 
 
 def test_a_format_1_store_is_refused_on_mismatch_error(tmp_path: Path) -> None:

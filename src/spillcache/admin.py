@@ -24,6 +24,7 @@ from .disk import (
     store_files_size,
     try_lock_exclusive,
 )
+from .disk.migrate import FORMAT_1, migrate
 from .errors import CodecError, StoreError
 from .node.forget import forget
 from .nodelink import ENV_DIR
@@ -170,6 +171,9 @@ def copy_cache(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> list
     Safe while the store is in use (a snapshot of what is committed). A copy is a store of its
     own, reused as is where it is opened (same fingerprint, same entries): copy a store from
     node-local scratch to shared storage at the end of a job, and back at the start of the next.
+    A store of an older format (1) is copied into a store of this format: its entries, its
+    fingerprint and its metadata, without the damaged entries (``spillcache copy`` migrates
+    it, where opening it would rebuild it empty).
 
     Everything is checked before anything is written, and the source is only read: a copy
     that fails (an unwritable or full destination, a damaged source) leaves the source as it
@@ -208,11 +212,15 @@ def copy_cache(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> list
             target = root if single else root / store.name
             _make_directory(target, created)
             written.append(target)
-            # The marker first, as when a store is created: an interrupted copy is then a
-            # damaged store of ours (rebuilt on open), never an unknown LMDB database.
-            shutil.copyfile(store / MARKER, target / MARKER)
             with inspected(store) as tier:
-                tier.copy_to(target)
+                if tier.describe()["format_version"] == FORMAT_1:
+                    migrate(tier, target)  # into a new store: written as this version writes
+                else:
+                    # The marker first, as when a store is created: an interrupted copy is
+                    # then a damaged store of ours (rebuilt on open), never an unknown LMDB
+                    # database.
+                    shutil.copyfile(store / MARKER, target / MARKER)
+                    tier.copy_to(target)
             logger.info("copied the store at %s to %s", store, target)
     except BaseException as exc:
         _remove_copies(written, created)
