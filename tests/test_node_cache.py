@@ -201,6 +201,41 @@ def test_a_put_the_node_tier_fails_to_take_serves_no_older_version(
     cache.close()
 
 
+def get_all_and_report(store: str, where: str, keys: int, out: str) -> None:
+    os.environ.update({nodelink.ENV_DIR: where, "LOCAL_WORLD_SIZE": "2"})
+    with SpillCache(store, ram_budget="16MiB") as cache:
+        got = [value(cache.get(k)) for k in range(keys)]
+        stats = cache.stats()
+        result = {"got": got, "node_hits": stats.node_hits, "disk_hits": stats.disk_hits}
+        Path(out).write_text(json.dumps(result))
+
+
+def test_a_record_read_from_disk_is_a_node_hit_in_a_process_new_to_its_spec(
+    tmp_path: Path, node_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk hit offers the store's record (its spec named by id) to the node tier: another
+    process, which has not read that spec yet, learns it from the store and hits."""
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    store = tmp_path / "store"
+    cache = SpillCache(store, ram_budget="16MiB")
+    for key in range(8):
+        cache.put(key, sample(key))
+    cache.flush()
+    tier = NodeTier.open(store, 16 * MIB, where=node_dir)
+    assert tier is not None
+    for key in range(8):
+        tier.put(key, None)  # the next gets read the disk tier: records into the node tier
+    assert [value(cache.get(k)) for k in range(8)] == [float(k) for k in range(8)]
+    assert (cache.stats().disk_hits, cache.stats().node_items) == (8, 8)
+    out = tmp_path / "out.json"
+    run(get_all_and_report, str(store), str(node_dir), 8, str(out))
+    result = json.loads(out.read_text())
+    assert result["got"] == [float(k) for k in range(8)]
+    assert (result["node_hits"], result["disk_hits"]) == (8, 0)
+    tier.close()
+    cache.close()
+
+
 def rank_with_four(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, SpillCache]:
     """A DDP rank's cache (shared from the start) that put samples 0-3."""
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")

@@ -26,7 +26,7 @@ from typing import Any, ParamSpec, TypeVar
 import lmdb
 import torch.distributed
 
-from .codec import decode
+from .codec import UnknownSpec, decode
 from .counters import DISK_HITS, MISSES, NODE_HITS, RAM_HITS
 from .disk.values import Value, readable
 from .errors import CodecError, NodeTierWarning
@@ -97,6 +97,9 @@ class Hooks:
         Turn the local RAM tier off; the keys it held.
     commit : callable
         Commit the disk tier's queued writes (visible to every process).
+    learn : callable
+        ``learn(spec)``: read the structure spec ``spec`` from the store, for the decoder (a
+        record in the node tier names its spec by id; CodecError if the store lacks it).
     """
 
     read: Callable[[int, Callable[[memoryview | bytes], Any]], Any]
@@ -106,6 +109,7 @@ class Hooks:
     fallback: Callable[[int], Any]
     drop_local: Callable[[], list[int]]
     commit: Callable[[], None]
+    learn: Callable[[int], None]
 
 
 @dataclass(frozen=True)
@@ -290,9 +294,8 @@ class NodeLink:
             return own
         try:
             sample, stamp = tier.fetch(key, decode, generation=generation)
-        except CodecError:  # damaged in memory: drop it, read the store
-            tier.put(key, None)
-            sample, stamp = None, NO_STAMP
+        except CodecError as exc:
+            sample, stamp = self._undecoded(tier, key, exc, generation)
         except (OSError, lmdb.Error) as exc:
             self._fault(exc)
             return self._hooks.fallback(key)
@@ -312,6 +315,27 @@ class NodeLink:
         if stamp != NO_STAMP:
             self._offer(key, value, stamp, generation, evict=True)
         return sample
+
+    def _undecoded(
+        self, tier: NodeTier, key: int, exc: CodecError, generation: bytes | None
+    ) -> tuple[Any | None, int]:
+        """:meth:`get`'s fetch of ``key`` that raised ``exc``: once more if a spec was missing.
+
+        A disk hit offers the store's record to the tier, whose spec it names by id: a process
+        that has not read that spec yet learns it from the store. Anything else undecodable
+        is damaged in memory: dropped (a miss, read from the store).
+        """
+        try:
+            if isinstance(exc, UnknownSpec):
+                try:
+                    self._hooks.learn(exc.spec)
+                    return tier.fetch(key, decode, generation=generation, record=False)
+                except CodecError:
+                    pass
+            tier.put(key, None)
+        except (OSError, lmdb.Error) as fault:
+            self._fault(fault)
+        return None, NO_STAMP
 
     def _own_get(self, tier: NodeTier, key: int, generation: bytes | None) -> Any | None:
         """The object this process put under ``key``, if the node tier still holds that put."""

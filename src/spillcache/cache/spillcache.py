@@ -295,6 +295,7 @@ class SpillCache(MissHook, Closing):
             fallback=weakly(self._disk_get),
             drop_local=weakly(self._drop_local),
             commit=self._disk.commit,
+            learn=self._disk.learn_spec,
         )
         budget = 0 if self.closed else self._ram_budget
         link = NodeLink(

@@ -18,7 +18,7 @@ from ..errors import CodecError, StoreError
 from .env import DAMAGE_IN_TXN, damaged
 from .generation import Generation
 from .index import entries_of, lookup, sparse_entries
-from .lookup import decoded, find
+from .lookup import decoded, find, learn_spec
 from .meta import GENERATION, describe
 from .packing import entries_count
 from .transactions import Transactions
@@ -111,6 +111,16 @@ class Reading:
             seen = None if stored is None else bytes(stored)
         self.view.went_stale(generation, seen)
         return None
+
+    def learn_spec(self, spec: int) -> None:
+        """Make the store's structure spec ``spec`` known to the decoder.
+
+        For a record read elsewhere than from this tier (the node tier holds records as the
+        disk tier stores them); CodecError if the store lacks the spec or it is damaged.
+        """
+        txns = self.txns
+        with txns.read() as txn:
+            learn_spec(txn, txns.dbs, spec)
 
     def contains(self, key: int) -> bool:
         """Whether ``key`` is stored (in this process's generation) or queued."""
