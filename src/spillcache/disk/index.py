@@ -32,6 +32,7 @@ __all__ = [
     "UNPACK",
     "CheckedChunks",
     "IndexWriter",
+    "Snapshot",
     "entries_of",
     "lookup",
     "sparse_entries",
@@ -97,25 +98,45 @@ def sparse_lookup(txn: lmdb.Transaction[Any], keys_db: Any, key: int) -> int:
     return 0 if single is None else _sparse_entry(key, single)
 
 
+# A snapshot checked (CheckedChunks): its transaction id, its intact chunks, its generation.
+Snapshot = tuple[int, set[int], bytes | None]
+
+
 class CheckedChunks:
-    """The chunks of one store found intact in its latest snapshot read, to hash each once.
+    """What one store's latest snapshot read was checked for: its intact chunks, its generation.
 
     A snapshot is named by its transaction id: LMDB never changes a committed page that a
-    snapshot can see, so a chunk intact in it stays intact until a commit makes a new one.
-    Threads share the object: each keeps the set of its own snapshot, replaced whole.
+    snapshot can see, so a chunk intact in it stays intact until a commit makes a new one, and
+    the generation it records stays the one it records. So each chunk is hashed, and the
+    generation read, once per snapshot, not on every hit. Threads share the object: each keeps
+    the snapshot of its own transaction, replaced whole.
+
+    Attributes
+    ----------
+    snapshot : tuple
+        ``(txn_id, chunks, generation)``: the latest snapshot read, its chunks found intact
+        (what :meth:`seen` returns) and the generation it was found to hold (None: not read).
+        The disk hit (``Reading.read``) reads it without a call.
     """
 
-    __slots__ = ("_snapshot",)
+    __slots__ = ("snapshot",)
 
     def __init__(self) -> None:
-        self._snapshot: tuple[int, set[int]] = (-1, set())
+        self.snapshot: Snapshot = (-1, set(), None)
 
     def seen(self, txn_id: int) -> set[int]:
         """The chunks found intact in the snapshot ``txn_id`` (a set to add them to)."""
-        snapshot = self._snapshot
+        snapshot = self.snapshot
         if snapshot[0] != txn_id:
-            snapshot = self._snapshot = (txn_id, set())
+            snapshot = self.snapshot = (txn_id, set(), None)
         return snapshot[1]
+
+    def held(self, txn_id: int, generation: bytes | None) -> Snapshot:
+        """The snapshot ``txn_id``, found to hold ``generation`` (its chunks kept if current)."""
+        snapshot = self.snapshot
+        chunks = snapshot[1] if snapshot[0] == txn_id else set()
+        snapshot = self.snapshot = (txn_id, chunks, generation)
+        return snapshot
 
 
 def entries_of(txn: lmdb.Transaction[Any], index_db: Any) -> Iterator[tuple[int, int]]:

@@ -28,7 +28,7 @@ from .index import (
 )
 from .packs import HEAD, MAGIC, SINGLE, SLOT, SLOT_WITH_START, record_of
 
-__all__ = ["decoded", "find"]
+__all__ = ["decoded", "find", "find_in"]
 
 T = TypeVar("T")
 
@@ -38,31 +38,34 @@ def find(
 ) -> memoryview | None:
     """The record of ``key`` (None if not stored); CodecError if the index or pack is damaged.
 
+    ``checked``: what was checked in the store's latest snapshot (chunks found intact are
+    not hashed again). See :func:`find_in`.
+    """
+    return find_in(txn, dbs, key, checked.seen(txn.id()))
+
+
+def find_in(txn: lmdb.Transaction[Any], dbs: Dbs, key: int, intact: set[int]) -> memoryview | None:
+    """:func:`find`, given the chunks found intact in ``txn``'s snapshot (it adds to them).
+
     Every disk hit comes through here: :func:`~.index.lookup` and :func:`~.packs.record_of`
     are inlined for a key in a chunk and a slot of a pack (their four calls were a tenth of a
     4 KiB sample's hit); a key indexed alone, a large value and damage go through them.
-    ``checked``: the chunks of this store found intact in ``txn``'s snapshot, which are not
-    hashed again (the 4,000-byte hash was 1/25 of a 4 KiB sample's hit).
+    A chunk is hashed once per snapshot (the 4,000-byte hash was 1/25 of a 4 KiB sample's
+    hit). The databases are passed positionally: keywords cost py-lmdb a parse per get.
     """
-    chunk, pos = divmod(key, CHUNK_KEYS)
-    raw = txn.get(chunk.to_bytes(8, "big"), db=dbs.chunks)
+    chunk = key // CHUNK_KEYS
+    raw = txn.get(chunk.to_bytes(8, "big"), None, dbs.chunks)
     entry = 0
     if raw is not None:
-        seen = checked.seen(txn.id())
-        if chunk not in seen:
-            if (
-                len(raw) != CHUNK_SIZE
-                or HASH(raw[:CHUNK_BYTES], chunk) != UNPACK(raw, CHUNK_BYTES)[0]
-            ):
-                lookup(txn, dbs.chunks, dbs.keys, key)  # raises CodecError
-            seen.add(chunk)
-        entry = UNPACK(raw, pos * 8)[0]
+        if chunk not in intact:
+            _check(txn, dbs, key, raw, intact)
+        entry = UNPACK(raw, (key - chunk * CHUNK_KEYS) * 8)[0]
     if not entry:
         entry = sparse_lookup(txn, dbs.keys, key)
         if not entry:
             return None
     pack, slot = entry >> 16, entry & 0xFFFF
-    packed: memoryview | None = txn.get(pack.to_bytes(8, "big"), db=dbs.data)
+    packed: memoryview | None = txn.get(pack.to_bytes(8, "big"), None, dbs.data)
     if packed is None:
         raise CodecError(f"the index points key {key} at pack {pack}, which is missing")
     if slot == SINGLE:
@@ -77,6 +80,16 @@ def find(
     if magic != MAGIC or slot >= count or stored != key or not start <= end <= len(packed):
         _refused(packed, pack, slot, key)
     return packed[start:end]
+
+
+def _check(
+    txn: lmdb.Transaction[Any], dbs: Dbs, key: int, raw: memoryview, intact: set[int]
+) -> None:
+    """Check the chunk ``raw`` of ``key`` (CodecError if damaged), once per snapshot."""
+    chunk = key // CHUNK_KEYS
+    if len(raw) != CHUNK_SIZE or HASH(raw[:CHUNK_BYTES], chunk) != UNPACK(raw, CHUNK_BYTES)[0]:
+        lookup(txn, dbs.chunks, dbs.keys, key)  # raises CodecError
+    intact.add(chunk)
 
 
 def _refused(raw: memoryview, pack: int, slot: int, key: int) -> NoReturn:
