@@ -21,6 +21,9 @@ __all__ = ["decode", "decode_sized", "view"]
 # fresh copy, still in the CPU cache, so a large value is read from memory once, not twice
 # (docs/design.rst, "The codec's costs"). Smaller values are checked first, in one call.
 _FUSED_MIN: Final = 1 << 18
+# Sizes as constants, not Struct attributes looked up on every decode.
+_CHECKSUM_SIZE: Final = CHECKSUM.size
+_SHORTEST: Final = PREFIX.size + CHECKSUM.size
 
 
 @overload
@@ -65,17 +68,19 @@ def decode(value: bytes | bytearray | memoryview, *, sized: bool = False) -> obj
     ):
         data = _as_bytes(data)
     size = len(data)
-    if size < PREFIX.size + CHECKSUM.size:
+    if size < _SHORTEST:
         raise CodecError(f"value of {size} bytes is too short")
     magic, version, flags, spec_len = PREFIX.unpack_from(data)
     record = magic == RECORD_MAGIC  # a pack's record: its spec is named by id (``records``)
     if not record and (magic != MAGIC or version != VALUE_VERSION):
         raise _foreign(magic, version)
-    limit = size - CHECKSUM.size
+    limit = size - _CHECKSUM_SIZE
     (checksum,) = CHECKSUM.unpack_from(data, limit)
     # The checksum comes before any length in the value is trusted (fused with the copy if large).
     hasher = xxhash.xxh3_64() if limit >= _FUSED_MIN else None
-    if hasher is None and xxhash.xxh3_64_intdigest(memoryview(data)[:limit]) != checksum:
+    # A byte view is sliced as it is (LMDB's, on every disk hit): no memoryview made of it.
+    hashed = (memoryview(data) if type(data) is bytes else data)[:limit]
+    if hasher is None and xxhash.xxh3_64_intdigest(hashed) != checksum:
         raise CodecError(_CHECKSUM_MISMATCH)
     if record:
         # A record's spec id is the prefix's last 8 bytes, which PREFIX read as three numbers:

@@ -26,7 +26,7 @@ from .index import (
     lookup,
     sparse_lookup,
 )
-from .packs import HEAD, MAGIC, SINGLE, SLOT, SLOT_WITH_START, record_of
+from .packs import HEAD, HEAD_SIZE, MAGIC, SINGLE, SLOT_SIZE, SLOT_WITH_START, record_of
 
 __all__ = ["decoded", "find", "find_in"]
 
@@ -59,7 +59,7 @@ def find_in(txn: lmdb.Transaction[Any], dbs: Dbs, key: int, intact: set[int]) ->
     if raw is not None:
         if chunk not in intact:
             _check(txn, dbs, key, raw, intact)
-        entry = UNPACK(raw, (key - chunk * CHUNK_KEYS) * 8)[0]
+        entry = UNPACK(raw, key % CHUNK_KEYS * 8)[0]
     if not entry:
         entry = sparse_lookup(txn, dbs.keys, key)
         if not entry:
@@ -73,10 +73,10 @@ def find_in(txn: lmdb.Transaction[Any], dbs: Dbs, key: int, intact: set[int]) ->
     try:
         magic, count = HEAD.unpack_from(packed)
         # The previous slot's end (for slot 0: the count), the slot's key and end: one unpack.
-        before, stored, end = SLOT_WITH_START.unpack_from(packed, SLOT.size * slot + 4)
+        before, stored, end = SLOT_WITH_START.unpack_from(packed, SLOT_SIZE * slot + 4)
     except struct.error:  # a pack too short for its header or this slot
         _refused(packed, pack, slot, key)
-    start = (HEAD.size + SLOT.size * count if slot == 0 else before) + 7 & -8
+    start = (HEAD_SIZE + SLOT_SIZE * count if slot == 0 else before) + 7 & -8
     if magic != MAGIC or slot >= count or stored != key or not start <= end <= len(packed):
         _refused(packed, pack, slot, key)
     return packed[start:end]
