@@ -8,7 +8,7 @@ import multiprocessing
 import os
 import pickle
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -201,24 +201,26 @@ def test_a_rebuild_between_the_check_and_the_read_is_not_served(
     tmp_path: Path, ram_budget: int | str
 ) -> None:
     # Another object of this process rebuilds the store and puts its own sample under the
-    # key right after get() checked that the store is still this object's: the read then
-    # finds the other data, which the check after the read must throw away.
+    # key right after get() checked that the store is still this object's (get inlines that
+    # check on a disk hit: the rebuild comes as the disk read starts): the read then finds
+    # the other data, which the check after the read must throw away.
     path = tmp_path / "s"
     with SpillCache(path, ram_budget=0, fingerprint="v0") as writer:  # so that 1 is on disk only
         writer.put(1, {"v": 0})
     old = SpillCache(path, ram_budget=ram_budget, fingerprint="v0")
     others: list[SpillCache] = []
-    checked = old._current
+    tier = old._disk
+    read = tier.read
 
-    def rebuilt_after_the_check() -> bool:
-        current = checked()
+    def rebuilt_after_the_check(key: int, decode: Callable[[Any], Any]) -> Any:
         if not others:
+            assert old._current()  # checked: still this object's data
             others.append(new := SpillCache(path, ram_budget=0, fingerprint="v1"))
             new.put(1, {"v": 1})
             new.flush()
-        return current
+        return read(key, decode)
 
-    old._current = rebuilt_after_the_check  # type: ignore[method-assign]
+    tier.read = rebuilt_after_the_check  # type: ignore[method-assign]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert old.get(1) is None

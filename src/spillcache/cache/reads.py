@@ -68,7 +68,9 @@ class Reads(CacheState):
         counters = self._counters
         view = self._disk.view
         try:
-            value = self._disk.read(k, decode) if self._current() else None
+            # _current inlined: called only if this object is closed or its data may be gone.
+            current = (self._generation == view.current and not self._closed) or self._current()
+            value = self._disk.read(k, decode) if current else None
         except CodecError as exc:
             self._found_corrupt(k, exc)
             value = None
