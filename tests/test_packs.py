@@ -369,6 +369,32 @@ def test_a_chunk_is_hashed_once_per_snapshot(
         assert hashed == [0, 1, 0, 1]
 
 
+def test_chunks_past_the_kept_ones_are_read_from_the_map_and_still_hashed_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spillcache.disk import lookup
+
+    path = tmp_path / "s"
+    fill(path, list(range(3 * CHUNK_KEYS)))
+    hashed: list[int] = []
+    real = lookup.HASH
+
+    def counting(raw: Any, chunk: int) -> int:
+        hashed.append(chunk)
+        return real(raw, chunk)
+
+    monkeypatch.setattr(lookup, "HASH", counting)
+    monkeypatch.setattr(lookup, "CHUNKS_KEPT", 1)
+    with SpillCache(path, ram_budget=0) as cache:
+        for _ in range(2):
+            for key in range(3 * CHUNK_KEYS):
+                check(cache.get(key), key)
+        assert hashed == [0, 1, 2]
+        kept = cache._disk.txns.checked.snapshot[1]
+        assert sorted(kept) == [0, 1, 2]  # all found intact, the first one's entries copied
+        assert [kept[c] is not None for c in (0, 1, 2)] == [True, False, False]
+
+
 def test_a_chunk_damaged_by_a_later_commit_is_found(tmp_path: Path) -> None:
     path = tmp_path / "s"
     fill(path, list(range(CHUNK_KEYS)))

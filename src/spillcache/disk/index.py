@@ -24,6 +24,7 @@ import xxhash
 from ..errors import CodecError
 
 __all__ = [
+    "CHUNKS_KEPT",
     "CHUNK_BYTES",
     "CHUNK_KEYS",
     "CHUNK_SIZE",
@@ -99,7 +100,10 @@ def sparse_lookup(txn: lmdb.Transaction[Any], keys_db: Any, key: int) -> int:
 
 
 # A snapshot checked (CheckedChunks): its transaction id, its intact chunks, its generation.
-Snapshot = tuple[int, set[int], bytes | None]
+Snapshot = tuple[int, dict[int, bytes | None], bytes | None]
+
+# Chunks whose entries a snapshot keeps a copy of (4,000 bytes each: 1 MiB, 128,000 keys).
+CHUNKS_KEPT: Final = 256
 
 
 class CheckedChunks:
@@ -108,33 +112,36 @@ class CheckedChunks:
     A snapshot is named by its transaction id: LMDB never changes a committed page that a
     snapshot can see, so a chunk intact in it stays intact until a commit makes a new one, and
     the generation it records stays the one it records. So each chunk is hashed, and the
-    generation read, once per snapshot, not on every hit. Threads share the object: each keeps
-    the snapshot of its own transaction, replaced whole.
+    generation read, once per snapshot, not on every hit; and the entries of the first
+    :data:`CHUNKS_KEPT` chunks are copied out once, so that a hit of their keys does not get
+    the chunk again. Threads share the object: each keeps the snapshot of its own
+    transaction, replaced whole.
 
     Attributes
     ----------
     snapshot : tuple
         ``(txn_id, chunks, generation)``: the latest snapshot read, its chunks found intact
-        (what :meth:`seen` returns) and the generation it was found to hold (None: not read).
-        The disk hit (``Reading.read``) reads it without a call.
+        (what :meth:`seen` returns: chunk -> a copy of its entries, or None once
+        :data:`CHUNKS_KEPT` are kept) and the generation it was found to hold (None: not
+        read). The disk hit (``Reading.read``) reads it without a call.
     """
 
     __slots__ = ("snapshot",)
 
     def __init__(self) -> None:
-        self.snapshot: Snapshot = (-1, set(), None)
+        self.snapshot: Snapshot = (-1, {}, None)
 
-    def seen(self, txn_id: int) -> set[int]:
-        """The chunks found intact in the snapshot ``txn_id`` (a set to add them to)."""
+    def seen(self, txn_id: int) -> dict[int, bytes | None]:
+        """The chunks found intact in the snapshot ``txn_id`` (a dict to add them to)."""
         snapshot = self.snapshot
         if snapshot[0] != txn_id:
-            snapshot = self.snapshot = (txn_id, set(), None)
+            snapshot = self.snapshot = (txn_id, {}, None)
         return snapshot[1]
 
     def held(self, txn_id: int, generation: bytes | None) -> Snapshot:
         """The snapshot ``txn_id``, found to hold ``generation`` (its chunks kept if current)."""
         snapshot = self.snapshot
-        chunks = snapshot[1] if snapshot[0] == txn_id else set()
+        chunks = snapshot[1] if snapshot[0] == txn_id else {}
         snapshot = self.snapshot = (txn_id, chunks, generation)
         return snapshot
 

@@ -20,6 +20,7 @@ from .index import (
     CHUNK_BYTES,
     CHUNK_KEYS,
     CHUNK_SIZE,
+    CHUNKS_KEPT,
     HASH,
     UNPACK,
     CheckedChunks,
@@ -44,22 +45,22 @@ def find(
     return find_in(txn, dbs, key, checked.seen(txn.id()))
 
 
-def find_in(txn: lmdb.Transaction[Any], dbs: Dbs, key: int, intact: set[int]) -> memoryview | None:
+def find_in(
+    txn: lmdb.Transaction[Any], dbs: Dbs, key: int, intact: dict[int, bytes | None]
+) -> memoryview | None:
     """:func:`find`, given the chunks found intact in ``txn``'s snapshot (it adds to them).
 
     Every disk hit comes through here: :func:`~.index.lookup` and :func:`~.packs.record_of`
     are inlined for a key in a chunk and a slot of a pack (their four calls were a tenth of a
     4 KiB sample's hit); a key indexed alone, a large value and damage go through them.
     A chunk is hashed once per snapshot (the 4,000-byte hash was 1/25 of a 4 KiB sample's
-    hit). The databases are passed positionally: keywords cost py-lmdb a parse per get.
+    hit), and a kept chunk's entries are read from their copy (``intact``), not got again.
+    The databases are passed positionally: keywords cost py-lmdb a parse per get.
     """
-    chunk = key // CHUNK_KEYS
-    raw = txn.get(chunk.to_bytes(8, "big"), None, dbs.chunks)
-    entry = 0
-    if raw is not None:
-        if chunk not in intact:
-            _check(txn, dbs, key, raw, intact)
-        entry = UNPACK(raw, key % CHUNK_KEYS * 8)[0]
+    entries: bytes | memoryview | None = intact.get(key // CHUNK_KEYS)
+    if entries is None:
+        entries = _chunk(txn, dbs, key, intact)
+    entry = 0 if entries is None else UNPACK(entries, key % CHUNK_KEYS * 8)[0]
     if not entry:
         entry = sparse_lookup(txn, dbs.keys, key)
         if not entry:
@@ -82,14 +83,26 @@ def find_in(txn: lmdb.Transaction[Any], dbs: Dbs, key: int, intact: set[int]) ->
     return packed[start:end]
 
 
-def _check(
-    txn: lmdb.Transaction[Any], dbs: Dbs, key: int, raw: memoryview, intact: set[int]
-) -> None:
-    """Check the chunk ``raw`` of ``key`` (CodecError if damaged), once per snapshot."""
+def _chunk(
+    txn: lmdb.Transaction[Any], dbs: Dbs, key: int, intact: dict[int, bytes | None]
+) -> bytes | memoryview | None:
+    """The entries of the chunk of ``key``, checked once per snapshot (CodecError if damaged).
+
+    None if there is no such chunk. A copy is kept in ``intact`` while fewer than
+    :data:`~.index.CHUNKS_KEPT` are; else the entries in the map (valid in ``txn`` only).
+    """
     chunk = key // CHUNK_KEYS
-    if len(raw) != CHUNK_SIZE or HASH(raw[:CHUNK_BYTES], chunk) != UNPACK(raw, CHUNK_BYTES)[0]:
-        lookup(txn, dbs.chunks, dbs.keys, key)  # raises CodecError
-    intact.add(chunk)
+    raw: memoryview | None = txn.get(chunk.to_bytes(8, "big"), None, dbs.chunks)
+    if raw is None:
+        return None
+    if chunk not in intact:
+        if len(raw) != CHUNK_SIZE or HASH(raw[:CHUNK_BYTES], chunk) != UNPACK(raw, CHUNK_BYTES)[0]:
+            lookup(txn, dbs.chunks, dbs.keys, key)  # raises CodecError
+        kept = bytes(raw[:CHUNK_BYTES]) if len(intact) < CHUNKS_KEPT else None
+        intact[chunk] = kept
+        if kept is not None:
+            return kept
+    return raw
 
 
 def _refused(raw: memoryview, pack: int, slot: int, key: int) -> NoReturn:
