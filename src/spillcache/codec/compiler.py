@@ -79,10 +79,15 @@ _DTYPE_SPELLING: Final = re.compile(
 
 
 class SpecCompiler:
-    """Parser of an untrusted structure spec into a :class:`Plan`."""
+    """Parser of an untrusted structure spec into a :class:`Plan`.
 
-    def __init__(self, spec: bytes) -> None:
+    ``lengths`` is the struct code of the table's shapes and blob lengths: ``"Q"`` in a value,
+    ``"I"`` in a pack's record, which is smaller than 4 GiB (4 bytes saved per dimension).
+    """
+
+    def __init__(self, spec: bytes, lengths: str = "Q") -> None:
         self.spec = spec
+        self.lengths = lengths
         self.pos = 0
         self.table: list[str] = ["<"]
         self.ops: list[Op] = []
@@ -160,7 +165,7 @@ class SpecCompiler:
         if tag in _TABLE_CODES:
             return self._slot(_TABLE_CODES[tag])
         if tag in _BLOB_DECODERS:
-            return self._op(Op(BLOB, self._slot("Q"), 0, None, 1, _BLOB_DECODERS[tag]))
+            return self._op(Op(BLOB, self._slot(self.lengths), 0, None, 1, _BLOB_DECODERS[tag]))
         if tag == b"g":
             dtype = self._dtype(SCALAR_KINDS)
             return self._op(Op(SCALAR, 0, 0, dtype, dtype.itemsize, None))
@@ -198,7 +203,7 @@ class SpecCompiler:
     def _array_op(self, dtype: np.dtype[Any], convert: Callable[[Array], object] | None) -> Op:
         ndim = self._ndim()
         first = len(self.table) - 1
-        self.table.extend("Q" * ndim)
+        self.table.extend(self.lengths * ndim)
         return Op(ARRAY, first, ndim, dtype, dtype.itemsize, convert)
 
     def _key(self) -> object:

@@ -21,6 +21,7 @@ __all__ = [
     "PREFIX",
     "RECORD",
     "RECORD_ALIGN",
+    "RECORD_LENGTHS",
     "RECORD_MAGIC",
     "U32",
     "VALUE_VERSION",
@@ -41,6 +42,8 @@ ALIGN: Final = 64
 # A record in a pack (module ``records``): magic, the id of its spec, kept elsewhere.
 RECORD_MAGIC: Final = b"SPLR"
 RECORD: Final = struct.Struct("<4sQ")
+# A record's shapes and blob lengths: u32, as a record is under 4 GiB (a value's are u64).
+RECORD_LENGTHS: Final = "I"
 # Arrays in a record are 8-aligned: records sit 8-aligned in a pack, 16 bytes into a page.
 RECORD_ALIGN: Final = 8
 PADDING: Final = bytes(ALIGN)

@@ -2,10 +2,11 @@
 
 A value (see the package docstring) carries its structure spec: 54 bytes for a tensor and a
 dict of two numbers, padding to 64 after it, 136 bytes in all before a 512-byte tensor. A
-pack (:mod:`spillcache.disk.packs`) holds records instead: the value's table and payloads,
-arrays 8-aligned, after a 12-byte prefix naming the spec by its id, the xxh3_64 of the spec's
-bytes; the disk tier keeps each spec once (:func:`learn` makes it known to the decoder). The
-record checks itself as a value does: its last eight bytes are the xxh3_64 of the others.
+pack (:mod:`spillcache.disk.packs`) holds records instead: the value's table (shapes and
+lengths in 4 bytes, not 8) and payloads, arrays 8-aligned, after a 12-byte prefix naming the
+spec by its id, the xxh3_64 of the spec's bytes; the disk tier keeps each spec once
+(:func:`learn` makes it known to the decoder). The record checks itself as a value does: its
+last eight bytes are the xxh3_64 of the others.
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ from spillcache.errors import CodecError
 
 from .builders import ARRAY, SCALAR
 from .compiler import SpecCompiler, plan_of
-from .format import CACHE_LIMIT, CHECKSUM, PREFIX, RECORD, RECORD_ALIGN, RECORD_MAGIC
+from .format import (
+    CACHE_LIMIT,
+    CHECKSUM,
+    PREFIX,
+    RECORD,
+    RECORD_ALIGN,
+    RECORD_LENGTHS,
+    RECORD_MAGIC,
+)
 from .plan import Plan
 
 __all__ = ["RECORD_PLANS", "Relaid", "UnknownSpec", "learn", "relaid", "spec_id"]
@@ -75,7 +84,7 @@ def _known(spec: bytes) -> tuple[int, Plan, Plan]:
     known = _BY_SPEC.get(spec)
     if known is None:
         ident = spec_id(spec)
-        record = SpecCompiler(spec).compile(RECORD.size, RECORD_ALIGN)
+        record = SpecCompiler(spec, RECORD_LENGTHS).compile(RECORD.size, RECORD_ALIGN)
         if len(_BY_SPEC) >= CACHE_LIMIT:
             _BY_SPEC.clear()
             RECORD_PLANS.clear()
@@ -102,20 +111,24 @@ class Relaid:
         The spec's id.
     """
 
-    __slots__ = ("_copies", "_value", "size", "spec", "spec_id")
+    __slots__ = ("_copies", "_nums", "_table", "_value", "size", "spec", "spec_id")
 
     def __init__(self, value: bytes | memoryview) -> None:
         spec_len = PREFIX.unpack_from(value)[3]
         self.spec = spec = bytes(value[PREFIX.size : PREFIX.size + spec_len])
         self.spec_id, record, plan = _known(spec)
         self._value = value
-        self._copies, end = _copies(plan, record, value)
+        self._nums = plan.table.unpack_from(value, plan.table_start)
+        self._table = record.table.pack_into, record.table_start
+        self._copies, end = _copies(plan, record, self._nums)
         self.size = end + CHECKSUM.size
 
     def write(self, target: memoryview, pos: int) -> None:
         """Write the record into ``target[pos : pos + size]`` (zeroed bytes), sealed."""
         value = self._value
         RECORD.pack_into(target, pos, RECORD_MAGIC, self.spec_id)
+        pack_table, table_start = self._table
+        pack_table(target, pos + table_start, *self._nums)  # lengths narrower than the value's
         for src, dst, length in self._copies:
             target[pos + dst : pos + dst + length] = value[src : src + length]
         limit = pos + self.size - CHECKSUM.size
@@ -127,11 +140,10 @@ def relaid(value: bytes | memoryview) -> Relaid:
     return Relaid(value)
 
 
-def _copies(plan: Plan, record: Plan, value: bytes | memoryview) -> tuple[list[_Copy], int]:
-    """Runs of bytes to copy from a value into its record: (source, target, length); the end."""
-    nums = plan.table.unpack_from(value, plan.table_start)
+def _copies(plan: Plan, record: Plan, nums: tuple[int, ...]) -> tuple[list[_Copy], int]:
+    """Payload runs to copy from a value into its record (source, target, length); its end."""
     src, dst = plan.data_start, record.data_start
-    copies: list[_Copy] = [(plan.table_start, record.table_start, plan.table.size)]
+    copies: list[_Copy] = []
     for kind, slot, ndim, _dtype, itemsize, _convert in plan.ops:
         if kind == ARRAY:
             src += -src % plan.align
@@ -139,7 +151,7 @@ def _copies(plan: Plan, record: Plan, value: bytes | memoryview) -> tuple[list[_
             length = math.prod(nums[slot : slot + ndim]) * itemsize
         else:
             length = itemsize if kind == SCALAR else nums[slot]
-        last = copies[-1]
+        last = copies[-1] if copies else (-1, -1, 0)
         if last[0] + last[2] == src and last[1] + last[2] == dst:  # contiguous: one copy
             copies[-1] = (last[0], last[1], last[2] + length)
         else:
