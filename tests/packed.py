@@ -14,7 +14,7 @@ from pathlib import Path
 import lmdb
 
 from spillcache.disk.env import DB_NAMES, Dbs
-from spillcache.disk.index import lookup
+from spillcache.disk.index import SLOT_BITS, SLOT_MASK, lookup
 from spillcache.disk.packs import SINGLE, PackBuilder, pack_key, slots_of
 
 
@@ -51,10 +51,10 @@ def stored_record(path: Path, key: int) -> bytes | None:
             entry = lookup(txn, dbs.chunks, dbs.keys, key)
             if not entry:
                 return None
-            raw = bytes(txn.get(pack_key(entry >> 16), db=dbs.data))
-            if entry & 0xFFFF == SINGLE:
+            raw = bytes(txn.get(pack_key(entry >> SLOT_BITS), db=dbs.data))
+            if entry & SLOT_MASK == SINGLE:
                 return raw
-            _, start, end = slots_of(memoryview(raw))[entry & 0xFFFF]
+            _, start, end = slots_of(memoryview(raw))[entry & SLOT_MASK]
             return raw[start:end]
     finally:
         env.close()
@@ -68,7 +68,7 @@ def replace_record(path: Path, key: int, how: Callable[[bytes], bytes]) -> None:
             dbs = _dbs(env, txn)
             entry = lookup(txn, dbs.chunks, dbs.keys, key)
             assert entry, f"key {key} is not stored"
-            pack, slot = entry >> 16, entry & 0xFFFF
+            pack, slot = entry >> SLOT_BITS, entry & SLOT_MASK
             raw = bytes(txn.get(pack_key(pack), db=dbs.data))
             if slot == SINGLE:  # a large value, alone and headerless
                 txn.put(pack_key(pack), how(raw), db=dbs.data)

@@ -27,9 +27,10 @@ from spillcache import (
 from spillcache.admin import verify
 from spillcache.codec import decode, records
 from spillcache.disk import inspected, read_marker
-from spillcache.disk.index import CHUNK_KEYS
+from spillcache.disk.index import CHUNK_KEYS, SLOT_BITS
 from spillcache.disk.layout import LAYOUT
-from spillcache.disk.packs import pack_key
+from spillcache.disk.packing import NEXT_PACK
+from spillcache.disk.packs import PACK_BYTES, PACK_MAX, PACK_SLACK, PackBuilder, pack_key
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -127,6 +128,36 @@ def test_a_format_1_store_is_refused_on_mismatch_error(tmp_path: Path) -> None:
         verify(path)  # never read as if it were of this format
 
 
+# -- pack sizes -----------------------------------------------------------------------------------
+
+
+class _Record:
+    """A stand-in record of ``size`` bytes (PackBuilder needs only its size and write)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def write(self, target: memoryview, pos: int) -> None:
+        target[pos : pos + self.size] = b"r" * self.size
+
+
+@pytest.mark.parametrize(
+    ("record", "largest"),
+    [(552, 96 << 10), (1064, 96 << 10), (4136, 384 << 10), (16424, PACK_MAX), (200_000, PACK_MAX)],
+)
+def test_a_pack_closes_small_and_nearly_filling_its_last_page(record: int, largest: int) -> None:
+    """A sample read from disk faults in its whole pack: packs stay near PACK_BYTES, and
+    round up to whole pages by little."""
+    builder = PackBuilder(4096)
+    while not builder.full():
+        builder.add(len(builder.keys), _Record(record))
+    size = len(builder.build())
+    unused = -(size + 16) % 4096  # LMDB's 16-byte header heads the value's first page
+    assert PACK_BYTES <= size <= largest
+    assert unused <= PACK_SLACK + (size - PACK_BYTES) // 128 or size >= PACK_MAX
+    assert unused < 0.01 * size
+
+
 # -- sparse keys ----------------------------------------------------------------------------------
 
 
@@ -144,13 +175,41 @@ def test_scattered_and_huge_keys_are_indexed_alone(tmp_path: Path) -> None:
     assert used_bytes(path) < 2 * 401 * 560
     with raw_txn(path) as (txn, dbs):
         assert txn.stat(dbs.keys)["entries"] == len(scattered)
-        assert txn.stat(dbs.chunks)["entries"] == 1  # 1000..1099 are in one chunk: keys 1000-1499
+        assert txn.stat(dbs.chunks)["entries"] == 1  # 1000..1099 are in chunk 1: keys 678-1355
     seen: list[int] = []
     report = verify(path)
     assert (report.entries, report.bad_keys) == (len(scattered) + len(dense), ())
     with inspected(path) as tier:
         tier.scan(lambda key, _: seen.append(key))
     assert seen == sorted(scattered + dense)
+
+
+def test_pack_ids_past_32_bits_are_indexed(tmp_path: Path) -> None:
+    """Entries hold 34-bit pack ids: a store that made 2**33 packs still finds every key."""
+    path = tmp_path / "s"
+    fill(path, [0])
+    with raw_txn(path) as (txn, dbs):
+        txn.put(NEXT_PACK, struct.pack("<Q", 2**33 + 5), db=dbs.meta)
+    keys = [*range(1, 2 * CHUNK_KEYS), 2**40, 2**50]  # in chunks, and indexed alone
+    fill(path, keys, version=1, nbytes=512)
+    fill(path, [2 * CHUNK_KEYS], nbytes=300 << 10)  # a large value: a pack of its own
+    with SpillCache(path, ram_budget=0) as cache:
+        check(cache.get(0), 0)
+        for key in keys:
+            check(cache.get(key), key, 1)
+        check(cache.get(2 * CHUNK_KEYS), 2 * CHUNK_KEYS)
+    with raw_txn(path) as (txn, dbs):
+        assert int.from_bytes(txn.get(pack_key(2**33 + 5), db=dbs.data)[:4], "little") > 0
+    assert verify(path).bad_keys == ()
+
+
+def test_the_issue_small_samples_take_at_most_115_percent_shuffled(tmp_path: Path) -> None:
+    """Issue 17's space target at its smallest size: 512 B tensors put in shuffled order."""
+    path = tmp_path / "s"
+    keys = list(range(65536))  # 32 MiB of tensors, as benchmarks.space
+    random.Random(0).shuffle(keys)
+    fill(path, keys)
+    assert used_bytes(path) <= 1.15 * 65536 * 512
 
 
 def test_a_sparse_key_moves_into_its_chunk_when_replaced(tmp_path: Path) -> None:
@@ -296,7 +355,7 @@ def test_a_damaged_pack_is_a_counted_miss(tmp_path: Path, damage: str) -> None:
     path = tmp_path / "s"
     fill(path, list(range(100)))
     with raw_txn(path) as (txn, dbs):
-        pack = _entry(txn, dbs, 0) >> 16
+        pack = _entry(txn, dbs, 0) >> SLOT_BITS
         raw = bytearray(txn.get(pack_key(pack), db=dbs.data))
         if damage == "magic":
             raw[0] ^= 1
@@ -420,9 +479,18 @@ def test_a_chunk_damaged_by_a_later_commit_is_found(tmp_path: Path) -> None:
         assert cache.stats().corrupt == 2
 
 
+def live_and_size(path: Path) -> tuple[int, int]:
+    """Bytes of live records and bytes of every pack, summed over the store's packs."""
+    with raw_txn(path) as (txn, dbs):
+        rows = [struct.unpack("<QQ", raw) for _, raw in txn.cursor(db=dbs.live)]
+    return sum(live for live, _ in rows), sum(size for _, size in rows)
+
+
 def test_the_records_of_a_damaged_chunk_are_garbage_and_len_is_recounted(tmp_path: Path) -> None:
     path = tmp_path / "s"
-    fill(path, list(range(2 * CHUNK_KEYS)))  # one pack holds them all
+    fill(path, list(range(2 * CHUNK_KEYS)))
+    live, size = live_and_size(path)
+    assert live > 0.9 * size  # all live: records, but for the packs' headers
     with raw_txn(path) as (txn, dbs):
         raw = bytearray(txn.get((1).to_bytes(8, "big"), db=dbs.chunks))
         raw[100] ^= 1
@@ -432,8 +500,7 @@ def test_the_records_of_a_damaged_chunk_are_garbage_and_len_is_recounted(tmp_pat
         fill(path, [CHUNK_KEYS])  # the writer finds chunk 1 damaged, and resets it
     with SpillCache(path, ram_budget=0) as cache:
         assert len(cache) == CHUNK_KEYS + 1  # chunk 0's keys and the one put again
-    with raw_txn(path) as (txn, dbs):
-        live, size = struct.unpack("<QQ", txn.get(pack_key(1), db=dbs.live))
-    # The 499 records chunk 1 still pointed at (key 512's entry was the damaged one), and
-    # key 500's old one, are garbage: about half of the pack.
-    assert live < 0.55 * size
+    # The records chunk 1 still pointed at (but for the damaged entry's) are garbage: packs
+    # of them only are deleted, the rest count them dead. Half the records are left, and one.
+    after, _ = live_and_size(path)
+    assert after < 0.55 * live

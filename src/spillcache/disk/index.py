@@ -1,9 +1,10 @@
 """The index of a store: where each key's record is, in dense chunks or, for sparse keys, alone.
 
-An entry is 8 bytes, ``pack << 16 | slot`` (0: no entry; pack ids start at 1). Keys are
-indexed densely, in chunks of ``CHUNK_KEYS`` consecutive keys: the ``index`` database maps
-``key // CHUNK_KEYS`` (8 bytes big-endian) to the chunk's entries, little-endian u64s, then
-their xxh3_64 seeded with the chunk number (4,008 bytes: one overflow page). A key whose chunk
+An entry is ``pack << SLOT_BITS | slot`` (0: no entry; pack ids start at 1, below 2**34).
+Keys are indexed densely, in chunks of ``CHUNK_KEYS`` consecutive keys: the ``index`` database
+maps ``key // CHUNK_KEYS`` (8 bytes big-endian) to the chunk's entries, 6 bytes each,
+little-endian, then their xxh3_64 seeded with the chunk number (4,076 bytes: one overflow
+page). A key whose chunk
 does not exist, and that does not come with ``DENSE_MIN`` keys of its chunk in one commit, is
 indexed in the ``keys`` database instead (key -> entry and the xxh3_64 of key and entry): a
 store of scattered keys does not pay a page per key. A key is in a chunk or in ``keys``, the
@@ -29,28 +30,65 @@ __all__ = [
     "CHUNK_KEYS",
     "CHUNK_SIZE",
     "DENSE_MIN",
+    "ENTRY_MASK",
+    "ENTRY_SIZE",
     "HASH",
+    "MAX_PACK",
+    "SLOT_BITS",
+    "SLOT_MASK",
     "UNPACK",
     "CheckedChunks",
     "IndexWriter",
     "Snapshot",
     "entries_of",
+    "entry_at",
     "lookup",
     "sparse_entries",
     "sparse_lookup",
 ]
 
-CHUNK_KEYS: Final = 500
+# Entries of 6 bytes: a pack's slots are numbered in 14 bits (16,383 records at most), its id
+# in 34 (64 KiB packs: 1 PiB written before they run out). A shuffled fill rewrites every chunk
+# per commit, and LMDB keeps two generations of them: the index costs 3 x 6 B per key.
+ENTRY_SIZE: Final = 6
+SLOT_BITS: Final = 14
+SLOT_MASK: Final = (1 << SLOT_BITS) - 1
+MAX_PACK: Final = (1 << 8 * ENTRY_SIZE - SLOT_BITS) - 1
+# The most keys whose entries and checksum fit one overflow page of 4 KiB (4,080 bytes).
+CHUNK_KEYS: Final = 678
 # Keys of one chunk that make a commit create it (1/32 of it).
 DENSE_MIN: Final = 16
-_ENTRY: Final = struct.Struct("<Q")
-CHUNK_BYTES: Final = CHUNK_KEYS * _ENTRY.size
+CHUNK_BYTES: Final = CHUNK_KEYS * ENTRY_SIZE
 # A stored chunk: its entries, then their checksum.
 CHUNK_SIZE: Final = CHUNK_BYTES + 8
+_U64: Final = struct.Struct("<Q")
 _SPARSE: Final = struct.Struct("<QQ")
 _EMPTY: Final = bytes(CHUNK_BYTES)
 HASH: Final = xxhash.xxh3_64_intdigest
-UNPACK: Final = _ENTRY.unpack_from
+# Reads 8 bytes: at ``pos * ENTRY_SIZE`` of a whole stored chunk (the checksum follows the
+# last entry), masked with ENTRY_MASK, the entry. One call on the disk hit, no slice.
+UNPACK: Final = _U64.unpack_from
+ENTRY_MASK: Final = (1 << 8 * ENTRY_SIZE) - 1
+
+
+def entry_at(entries: bytes | bytearray | memoryview, pos: int) -> int:
+    """The entry at position ``pos`` of a chunk's entries."""
+    start = pos * ENTRY_SIZE
+    return int.from_bytes(entries[start : start + ENTRY_SIZE], "little")
+
+
+def _set_at(entries: bytearray, pos: int, entry: int) -> None:
+    start = pos * ENTRY_SIZE
+    entries[start : start + ENTRY_SIZE] = entry.to_bytes(ENTRY_SIZE, "little")
+
+
+def _all(chunk: int, entries: bytes | bytearray | memoryview) -> Iterator[tuple[int, int]]:
+    """(key, entry) of every nonzero entry of ``chunk`` (whole entries of ``entries``)."""
+    base = chunk * CHUNK_KEYS
+    for pos in range(min(len(entries), CHUNK_BYTES) // ENTRY_SIZE):
+        entry = entry_at(entries, pos)
+        if entry:
+            yield base + pos, entry
 
 
 def _sum(chunk: int, raw: bytes | memoryview) -> int:
@@ -61,7 +99,7 @@ def _checked(chunk: int, raw: memoryview | bytes) -> memoryview | bytes:
     """The entries of a stored chunk, checked."""
     if (
         len(raw) != CHUNK_BYTES + 8
-        or _sum(chunk, raw[:CHUNK_BYTES]) != _ENTRY.unpack_from(raw, CHUNK_BYTES)[0]
+        or _sum(chunk, raw[:CHUNK_BYTES]) != _U64.unpack_from(raw, CHUNK_BYTES)[0]
     ):
         raise CodecError(f"index chunk {chunk} (keys {chunk * CHUNK_KEYS}...) is damaged")
     return raw
@@ -71,7 +109,7 @@ def _sparse_entry(key: int, raw: memoryview | bytes) -> int:
     if len(raw) != _SPARSE.size:
         raise CodecError(f"index entry of key {key} is damaged")
     entry, check = _SPARSE.unpack(raw)
-    if xxhash.xxh3_64_intdigest(_ENTRY.pack(entry), key & 0xFFFFFFFFFFFFFFFF) != check:
+    if xxhash.xxh3_64_intdigest(_U64.pack(entry), key & 0xFFFFFFFFFFFFFFFF) != check:
         raise CodecError(f"index entry of key {key} is damaged")
     return int(entry)
 
@@ -87,7 +125,7 @@ def lookup(txn: lmdb.Transaction[Any], index_db: Any, keys_db: Any, key: int) ->
             or HASH(raw[:CHUNK_BYTES], chunk) != UNPACK(raw, CHUNK_BYTES)[0]
         ):
             _checked(chunk, raw)
-        entry: int = UNPACK(raw, pos * 8)[0]
+        entry: int = UNPACK(raw, pos * ENTRY_SIZE)[0] & ENTRY_MASK
         if entry:
             return entry
     return sparse_lookup(txn, keys_db, key)
@@ -102,7 +140,7 @@ def sparse_lookup(txn: lmdb.Transaction[Any], keys_db: Any, key: int) -> int:
 # A snapshot checked (CheckedChunks): its transaction id, its intact chunks, its generation.
 Snapshot = tuple[int, dict[int, bytes | None], bytes | None]
 
-# Chunks whose entries a snapshot keeps a copy of (4,000 bytes each: 1 MiB, 128,000 keys).
+# Chunks a snapshot keeps a copy of (4,076 bytes each: 1 MiB, 173,568 keys).
 CHUNKS_KEPT: Final = 256
 
 
@@ -155,10 +193,7 @@ def entries_of(txn: lmdb.Transaction[Any], index_db: Any) -> Iterator[tuple[int,
         except CodecError:
             yield chunk * CHUNK_KEYS, 0
             continue
-        base = chunk * CHUNK_KEYS
-        for pos, (entry,) in enumerate(_ENTRY.iter_unpack(entries[:CHUNK_BYTES])):
-            if entry:
-                yield base + pos, entry
+        yield from _all(chunk, entries)
 
 
 def sparse_entries(txn: lmdb.Transaction[Any], keys_db: Any) -> Iterator[tuple[int, int]]:
@@ -242,7 +277,7 @@ class IndexWriter:
                 if key >= base + CHUNK_KEYS:
                     break
                 try:
-                    _ENTRY.pack_into(entries, (key - base) * 8, _sparse_entry(key, raw))
+                    _set_at(entries, key - base, _sparse_entry(key, raw))
                 except CodecError:
                     self.damaged += 1
                 moved.append(bytes(raw_key))
@@ -262,13 +297,7 @@ class IndexWriter:
                 self.damaged += 1
                 entries = bytearray(_EMPTY)
                 self._dirty.add(chunk)
-                base = chunk * CHUNK_KEYS
-                whole = raw[: min(len(raw), CHUNK_BYTES) // 8 * 8]
-                self.dropped += [
-                    (base + pos, entry)
-                    for pos, (entry,) in enumerate(_ENTRY.iter_unpack(whole))
-                    if entry
-                ]
+                self.dropped += list(_all(chunk, raw))
         self._chunks[chunk] = entries
         return entries
 
@@ -277,7 +306,7 @@ class IndexWriter:
         chunk, pos = divmod(key, CHUNK_KEYS)
         entries = self._chunk(chunk)
         if entries is not None:
-            entry: int = _ENTRY.unpack_from(entries, pos * 8)[0]
+            entry = entry_at(entries, pos)
             if entry:
                 return entry
         return self._sparse_get(key)
@@ -301,8 +330,8 @@ class IndexWriter:
         if entries is None and chunk in self._dense:
             entries = self._create(chunk)
         if entries is not None:
-            old: int = _ENTRY.unpack_from(entries, pos * 8)[0]
-            _ENTRY.pack_into(entries, pos * 8, entry)
+            old = entry_at(entries, pos)
+            _set_at(entries, pos, entry)
             self._dirty.add(chunk)
             if not old and self._any_sparse:
                 old = self._sparse_get(key)
@@ -310,7 +339,7 @@ class IndexWriter:
                     self._txn.delete(key.to_bytes(8, "big"), db=self._keys_db)
         else:
             old = self._sparse_get(key)
-            check = xxhash.xxh3_64_intdigest(_ENTRY.pack(entry), key)
+            check = xxhash.xxh3_64_intdigest(_U64.pack(entry), key)
             self._txn.put(key.to_bytes(8, "big"), _SPARSE.pack(entry, check), db=self._keys_db)
             self._any_sparse = True
         if not old:
@@ -322,6 +351,6 @@ class IndexWriter:
         for chunk in sorted(self._dirty):
             entries = self._chunks[chunk]
             assert entries is not None
-            raw = bytes(entries) + _ENTRY.pack(_sum(chunk, bytes(entries)))
+            raw = bytes(entries) + _U64.pack(_sum(chunk, bytes(entries)))
             self._txn.put(chunk.to_bytes(8, "big"), raw, db=self._index_db)
         self._dirty.clear()

@@ -21,7 +21,11 @@ from .index import (
     CHUNK_KEYS,
     CHUNK_SIZE,
     CHUNKS_KEPT,
+    ENTRY_MASK,
+    ENTRY_SIZE,
     HASH,
+    SLOT_BITS,
+    SLOT_MASK,
     UNPACK,
     CheckedChunks,
     lookup,
@@ -53,19 +57,19 @@ def find_in(
     Every disk hit comes through here: :func:`~.index.lookup` and :func:`~.packs.record_of`
     are inlined for a key in a chunk and a slot of a pack (their four calls were a tenth of a
     4 KiB sample's hit); a key indexed alone, a large value and damage go through them.
-    A chunk is hashed once per snapshot (the 4,000-byte hash was 1/25 of a 4 KiB sample's
+    A chunk is hashed once per snapshot (the 4,068-byte hash was 1/25 of a 4 KiB sample's
     hit), and a kept chunk's entries are read from their copy (``intact``), not got again.
     The databases are passed positionally: keywords cost py-lmdb a parse per get.
     """
     entries: bytes | memoryview | None = intact.get(key // CHUNK_KEYS)
     if entries is None:
         entries = _chunk(txn, dbs, key, intact)
-    entry = 0 if entries is None else UNPACK(entries, key % CHUNK_KEYS * 8)[0]
+    entry = 0 if entries is None else UNPACK(entries, key % CHUNK_KEYS * ENTRY_SIZE)[0] & ENTRY_MASK
     if not entry:
         entry = sparse_lookup(txn, dbs.keys, key)
         if not entry:
             return None
-    pack, slot = entry >> 16, entry & 0xFFFF
+    pack, slot = entry >> SLOT_BITS, entry & SLOT_MASK
     packed: memoryview | None = txn.get(pack.to_bytes(8, "big"), None, dbs.data)
     if packed is None:
         raise CodecError(f"the index points key {key} at pack {pack}, which is missing")
@@ -98,7 +102,7 @@ def _chunk(
     if chunk not in intact:
         if len(raw) != CHUNK_SIZE or HASH(raw[:CHUNK_BYTES], chunk) != UNPACK(raw, CHUNK_BYTES)[0]:
             lookup(txn, dbs.chunks, dbs.keys, key)  # raises CodecError
-        kept = bytes(raw[:CHUNK_BYTES]) if len(intact) < CHUNKS_KEPT else None
+        kept = bytes(raw) if len(intact) < CHUNKS_KEPT else None  # whole: see UNPACK
         intact[chunk] = kept
         if kept is not None:
             return kept

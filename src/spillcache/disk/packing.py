@@ -18,8 +18,9 @@ from typing import Any, Final
 import lmdb
 
 from ..codec import relaid
+from ..errors import StoreError
 from .env import Dbs
-from .index import IndexWriter, entries_of
+from .index import MAX_PACK, SLOT_BITS, SLOT_MASK, IndexWriter, entries_of
 from .packs import SINGLE, SINGLE_MIN, PackBuilder, pack_key, slots_of
 from .values import Stored
 
@@ -74,7 +75,7 @@ class PackWriter:
         self._live: dict[int, list[int]] = {}
         self._slots: dict[int, list[tuple[int, int, int]]] = {}
         self._specs: set[int] = set()
-        self._builder = PackBuilder()
+        self._builder = PackBuilder(psize)
         self._reclaimed: list[bytes] = []
 
     # -- storing ---------------------------------------------------------------------------------
@@ -102,32 +103,40 @@ class PackWriter:
     def _close(self) -> None:
         if self._builder.keys:
             self._write(self._builder)
-        self._builder = PackBuilder()
+        self._builder = PackBuilder(self._psize)
+
+    def _new_pack(self) -> int:
+        pack = self._next
+        if pack > MAX_PACK:
+            raise StoreError(
+                f"the store has used all {MAX_PACK:,} pack ids (about a petabyte written): "
+                "clear it (`spillcache clear PATH`) to start again"
+            )
+        self._next += 1
+        return pack
 
     def _write(self, builder: PackBuilder) -> None:
-        pack = self._next
-        self._next += 1
+        pack = self._new_pack()
         raw = builder.build()
         self._txn.put(pack_key(pack), raw, db=self._dbs.data)
         self._live[pack] = [sum(builder.record_sizes()), len(raw)]
         for slot, key in enumerate(builder.keys):
-            old = self.index.set(key, pack << 16 | slot)
+            old = self.index.set(key, pack << SLOT_BITS | slot)
             if old:
                 self._dead(old)
 
     def _write_single(self, key: int, value: Stored) -> None:
         """A large value as a pack of its own, as it is (no copy into a pack buffer)."""
-        pack = self._next
-        self._next += 1
+        pack = self._new_pack()
         self._txn.put(pack_key(pack), value, db=self._dbs.data)
         self._live[pack] = [len(value), len(value)]
-        old = self.index.set(key, pack << 16 | SINGLE)
+        old = self.index.set(key, pack << SLOT_BITS | SINGLE)
         if old:
             self._dead(old)
 
     def _dead(self, entry: int) -> None:
         """The record at ``entry`` is no longer indexed: count it as garbage."""
-        pack, slot = entry >> 16, entry & 0xFFFF
+        pack, slot = entry >> SLOT_BITS, entry & SLOT_MASK
         live = self._live.get(pack)
         if live is None:
             raw = self._txn.get(_live_key(pack), db=self._dbs.live)
@@ -170,7 +179,7 @@ class PackWriter:
                 continue
             view = memoryview(raw)
             for slot, (key, start, end) in enumerate(slots_of(view)):
-                if self.index.get(key) == pack << 16 | slot:
+                if self.index.get(key) == pack << SLOT_BITS | slot:
                     moved.append((key, bytes(view[start:end])))
                     size += end - start
         return moved
@@ -216,7 +225,7 @@ class PackWriter:
 
     def _holds(self, entry: int, key: int) -> bool:
         """Whether ``entry`` points at a record of ``key`` (a stored pack, a slot of the key)."""
-        pack, slot = entry >> 16, entry & 0xFFFF
+        pack, slot = entry >> SLOT_BITS, entry & SLOT_MASK
         if slot == SINGLE:
             return (
                 pack in self._live or self._txn.get(_live_key(pack), db=self._dbs.live) is not None

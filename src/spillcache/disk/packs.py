@@ -22,6 +22,7 @@ import struct
 from typing import Final, Protocol
 
 from ..errors import CodecError
+from .index import SLOT_MASK
 from .values import Stored
 
 __all__ = [
@@ -29,6 +30,8 @@ __all__ = [
     "HEAD_SIZE",
     "MAX_SLOTS",
     "PACK_BYTES",
+    "PACK_MAX",
+    "PACK_SLACK",
     "SINGLE",
     "SINGLE_MIN",
     "SLOT",
@@ -49,16 +52,23 @@ SLOT_SIZE: Final = 12
 # what a read needs, at offset ``12 * slot + 4``.
 SLOT_WITH_START: Final = struct.Struct("<IQI")
 MAGIC: Final = b"SPK2"
-# A pack is closed once it holds this much: its rounding to whole pages then costs < 0.4 %
-# (docs/benchmarks/space.md).
-PACK_BYTES: Final = 1 << 20
+# A pack is closed once it holds PACK_BYTES and its last LMDB page is nearly full (unused bytes
+# at most PACK_SLACK, and 1/128 of what it holds past PACK_BYTES), or once it holds PACK_MAX:
+# py-lmdb touches every page of a value it gets, so a sample read from disk faults in its whole
+# pack; page-aware, packs stay small (68-200 KiB for records of up to 6 KiB) and round to
+# pages by < 1 % (docs/design.rst, "Packs").
+PACK_BYTES: Final = 64 << 10
+PACK_SLACK: Final = 256
+PACK_MAX: Final = 1 << 20
+# LMDB's header in the first page of a value's overflow run.
+_PAGE_HEADER: Final = 16
 # Values this large get a pack of their own, not re-laid: a page of rounding is < 1.6 % of
 # them, and they are written and read without one more copy.
 SINGLE_MIN: Final = 256 << 10
-# Slots are numbered in 16 bits in the index (see :mod:`spillcache.disk.index`); the last
+# Slots are numbered in SLOT_BITS bits in the index (see :mod:`spillcache.disk.index`); the last
 # number means "the pack is one value, without a header".
-MAX_SLOTS: Final = 0xFFFF
-SINGLE: Final = 0xFFFF
+MAX_SLOTS: Final = SLOT_MASK
+SINGLE: Final = SLOT_MASK
 
 
 def pack_key(pack: int) -> bytes:
@@ -146,6 +156,11 @@ class _Writable(Protocol):
 class PackBuilder:
     """The records of one pack being built, in arrival order; their slots.
 
+    Parameters
+    ----------
+    psize : int
+        LMDB's page size, which the pack's size is fitted to.
+
     Attributes
     ----------
     keys : list of int
@@ -154,10 +169,11 @@ class PackBuilder:
         Bytes of the pack as it stands.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, psize: int = 4096) -> None:
         self.keys: list[int] = []
         self._records: list[_Writable | _Verbatim] = []
         self._bytes = 0
+        self._psize = psize
 
     @property
     def size(self) -> int:
@@ -176,8 +192,16 @@ class PackBuilder:
         return self.add(key, _Verbatim(raw))
 
     def full(self) -> bool:
-        """Whether the pack is closed: no more records go in."""
-        return self._bytes >= PACK_BYTES or len(self.keys) >= MAX_SLOTS
+        """Whether the pack is closed: no more records go in (see ``PACK_BYTES``)."""
+        size = self.size
+        if size < PACK_BYTES:
+            return len(self.keys) >= MAX_SLOTS
+        unused = -(size + _PAGE_HEADER) % self._psize
+        return (
+            unused <= PACK_SLACK + (size - PACK_BYTES) // 128
+            or size >= PACK_MAX
+            or len(self.keys) >= MAX_SLOTS
+        )
 
     def record_sizes(self) -> list[int]:
         """The size of each slot's record."""
