@@ -10,10 +10,10 @@ reads READS uniformly drawn keys (fresh ones each pass) from every store in turn
 untimed pass; the ratio is the median over passes of a store's rate over the smallest store's
 rate in the same pass. *Same keys again*: each pass rereads the warming pass's keys (their pages
 already mapped and cached), which leaves out the first touch of a page of the memory map. The
-same is done straight from LMDB (``txn.get`` into a buffer, no
-decode, no copy) to tell LMDB's share from spillcache's. Open is the time of ``SpillCache(path)``
-on the filled store, ``len()`` of one call (medians of OPENS). The B-tree's depth and branch
-pages come from the data db's ``txn.stat``.
+same is done straight from LMDB (``txn.get`` into a buffer of the pack holding each key: no
+index, no decode, no copy) to tell LMDB's share from spillcache's. Open is the time of
+``SpillCache(path)`` on the filled store, ``len()`` of one call (medians of OPENS). The
+B-tree's depth and branch pages come from the data db's ``txn.stat``.
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ PASSES = 3
 OPENS = 5
 
 
-def lmdb_key(k: int) -> bytes:
-    """spillcache's LMDB key of ``k``."""
-    return k.to_bytes(8, "big")
+def pack_of(packs: int, n: int) -> Callable[[int], bytes]:
+    """The LMDB key of the pack that holds key ``k`` of a key-order fill of ``n`` in ``packs``."""
+    return lambda k: (1 + k * packs // n).to_bytes(8, "big")
 
 
 def sample(i: int) -> dict[str, Any]:
@@ -70,7 +70,7 @@ class Scale:
     reads_ratio: float  # median over passes of this store's rate / the smallest's, same pass
     again: float  # random disk-tier gets/s, each pass reading the keys of the warming pass
     again_ratio: float
-    raw_reads: float  # random raw LMDB gets/s of the same keys
+    raw_reads: float  # random raw LMDB gets/s of the packs holding the same keys
     raw_ratio: float
     raw_again: float
     raw_again_ratio: float
@@ -104,13 +104,13 @@ def interleaved(
     gets: list[Callable[[Any], object]],
     sizes: list[int],
     counts: tuple[int, int],
-    key: Callable[[int], Any],
+    keys_of: list[Callable[[int], Any]],
     *,
     again: bool,
 ) -> list[list[float]]:
     """Gets/s per pass of each ``gets[j]`` over ``reads`` random keys below ``sizes[j]``.
 
-    ``counts``: (reads, passes).
+    ``counts``: (reads, passes); ``keys_of[j]``: what ``gets[j]`` is given for key ``k``.
 
     Every pass reads each store once, in an order rotated per pass, with fresh keys (``again``:
     the keys of the first pass); the first pass warms and is dropped.
@@ -118,13 +118,16 @@ def interleaved(
     reads, passes = counts
     rng = np.random.default_rng(1)
     rates: list[list[float]] = [[] for _ in gets]
-    drawn = [[key(k) for k in rng.integers(0, n, reads).tolist()] for n in sizes]
+    drawn = [
+        [f(k) for k in rng.integers(0, n, reads).tolist()]
+        for n, f in zip(sizes, keys_of, strict=True)
+    ]
     for p in range(passes + 1):
         order = list(range(len(gets)))
         order = order[p % len(order) :] + order[: p % len(order)]
         for j in order:
             if p and not again:
-                drawn[j] = [key(k) for k in rng.integers(0, sizes[j], reads).tolist()]
+                drawn[j] = [keys_of[j](k) for k in rng.integers(0, sizes[j], reads).tolist()]
             keys = drawn[j]
             seconds = timed(partial(read_all, gets[j], keys))
             if p:
@@ -144,22 +147,25 @@ def cache_reads(paths: list[Path], sizes: list[int], reads: int, passes: int) ->
     with contextlib.ExitStack() as stack:
         caches = [stack.enter_context(SpillCache(p, ram_budget=0)) for p in paths]
         gets = [c.get for c in caches]
-        fresh = paired(interleaved(gets, sizes, (reads, passes), int, again=False))
-        again = paired(interleaved(gets, sizes, (reads, passes), int, again=True))
+        ints = [int] * len(gets)
+        fresh = paired(interleaved(gets, sizes, (reads, passes), ints, again=False))
+        again = paired(interleaved(gets, sizes, (reads, passes), ints, again=True))
     return [(*f, *a) for f, a in zip(fresh, again, strict=True)]
 
 
 def raw_reads(paths: list[Path], sizes: list[int], reads: int, passes: int) -> list[Any]:
-    """The same reads straight from LMDB; then each data db's (depth, branch pages)."""
+    """Reads straight from LMDB of the packs holding the same keys (a get into a buffer: no
+    index, no slot, no decode); then each data db's (depth, branch pages)."""
     envs = [lmdb.open(str(p), readonly=True, lock=False, max_dbs=2, subdir=True) for p in paths]
     try:
         dbs = [env.open_db(b"data", create=False) for env in envs]
         txns = [env.begin(db=db, buffers=True) for env, db in zip(envs, dbs, strict=True)]
         gets = [t.get for t in txns]
-        fresh = paired(interleaved(gets, sizes, (reads, passes), lmdb_key, again=False))
-        again = paired(interleaved(gets, sizes, (reads, passes), lmdb_key, again=True))
-        got = [(*f, *a) for f, a in zip(fresh, again, strict=True)]
         stats = [t.stat(db) for t, db in zip(txns, dbs, strict=True)]
+        keys = [pack_of(st["entries"], n) for st, n in zip(stats, sizes, strict=True)]
+        fresh = paired(interleaved(gets, sizes, (reads, passes), keys, again=False))
+        again = paired(interleaved(gets, sizes, (reads, passes), keys, again=True))
+        got = [(*f, *a) for f, a in zip(fresh, again, strict=True)]
         for txn in txns:
             txn.abort()
     finally:

@@ -74,8 +74,9 @@ class SpillCache(MissHook, Closing):
         put sample to disk after ``put`` returned — faster, for callers that never modify a
         sample they put or get (that would change what the cache stores or serves).
     readahead : bool
-        Let the OS read ahead when the store is read from disk: good for samples of tens of KiB
-        and more; turn off for tiny samples in a store much larger than RAM.
+        Let the OS read ahead when the store is read from disk. Keep it on: a sample read from
+        disk brings its whole pack (64 KiB to 1 MiB) into memory, which ``False`` makes the
+        kernel fetch page by page.
     allow_remote_fs : bool
         Allow a store on a network file system (NFS, Lustre, CIFS, ...). LMDB's locks and
         memory maps are not coherent there, so a store on one is refused unless you set this.
