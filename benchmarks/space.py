@@ -12,6 +12,9 @@ order (MDB_APPEND: leaves filled to the brim), packs (values in arrival order co
 one LMDB value of at least PACK_BYTES, appended by pack id, with an index db ``key -> (pack,
 offset, length)`` put in arrival order), and packs of at least BIG_PACK_BYTES with a dense
 index (DENSE_BYTES per key in chunks of DENSE_SLOTS consecutive keys, rewritten per commit).
+The *workers* rows fill the store as training does: WORKERS forked DataLoader workers call
+``get_or_load`` for every key (in key or shuffled order), and each commits every sample it
+loads before handing it out (with ``--old``, the old code too).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import lmdb
 import numpy as np
 import torch
 
+import spillcache
 from spillcache import SpillCache
 from spillcache.codec import encode, relaid
 
@@ -46,6 +50,7 @@ PAGE_HEADER = 16  # LMDB's page header
 NODE_HEADER = 8  # LMDB's node header: before the key on a leaf
 INDEX = struct.Struct(">IIL")  # pack id, offset, length of one sample in its pack
 TXN_ENTRIES = 1000  # entries per write transaction of the raw stores
+WORKERS = 2  # DataLoader workers of the workers rows
 
 
 def sample(i: int, nbytes: int) -> dict[str, Any]:
@@ -145,6 +150,40 @@ def fill_old(path: Path, nbytes: int, n: int, shuffled: bool, src: str) -> None:
     subprocess.run([sys.executable, "-c", _OLD_FILL, *args], env=env, check=True)
 
 
+_WORKERS_FILL = """
+import os, sys, warnings
+import numpy as np, torch
+from torch.utils.data import DataLoader, Dataset
+from spillcache import SpillCache
+path, nbytes, n, shuffled = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
+keys = np.random.default_rng(0).permutation(n).tolist() if shuffled else list(range(n))
+def load(k):
+    return {"image": torch.full((nbytes // 4,), float(k)), "meta": {"id": k, "z": 0.5}}
+class Samples(Dataset):
+    def __init__(self, cache):
+        self.cache = cache
+    def __len__(self):
+        return n
+    def __getitem__(self, i):
+        return self.cache.get_or_load(keys[i], load)["meta"]["id"]
+warnings.simplefilter("ignore")
+os.environ["SPILLCACHE_NODE_DIR"] = "off"
+with SpillCache(path, ram_budget=0) as cache:
+    loader = DataLoader(Samples(cache), batch_size=8, num_workers=WORKERS,
+                        multiprocessing_context="fork")
+    assert sum(len(batch) for batch in loader) == n
+"""
+
+
+def fill_workers(path: Path, nbytes: int, n: int, shuffled: bool, src: str | None) -> None:
+    """The store as DataLoader workers fill it: each commits every sample it loads (forked)."""
+    here = str(Path(spillcache.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": src or here}
+    args = [str(path), str(nbytes), str(n), "1" if shuffled else "0"]
+    script = _WORKERS_FILL.replace("WORKERS", str(WORKERS))
+    subprocess.run([sys.executable, "-c", script, *args], env=env, check=True)
+
+
 def chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -235,7 +274,9 @@ class Row:
 
 LAYOUTS = {
     "old": "spillcache, old code (--old)",
+    "old_workers": f"spillcache, old code (--old), {WORKERS} DataLoader workers",
     "spillcache": "spillcache",
+    "workers": f"spillcache, {WORKERS} DataLoader workers (get_or_load)",
     "raw": "raw LMDB put, same order",
     "append": "raw LMDB put(append=True), key order",
     "packed": f"packs of >= {PACK_BYTES >> 10} KiB + index",
@@ -253,8 +294,12 @@ def measure_size(tmp: Path, nbytes: int, n: int, shuffled: bool, old: str | None
     if old is not None:
         fill_old(tmp / "old", nbytes, n, shuffled, old)
         layouts["old"] = measure(tmp / "old", b"data")
+        fill_workers(tmp / "old_workers", nbytes, n, shuffled, old)
+        layouts["old_workers"] = measure(tmp / "old_workers", b"data")
+    fill_workers(tmp / "workers", nbytes, n, shuffled, None)
     layouts |= {
         "spillcache": measure(tmp / "store", b"data"),
+        "workers": measure(tmp / "workers", b"data"),
         "raw": raw(tmp / "raw", arrival, append=False),
         "append": raw(tmp / "append", items, append=True),
         "packed": packed(tmp / "packed", arrival, PACK_BYTES, in_order=not shuffled, dense=False),

@@ -27,10 +27,17 @@ from spillcache import (
 from spillcache.admin import verify
 from spillcache.codec import decode, records
 from spillcache.disk import inspected, read_marker
-from spillcache.disk.index import CHUNK_KEYS, SLOT_BITS
+from spillcache.disk.index import CHUNK_KEYS, SLOT_BITS, SLOT_MASK, entries_of
 from spillcache.disk.layout import LAYOUT
 from spillcache.disk.packing import NEXT_PACK
-from spillcache.disk.packs import PACK_BYTES, PACK_MAX, PACK_SLACK, PackBuilder, pack_key
+from spillcache.disk.packs import (
+    PACK_BYTES,
+    PACK_MAX,
+    PACK_SLACK,
+    PackBuilder,
+    pack_key,
+    slots_of,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -143,7 +150,7 @@ class _Record:
 
 @pytest.mark.parametrize(
     ("record", "largest"),
-    [(552, 96 << 10), (1064, 96 << 10), (4136, 384 << 10), (16424, PACK_MAX), (200_000, PACK_MAX)],
+    [(552, 96 << 10), (1064, 96 << 10), (4136, 160 << 10), (16424, 224 << 10), (200_000, PACK_MAX)],
 )
 def test_a_pack_closes_small_and_nearly_filling_its_last_page(record: int, largest: int) -> None:
     """A sample read from disk faults in its whole pack: packs stay near PACK_BYTES, and
@@ -154,8 +161,84 @@ def test_a_pack_closes_small_and_nearly_filling_its_last_page(record: int, large
     size = len(builder.build())
     unused = -(size + 16) % 4096  # LMDB's 16-byte header heads the value's first page
     assert PACK_BYTES <= size <= largest
-    assert unused <= PACK_SLACK + (size - PACK_BYTES) // 128 or size >= PACK_MAX
-    assert unused < 0.01 * size
+    assert unused <= PACK_SLACK + (size - PACK_BYTES) // 32 or size >= PACK_MAX
+    assert unused < 0.025 * size
+
+
+class Loads(torch.utils.data.Dataset[int]):
+    """``get_or_load`` of every key in ``keys``, as a training data set."""
+
+    def __init__(self, cache: SpillCache, keys: list[int], nbytes: int) -> None:
+        self.cache, self.keys, self.nbytes = cache, keys, nbytes
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i: int) -> int:
+        value = self.cache.get_or_load(self.keys[i], lambda k: sample(k, 0, self.nbytes))
+        return int(value["meta"]["id"])
+
+
+@pytest.mark.parametrize("nbytes", [512, 4096])
+def test_dataloader_workers_fill_dense_packs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nbytes: int
+) -> None:
+    """A worker commits every sample it loads: its next commit adds to the pack the last one
+    left open, so packs stay dense (without it: one or two samples per pack, 1.5-4 x)."""
+    monkeypatch.setenv("SPILLCACHE_NODE_DIR", "off")
+    path = tmp_path / "s"
+    n = (4 << 20) // nbytes
+    keys = list(range(n))
+    random.Random(0).shuffle(keys)
+    with SpillCache(path, ram_budget=0) as cache:
+        loader = torch.utils.data.DataLoader(
+            Loads(cache, keys, nbytes), batch_size=8, num_workers=2, multiprocessing_context="fork"
+        )
+        assert sorted(i for batch in loader for i in batch.tolist()) == list(range(n))
+        assert (cache.stats().misses, cache.stats().puts) == (n, n)  # the workers' counts
+        for key in random.Random(1).sample(range(n), 200):
+            check(cache.get(key), key)
+    with raw_txn(path) as (txn, dbs):
+        packs = txn.stat(dbs.data)["entries"]
+    assert packs <= n * (nbytes + 60) // PACK_BYTES + 4  # two open packs, and the rounding
+    # 1.28 at these 4 MiB (a store this small keeps many pages an open pack's rewrites freed;
+    # 32 MiB: see benchmarks.space); without adding to open packs, 1.5 (4 KiB) to 4 (512 B).
+    assert used_bytes(path) <= 1.35 * n * nbytes
+    assert_live_is_exact(path)
+
+
+def test_processes_adding_to_one_open_pack_keep_every_record(tmp_path: Path) -> None:
+    """A forked child inherits the pack its parent left open: both add to it, one commit
+    after the other, and every record stays where the index says."""
+    path = tmp_path / "s"
+    code = """
+        import os, sys
+        from test_packs import check, sample
+        from spillcache import SpillCache
+        with SpillCache(sys.argv[1], ram_budget=0) as cache:
+            for key in range(10):
+                cache.put(key, sample(key))
+            cache.flush()  # leaves its pack open
+            child = os.fork()
+            first = 10 if child == 0 else 20
+            for key in range(first, first + 10):
+                cache.put(key, sample(key))
+            cache.flush()
+            if child == 0:
+                os._exit(0)
+            assert os.waitpid(child, 0)[1] == 0
+            for key in range(30, 40):
+                cache.put(key, sample(key))
+        with SpillCache(sys.argv[1], ram_budget=0) as cache:
+            for key in range(40):
+                check(cache.get(key), key)
+        print("ok")
+    """
+    done = run_python(code, str(path))
+    assert done.stdout.strip() == "ok", done.stderr
+    with raw_txn(path) as (txn, dbs):
+        assert txn.stat(dbs.data)["entries"] <= 2  # one pack, or two if the child's came first
+    assert_live_is_exact(path)
 
 
 # -- sparse keys ----------------------------------------------------------------------------------
@@ -265,10 +348,26 @@ def _replace_rounds(path: Path, keys: int, rounds: int, **kw: Any) -> list[set[i
     return held
 
 
+def assert_live_is_exact(path: Path) -> None:
+    """Each pack's accounted live bytes are the sizes of its records the index points at."""
+    with raw_txn(path) as (txn, dbs):
+        indexed: dict[int, int] = {}
+        for key, entry in entries_of(txn, dbs.chunks):
+            pack, slot = entry >> SLOT_BITS, entry & SLOT_MASK
+            stored, start, end = slots_of(memoryview(txn.get(pack_key(pack), db=dbs.data)))[slot]
+            assert stored == key
+            indexed[pack] = indexed.get(pack, 0) + end - start
+        accounted = {
+            int.from_bytes(raw_pack, "big"): struct.unpack("<QQ", raw)[0]
+            for raw_pack, raw in txn.cursor(db=dbs.live)
+        }
+    assert accounted == indexed
+
+
 def test_replaced_records_are_reclaimed(tmp_path: Path) -> None:
     path = tmp_path / "s"
     held = _replace_rounds(path, 1000, 10)
-    live = 1000 * (4096 + 48)  # the records: prefix 12, table 24, padding 4, checksum 8
+    live = 1000 * (4096 + 40)  # the records: prefix 12, table 20, checksum 8
     # Without reclaiming, 40 % of the samples replaced ten times leave packs of mixed garbage
     # that never empty: 5.0 x the live bytes; reclaimed, 2.9 x (the packs 1.4 x, the rest
     # pages freed but not yet reused, docs/design.rst "Packs").
@@ -279,8 +378,9 @@ def test_replaced_records_are_reclaimed(tmp_path: Path) -> None:
             check(cache.get(key), key, max(versions))
     with raw_txn(path) as (txn, dbs):
         sizes = [int.from_bytes(v[:8], "little") for _, v in txn.cursor(db=dbs.live)]
-        assert sum(sizes) <= live  # the live bytes accounted are the records indexed
+        assert sum(sizes) == live  # the live bytes accounted are the records indexed
         assert txn.stat(dbs.live)["entries"] == txn.stat(dbs.data)["entries"]
+    assert_live_is_exact(path)
 
 
 def test_replacing_samples_stays_within_the_disk_budget(tmp_path: Path) -> None:

@@ -77,6 +77,8 @@ class Committer:
         self._events = events
         self._readers_checked_at = 0.0
         self._unchecked_bytes = 0
+        # The pack the last commit left open (a commit adds to it: see ``packing``).
+        self._open_pack: int | None = None
 
     def store_batch(self, batch: Batch, generation: bytes | None) -> None:
         """Store ``batch``, taken from the queue while the store was at ``generation``."""
@@ -124,15 +126,15 @@ class Committer:
             current = txn.get(GENERATION, db=txns.meta_db)
             if generation is not None and current != generation:
                 raise _Stale(current)
-            packs = PackWriter(txn, txns.dbs, self._psize(txn))
+            packs = PackWriter(txn, txns.dbs, self._psize(txn), self._open_pack)
             moved = packs.reclaimable()
-            stored, moving = self._fill.admitted(
-                PackGrowth(txn, txns.dbs), txns.current(), items, need, moved
-            )
+            growth = PackGrowth(txn, txns.dbs, packs.reopened_bytes)
+            stored, moving = self._fill.admitted(growth, txns.current(), items, need, moved)
             if moving:
                 packs.move(moved)
             packs.store(stored)
             packs.finish()
+        self._open_pack = packs.left_open  # committed: what an aborted one left stays open
         return stored
 
     def _psize(self, txn: lmdb.Transaction[bytes]) -> int:

@@ -53,10 +53,10 @@ SLOT_SIZE: Final = 12
 SLOT_WITH_START: Final = struct.Struct("<IQI")
 MAGIC: Final = b"SPK2"
 # A pack is closed once it holds PACK_BYTES and its last LMDB page is nearly full (unused bytes
-# at most PACK_SLACK, and 1/128 of what it holds past PACK_BYTES), or once it holds PACK_MAX:
+# at most PACK_SLACK, and 1/32 of what it holds past PACK_BYTES), or once it holds PACK_MAX:
 # py-lmdb touches every page of a value it gets, so a sample read from disk faults in its whole
-# pack; page-aware, packs stay small (68-200 KiB for records of up to 6 KiB) and round to
-# pages by < 1 % (docs/design.rst, "Packs").
+# pack, and an open pack is written anew by every commit that adds to it. Page-aware, packs
+# stay small (68-192 KiB) and round to pages by about 2 % at most (docs/design.rst, "Packs").
 PACK_BYTES: Final = 64 << 10
 PACK_SLACK: Final = 256
 PACK_MAX: Final = 1 << 20
@@ -198,7 +198,7 @@ class PackBuilder:
             return len(self.keys) >= MAX_SLOTS
         unused = -(size + _PAGE_HEADER) % self._psize
         return (
-            unused <= PACK_SLACK + (size - PACK_BYTES) // 128
+            unused <= PACK_SLACK + (size - PACK_BYTES) // 32
             or size >= PACK_MAX
             or len(self.keys) >= MAX_SLOTS
         )
