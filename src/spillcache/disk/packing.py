@@ -2,16 +2,16 @@
 
 Values become records in packs of about ``PACK_BYTES`` (:mod:`spillcache.disk.packs`) and the
 index points each key at its slot (:mod:`spillcache.disk.index`). A commit's last pack stays
-open: this process's next commit rewrites it with its records after the old ones (the old
-slots kept, so their index entries stay right), until it is full. A DataLoader worker commits
-every sample it loads before handing it out: without this, each of its packs held one or two
-samples (2 workers, 4 KiB samples: 1.51 x the tensor bytes; 512 B: a page each). A replaced key's old record
-is garbage: the ``live`` database holds, per pack, the bytes of its records still indexed and
-the pack's size; a pack whose live records fill less than ``KEEP`` of its pages is listed in
-``reclaim``, and later commits move its live records (verbatim: a record does not know where
-it lies) into their own packs, then delete it, so its pages are reused. A pack with no live
-record is deleted at once. The garbage a store holds is thus bounded by about a third of its
-pages, plus what the last commits left (docs/design.rst, "Packs").
+open: this process's next commit rewrites it with its records after the old ones (the old slots
+kept, so their index entries stay right), until it is full. A DataLoader worker commits every
+sample it loads before handing it out: without this, each of its packs held one or two samples
+(2 workers, 4 KiB samples: 1.51 x the tensor bytes; 512 B: a page each). A replaced key's old
+record is garbage: the ``live`` database holds, per pack, the bytes of its records still indexed
+and the pack's size; a pack whose live records fill less than ``KEEP`` of its pages is listed in
+``reclaim``, and later commits move its live records (verbatim: a record does not know where it
+lies) into their own packs, then delete it, so its pages are reused. A pack with no live record
+is deleted at once. The garbage a store holds is thus bounded by about a third of its pages,
+plus what the last commits left (docs/design.rst, "Packs").
 """
 
 from __future__ import annotations
