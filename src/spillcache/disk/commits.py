@@ -32,6 +32,10 @@ _CHECK_BYTES = 4 << 20
 _CHECK_SECONDS = 0.25
 # Tries to commit a batch, growing the map in between.
 _TRIES = 8
+# The packs of one process's last commits a commit may move into its own, and the bytes they
+# must leave unused for that: at most this much is wasted meanwhile per process.
+_TAIL_PACKS = 16
+_TAIL_WASTE = 16 << 10
 
 _Items = list[tuple[int, Stored]]
 
@@ -77,8 +81,8 @@ class Committer:
         self._events = events
         self._readers_checked_at = 0.0
         self._unchecked_bytes = 0
-        # The pack the last commit left open (a commit adds to it: see ``packing``).
-        self._open_pack: int | None = None
+        # The small packs of this process's last commits (id, bytes), oldest first.
+        self._tail: list[tuple[int, int]] = []
 
     def store_batch(self, batch: Batch, generation: bytes | None) -> None:
         """Store ``batch``, taken from the queue while the store was at ``generation``."""
@@ -126,16 +130,38 @@ class Committer:
             current = txn.get(GENERATION, db=txns.meta_db)
             if generation is not None and current != generation:
                 raise _Stale(current)
-            packs = PackWriter(txn, txns.dbs, self._psize(txn), self._open_pack)
-            moved = packs.reclaimable()
-            growth = PackGrowth(txn, txns.dbs, packs.reopened_bytes)
+            psize = self._psize(txn)
+            packs = PackWriter(txn, txns.dbs, psize)
+            merging = self._merging(psize)
+            moved = packs.reclaimable(pack for pack, _ in merging)
+            growth = PackGrowth(txn, txns.dbs)
             stored, moving = self._fill.admitted(growth, txns.current(), items, need, moved)
             if moving:
                 packs.move(moved)
             packs.store(stored)
             packs.finish()
-        self._open_pack = packs.left_open  # committed: what an aborted one left stays open
+        self._tailed(packs.last_pack, merged=bool(merging) and moving)
         return stored
+
+    def _merging(self, psize: int) -> list[tuple[int, int]]:
+        """The small packs of the last commits to move into this one's (none: not yet).
+
+        A DataLoader worker commits every sample it loads: each commit makes a pack of one or
+        two, closed at the commit's end. Once the last commits' packs leave ``_TAIL_WASTE``
+        bytes of their pages unused, and 1/16 of their bytes or more, their records go into
+        this commit's packs, densely, and they are deleted (moving a pack of 64 KiB or more
+        would seldom win back a 16th of it: it is left alone).
+        """
+        tail = self._tail
+        unused = sum(-(n + 16) % psize for _, n in tail)  # LMDB's page header: 16 bytes
+        if unused >= _TAIL_WASTE and 16 * unused >= sum(n for _, n in tail):
+            return tail
+        return []
+
+    def _tailed(self, last: tuple[int, int] | None, *, merged: bool) -> None:
+        """After a commit: its last pack joins the tail (the last ``_TAIL_PACKS`` are kept)."""
+        tail = [] if merged else self._tail
+        self._tail = (tail if last is None else [*tail, last])[-_TAIL_PACKS:]
 
     def _psize(self, txn: lmdb.Transaction[bytes]) -> int:
         return int(txn.stat(self._txns.meta_db)["psize"])

@@ -35,13 +35,10 @@ class PackGrowth:
         The write transaction (before it writes).
     dbs : Dbs
         The store's databases.
-    rewritten : int
-        Bytes of an open pack the commit writes anew with its records (counted as packed).
     """
 
-    def __init__(self, txn: lmdb.Transaction[Any], dbs: Dbs, rewritten: int = 0) -> None:
+    def __init__(self, txn: lmdb.Transaction[Any], dbs: Dbs) -> None:
         self._txn, self._dbs = txn, dbs
-        self._rewritten = rewritten
         stats = [txn.stat(db) for db in (dbs.chunks, dbs.keys, dbs.live, dbs.reclaim)]
         self.psize = int(stats[0]["psize"])
         self._capacity = self.psize - _PAGE_HEADER
@@ -49,7 +46,7 @@ class PackGrowth:
         self._index_leaves = int(stats[0]["leaf_pages"])
         self._keys_leaves = int(stats[1]["leaf_pages"])
         self._live_leaves = int(stats[2]["leaf_pages"])
-        self._packed = rewritten
+        self._packed = 0
         self._records = 0
         self._singles = 0
         self._single_pages = 0
@@ -77,7 +74,7 @@ class PackGrowth:
 
     def fresh(self) -> PackGrowth:
         """The bound of the same transaction with nothing counted."""
-        return PackGrowth(self._txn, self._dbs, self._rewritten)
+        return PackGrowth(self._txn, self._dbs)
 
     @property
     def pages(self) -> int:
@@ -114,5 +111,4 @@ class PackGrowth:
         n = len(keys)
         # As if every value were packed and as if every one were alone: whichever is worse.
         alone = (size + (_PAGE_HEADER + HEAD.size + SLOT.size + 8) * n) // self.psize + n
-        packed = self._rewritten + size + 8 * n
-        return max(self._bound(packed, n, 0, 0, chunks), self._bound(0, 0, n, alone, chunks))
+        return max(self._bound(size + 8 * n, n, 0, 0, chunks), self._bound(0, 0, n, alone, chunks))

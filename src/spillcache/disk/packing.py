@@ -1,11 +1,11 @@
 """Storing a batch as packs in one write transaction: index, garbage accounting, reclaim.
 
 Values become records in packs of about ``PACK_BYTES`` (:mod:`spillcache.disk.packs`) and the
-index points each key at its slot (:mod:`spillcache.disk.index`). A commit's last pack stays
-open: this process's next commit rewrites it with its records after the old ones (the old slots
-kept, so their index entries stay right), until it is full. A DataLoader worker commits every
-sample it loads before handing it out: without this, each of its packs held one or two samples
-(2 workers, 4 KiB samples: 1.51 x the tensor bytes; 512 B: a page each). A replaced key's old
+index points each key at its slot (:mod:`spillcache.disk.index`). A DataLoader worker
+commits every sample it loads before handing it out, so its commits make packs of one or two
+samples (2 workers, 4 KiB samples: 1.51 x the tensor bytes; 512 B: a page each): a later commit
+of the same process moves their records into one of its packs (see ``Committer``), as it moves
+those of packs listed for reclaim. A replaced key's old
 record is garbage: the ``live`` database holds, per pack, the bytes of its records still indexed
 and the pack's size; a pack whose live records fill less than ``KEEP`` of its pages is listed in
 ``reclaim``, and later commits move its live records (verbatim: a record does not know where it
@@ -17,6 +17,7 @@ plus what the last commits left (docs/design.rst, "Packs").
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from typing import Any, Final
 
 import lmdb
@@ -68,19 +69,15 @@ class PackWriter:
         The store's databases.
     psize : int
         LMDB's page size.
-    open_pack : int or None
-        The pack this process's last commit left open (:attr:`left_open`), to add to if it is
-        still there and not full. Any process may have changed it since: it is read anew.
 
     Attributes
     ----------
-    left_open : int or None
-        The pack this commit leaves open (not full), once :meth:`finish` returned.
+    last_pack : tuple of (int, int) or None
+        The id and size of the pack this commit wrote last, if it was not full (a commit's
+        last pack, closed by the commit's end).
     """
 
-    def __init__(
-        self, txn: lmdb.Transaction[bytes], dbs: Dbs, psize: int, open_pack: int | None = None
-    ) -> None:
+    def __init__(self, txn: lmdb.Transaction[bytes], dbs: Dbs, psize: int) -> None:
         self._txn = txn
         self._dbs = dbs
         self._psize = psize
@@ -91,33 +88,7 @@ class PackWriter:
         self._specs: set[int] = set()
         self._builder = PackBuilder(psize)
         self._reclaimed: list[bytes] = []
-        # The open pack the builder holds the records of, and how many slots it had.
-        self._reopened: tuple[int, int] | None = None
-        self.left_open: int | None = None
-        if open_pack is not None:
-            self._reopen(open_pack)
-
-    def _reopen(self, pack: int) -> None:
-        """Let the first pack of this commit be ``pack`` with more records, if it can be."""
-        txn, dbs = self._txn, self._dbs
-        key = _live_key(pack)
-        raw, live = txn.get(pack_key(pack), db=dbs.data), txn.get(key, db=dbs.live)
-        if raw is None or live is None or txn.get(key, db=dbs.reclaim) is not None:
-            return  # gone, or being reclaimed
-        view = memoryview(raw)
-        slots = slots_of(view)  # [] for a large value stored alone, or a damaged pack
-        builder = PackBuilder(self._psize)
-        for slot_key, start, end in slots:
-            builder.add_verbatim(slot_key, bytes(view[start:end]))
-        if not slots or builder.full() or builder.size != len(raw):
-            return
-        self._builder, self._reopened = builder, (pack, len(slots))
-        self._live[pack] = list(_LIVE.unpack(live))
-
-    @property
-    def reopened_bytes(self) -> int:
-        """Bytes of the open pack this commit rewrites with its records (0: none)."""
-        return 0 if self._reopened is None else self._builder.size
+        self.last_pack: tuple[int, int] | None = None
 
     # -- storing ---------------------------------------------------------------------------------
 
@@ -142,12 +113,9 @@ class PackWriter:
         self._specs.add(ident)
 
     def _close(self) -> None:
-        builder, reopened = self._builder, self._reopened
-        self._builder, self._reopened = PackBuilder(self._psize), None
-        if reopened is not None and len(builder.keys) == reopened[1]:
-            self.left_open = reopened[0]  # nothing added: left as it is
-        elif builder.keys:
-            self._write(builder, reopened)
+        if self._builder.keys:
+            self._write(self._builder)
+        self._builder = PackBuilder(self._psize)
 
     def _new_pack(self) -> int:
         pack = self._next
@@ -159,18 +127,14 @@ class PackWriter:
         self._next += 1
         return pack
 
-    def _write(self, builder: PackBuilder, reopened: tuple[int, int] | None) -> None:
-        """Write a pack: a new one, or the open pack ``(id, old slots)`` with more records."""
-        pack, first = reopened if reopened is not None else (self._new_pack(), 0)
+    def _write(self, builder: PackBuilder) -> None:
+        pack = self._new_pack()
         raw = builder.build()
         self._txn.put(pack_key(pack), raw, db=self._dbs.data)
-        self._slots.pop(pack, None)  # an open pack's slots before: read anew if needed
-        live = self._live.setdefault(pack, [0, 0])
-        live[0] += sum(builder.record_sizes()[first:])
-        live[1] = len(raw)
-        self.left_open = None if builder.full() else pack
-        for slot in range(first, len(builder.keys)):
-            old = self.index.set(builder.keys[slot], pack << SLOT_BITS | slot)
+        self._live[pack] = [sum(builder.record_sizes()), len(raw)]
+        self.last_pack = None if builder.full() else (pack, len(raw))
+        for slot, key in enumerate(builder.keys):
+            old = self.index.set(key, pack << SLOT_BITS | slot)
             if old:
                 self._dead(old)
 
@@ -208,30 +172,39 @@ class PackWriter:
 
     # -- reclaiming ------------------------------------------------------------------------------
 
-    def reclaimable(self) -> list[tuple[int, bytes]]:
-        """The live records of the packs listed in ``reclaim``, at most ``RECLAIM_BYTES``.
+    def reclaimable(self, merged: Iterable[int] = ()) -> list[tuple[int, bytes]]:
+        """The live records of the packs listed in ``reclaim`` (``RECLAIM_BYTES``) and ``merged``.
 
-        :meth:`move` moves them (if the commit has room for them); their packs are then
-        deleted once their last record is no longer indexed.
+        ``merged``: packs of this process's last commits, to pack densely. :meth:`move` moves
+        the records (if the commit has room for them); their packs are then deleted once their
+        last record is no longer indexed.
         """
         moved: list[tuple[int, bytes]] = []
         size = 0
         txn, dbs = self._txn, self._dbs
         for raw_pack, _ in txn.cursor(db=dbs.reclaim):
-            pack = int.from_bytes(raw_pack, "big")
             live = txn.get(raw_pack, db=dbs.live)
             if live is not None and moved and size + _LIVE.unpack(live)[0] > RECLAIM_BYTES:
                 break
             self._reclaimed.append(bytes(raw_pack))
-            raw = txn.get(pack_key(pack), db=dbs.data)
-            if raw is None:
-                continue
-            view = memoryview(raw)
-            for slot, (key, start, end) in enumerate(slots_of(view)):
-                if self.index.get(key) == pack << SLOT_BITS | slot:
-                    moved.append((key, bytes(view[start:end])))
-                    size += end - start
+            size += self._live_records(int.from_bytes(raw_pack, "big"), moved)
+        for pack in merged:
+            if pack_key(pack) not in self._reclaimed:
+                self._live_records(pack, moved)
         return moved
+
+    def _live_records(self, pack: int, into: list[tuple[int, bytes]]) -> int:
+        """Append the records of ``pack`` the index still points at to ``into``; their bytes."""
+        raw = self._txn.get(pack_key(pack), db=self._dbs.data)
+        if raw is None:
+            return 0
+        view = memoryview(raw)
+        size = 0
+        for slot, (key, start, end) in enumerate(slots_of(view)):
+            if self.index.get(key) == pack << SLOT_BITS | slot:
+                into.append((key, bytes(view[start:end])))
+                size += end - start
+        return size
 
     def move(self, moved: list[tuple[int, bytes]]) -> None:
         """Move the records :meth:`reclaimable` returned into new packs."""
