@@ -1,17 +1,17 @@
 """Storing a batch as packs in one write transaction: index, garbage accounting, reclaim.
 
 Values become records in packs of about ``PACK_BYTES`` (:mod:`spillcache.disk.packs`) and the
-index points each key at its slot (:mod:`spillcache.disk.index`). A DataLoader worker
-commits every sample it loads before handing it out, so its commits make packs of one or two
-samples (2 workers, 4 KiB samples: 1.51 x the tensor bytes; 512 B: a page each): a later commit
-of the same process moves their records into one of its packs (see ``Committer``), as it moves
-those of packs listed for reclaim. A replaced key's old
-record is garbage: the ``live`` database holds, per pack, the bytes of its records still indexed
-and the pack's size; a pack whose live records fill less than ``KEEP`` of its pages is listed in
-``reclaim``, and later commits move its live records (verbatim: a record does not know where it
-lies) into their own packs, then delete it, so its pages are reused. A pack with no live record
-is deleted at once. The garbage a store holds is thus bounded by about a third of its pages,
-plus what the last commits left (docs/design.rst, "Packs").
+index points each key at its slot (:mod:`spillcache.disk.index`). A DataLoader worker commits
+every sample it loads before handing it out, so its commits make packs of one or two samples (2
+workers, 4 KiB samples: 1.51 x the tensor bytes; 512 B: a page each): a later commit of the same
+process moves their records into one of its packs (see ``Committer``), as it moves those of
+packs listed for reclaim. A replaced key's old record is garbage: the ``live`` database holds,
+per pack, the bytes of its records still indexed and the pack's size; a pack whose live records
+fill less than ``KEEP`` of its pages is listed in ``reclaim``, and later commits move its live
+records (verbatim: a record does not know where it lies) into their own packs, then delete it,
+so its pages are reused. A pack with no live record is deleted at once. The garbage a store
+holds is thus bounded by about a third of its pages, plus what the last commits left
+(docs/design.rst, "Packs").
 """
 
 from __future__ import annotations

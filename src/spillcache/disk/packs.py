@@ -55,8 +55,8 @@ MAGIC: Final = b"SPK2"
 # A pack is closed once it holds PACK_BYTES and its last LMDB page is nearly full (unused bytes
 # at most PACK_SLACK, and 1/32 of what it holds past PACK_BYTES), or once it holds PACK_MAX:
 # py-lmdb touches every page of a value it gets, so a sample read from disk faults in its whole
-# pack, and an open pack is written anew by every commit that adds to it. Page-aware, packs
-# stay small (68-192 KiB) and round to pages by about 2 % at most (docs/design.rst, "Packs").
+# pack. Page-aware, packs stay small (68-192 KiB) and round to pages by about 2 % at most
+# (docs/design.rst, "Packs").
 PACK_BYTES: Final = 64 << 10
 PACK_SLACK: Final = 256
 PACK_MAX: Final = 1 << 20
