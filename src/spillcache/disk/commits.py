@@ -147,14 +147,15 @@ class Committer:
         """The small packs of the last commits to move into this one's (none: not yet).
 
         A DataLoader worker commits every sample it loads: each commit makes a pack of one or
-        two, closed at the commit's end. Once the last commits' packs leave ``_TAIL_WASTE``
-        bytes of their pages unused, and 1/16 of their bytes or more, their records go into
-        this commit's packs, densely, and they are deleted (moving a pack of 64 KiB or more
-        would seldom win back a 16th of it: it is left alone).
+        two, closed at the commit's end. Once the last commits' packs leave an 8th of their
+        bytes unused in their pages, and ``_TAIL_WASTE`` bytes or they are ``_TAIL_PACKS``,
+        their records go into this commit's packs, densely, and they are deleted. The last
+        packs of commits of a MiB (one process filling a store) are seldom worth moving.
         """
         tail = self._tail
         unused = sum(-(n + 16) % psize for _, n in tail)  # LMDB's page header: 16 bytes
-        if unused >= _TAIL_WASTE and 16 * unused >= sum(n for _, n in tail):
+        enough = unused >= _TAIL_WASTE or len(tail) >= _TAIL_PACKS
+        if enough and 8 * unused >= sum(n for _, n in tail):
             return tail
         return []
 
