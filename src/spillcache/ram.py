@@ -6,7 +6,7 @@ import random
 from collections.abc import Callable
 from typing import Any, Final
 
-from .sketch import FrequencySketch
+from .sketch import BUFFER, FrequencySketch
 
 __all__ = ["Copier", "RamTier"]
 
@@ -62,7 +62,9 @@ class RamTier:
     Every :meth:`get` records an access of its key, hit or miss, in a frequency sketch in the
     spirit of W-TinyLFU (Einziger, Friedman and Manes, "TinyLFU: a highly efficient cache
     admission policy"): a count-min sketch of 4 rows of 8-bit counters, all halved after 10
-    recorded accesses per resident entry, so that counts measure *recent* frequency.
+    recorded accesses per resident entry, so that counts measure *recent* frequency.  An access
+    is appended to the sketch's read buffer and counted with up to 1,023 others at once, always
+    before the sketch is read: every decision sees every access before it.
     :meth:`admit` then decides:
 
     * **Free space is always taken.**  The first epoch fills the tier with the first samples
@@ -146,7 +148,10 @@ class RamTier:
         sketch = self._sketch
         if sketch is None:
             return None
-        sketch.frequency(key, True)
+        pending = sketch.pending
+        pending.append(key)
+        if len(pending) >= BUFFER:
+            sketch.drain()
         return self._values.get(key)
 
     def lookup(self, key: int) -> tuple[object, Copier | None] | tuple[None, None]:
@@ -168,7 +173,11 @@ class RamTier:
         sketch = self._sketch
         if sketch is None:
             return _ABSENT
-        sketch.frequency(key, True)
+        # Recorded in the sketch's read buffer, counted in batches: a hit hashes nothing.
+        pending = sketch.pending
+        pending.append(key)
+        if len(pending) >= BUFFER:
+            sketch.drain()
         slot = self._slot.get(key)
         if slot is None:
             return _ABSENT

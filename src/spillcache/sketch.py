@@ -6,7 +6,13 @@ No threads, I/O or torch: :class:`FrequencySketch` is the counting half of the T
 
 from __future__ import annotations
 
-__all__ = ["SATURATED", "FrequencySketch", "estimate"]
+from array import array
+
+import numpy as np
+
+from .sketchbatch import BatchCounter
+
+__all__ = ["BUFFER", "SATURATED", "FrequencySketch", "estimate"]
 
 # Odd 128-bit multiplier (golden-ratio and splitmix64 digits).  The product of a key with it
 # mixes every key bit into the bits above 40; its disjoint slices (see
@@ -32,6 +38,15 @@ _WIDTH_PER_ENTRY = 8
 # size W = 10 x cache size): long enough to see reuse across a few epochs, short enough that
 # a hot set that is no longer drawn fades.
 _AGING_PER_ENTRY = 10
+#: Accesses a sketch holds in its read buffer, uncounted, before it counts them all at once.
+#: Hashing in Python cost 8,200 instructions of a 28,000-instruction 4 KiB RAM hit; counted with
+#: numpy, a buffer of 1,024 costs about 75 ns an access, and of 4,096 about 55 ns (10 ns less
+#: per hit for a 4x longer pause of the hit that drains it, 0.2 ms).
+BUFFER = 1024
+# A drain of fewer accesses than this hashes them in Python (about 0.5 µs each): numpy's
+# dozen calls cost about 27 µs whatever the count.
+_VECTOR_AT = 64
+_BATCH = BatchCounter(_MUL80, SATURATED)
 
 
 class FrequencySketch:
@@ -44,9 +59,19 @@ class FrequencySketch:
     A key's four counters lie in one 64-byte block (one CPU cache line), one in each 16-byte
     quarter, as in Caffeine's sketch: a lookup then costs one cache miss instead of four (a
     share of a RAM hit that matters, see design.rst).  The quarters play the four rows.
+
+    Accesses can also be recorded by appending their keys to :attr:`pending`, the read buffer
+    (as Caffeine's reads do): its owner calls :meth:`drain` once :data:`BUFFER` are pending, and
+    every estimate drains first, so it counts every access recorded before it.  Draining
+    counts with numpy, for a fraction of the cost of counting one access at a time.
+
+    Attributes
+    ----------
+    pending : array.array
+        Keys (typecode ``"Q"``) whose accesses are recorded but not yet counted.
     """
 
-    __slots__ = ("_adds", "_mask", "_max_width", "_period", "_table", "capacity")
+    __slots__ = ("_adds", "_mask", "_max_width", "_period", "_table", "capacity", "pending")
 
     def __init__(self, max_bytes: int) -> None:
         self._max_width = min(_MAX_WIDTH, max(_MIN_WIDTH, 1 << ((max_bytes // 4).bit_length() - 1)))
@@ -55,6 +80,7 @@ class FrequencySketch:
         self._mask = self._block_mask()
         self._period = _AGING_PER_ENTRY * _MIN_WIDTH // _WIDTH_PER_ENTRY
         self._adds = 0
+        self.pending = array("Q")
 
     def _block_mask(self) -> int:
         """A block's offset is ``(hash << 6) & mask``: the table holds ``len // 64`` blocks."""
@@ -100,8 +126,8 @@ class FrequencySketch:
     def frequency(self, key: int, record: bool) -> int:
         """Estimated recent access count of ``key`` (never below the true count).
 
-        One method both reads and records, so that the hot path
-        (:meth:`~spillcache.ram.RamTier.get`) hashes once without further calls.
+        One method both reads and records, hashing once.  Hits record through :attr:`pending`
+        instead (:meth:`~spillcache.ram.RamTier.lookup`).
 
         Parameters
         ----------
@@ -113,8 +139,10 @@ class FrequencySketch:
         Returns
         -------
         int
-            The estimate, including the access just recorded.
+            The estimate, including the access just recorded (and every pending one).
         """
+        if self.pending:
+            self.drain()
         low = estimate(self._table, key, self._mask, record)
         if not record:
             return low
@@ -125,6 +153,29 @@ class FrequencySketch:
             self._adds = 0
             self._table = self._table.translate(_HALVE)
         return low
+
+    def drain(self) -> None:
+        """Count every pending access, halving the counters where one at a time would."""
+        pending = self.pending
+        start = 0
+        while start < len(pending):
+            stop = min(len(pending), start + self._period - self._adds)
+            self._count(pending, start, stop)
+            self._adds += stop - start
+            if self._adds >= self._period:
+                self._adds = 0
+                self._table = self._table.translate(_HALVE)
+            start = stop
+        del pending[:]
+
+    def _count(self, pending: array[int], start: int, stop: int) -> None:
+        """Count the accesses ``pending[start:stop]`` (no aging)."""
+        table, mask = self._table, self._mask
+        if stop - start < _VECTOR_AT:
+            for key in pending[start:stop]:
+                estimate(table, key, mask, True)
+        else:
+            _BATCH.count(table, np.frombuffer(pending, np.uint64)[start:stop], mask)
 
 
 def estimate(table: bytearray | memoryview, key: int, mask: int, record: bool) -> int:
