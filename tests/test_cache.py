@@ -777,6 +777,26 @@ def test_threads_share_a_cache(tmp_path: Path) -> None:
         assert cache.stats().ram_bytes <= cache.ram_budget
 
 
+def test_a_failing_ram_lookup_leaves_the_lock_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with SpillCache(tmp_path / "s", ram_budget="1MiB") as cache:
+        cache.put(1, sample(1))
+
+        def broken(key: int) -> Any:
+            raise MemoryError
+
+        monkeypatch.setattr(cache._ram, "lookup", broken)
+        with pytest.raises(MemoryError):
+            cache.get(1)
+        monkeypatch.undo()
+        held = cache._lock.locked()
+        if held:
+            cache._lock.release()  # or close() would wait for it forever
+        assert not held
+        assert_sample_equal(cache.get(1), sample(1))
+
+
 def _child_reads_and_writes(cache: SpillCache, known: int, queue: object) -> None:
     try:
         ok = all(
