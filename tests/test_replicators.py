@@ -10,6 +10,7 @@ cache, and generated only for a plan asked for twice.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 from hypothesis import given
 
 from helpers import assert_sample_equal
+from spillcache import SpillCache
 from spillcache.codec import (
     Encoding,
     clone,
@@ -140,18 +142,18 @@ def test_a_tensor_held_twice_is_copied_twice_as_replicate_does() -> None:
 
 def test_a_plan_gets_generated_code_when_asked_for_the_second_time() -> None:
     plan = Encoding({"one of a kind": [torch.ones(1), 1, "x"]}).plan
-    REPLICATORS.pop(plan, None)
+    REPLICATORS.pop((plan, False), None)
     assert replicator(plan) is replicate  # structures seen once keep the walk
     made = replicator(plan)
     assert made is not replicate and replicator(plan) is made
-    assert REPLICATORS[plan] is made
+    assert REPLICATORS[plan, False] is made
 
 
 def test_plans_of_over_256_nodes_keep_the_walk() -> None:
     big = Encoding(list(range(256))).plan  # the list and its 256 ints
     assert big.nodes == 257
     assert [replicator(big) for _ in range(3)] == [replicate] * 3
-    assert big not in REPLICATORS
+    assert (big, False) not in REPLICATORS
     small = Encoding(list(range(255))).plan
     replicator(small)
     assert replicator(small) is not replicate
@@ -164,7 +166,60 @@ def test_the_cache_of_generated_code_is_bounded(monkeypatch: pytest.MonkeyPatch)
     for plan in plans:
         replicator(plan)
         made = replicator(plan)
-        assert REPLICATORS[plan] is made
+        assert REPLICATORS[plan, False] is made
         assert len(REPLICATORS) <= 4
     assert len(replicators._ASKED) <= 4
-    assert plans[0] not in REPLICATORS  # emptied when full, as the plan cache is
+    assert (plans[0], False) not in REPLICATORS  # emptied when full, as the plan cache is
+
+
+def test_samples_of_small_tensors_get_a_copier_that_clones_without_asking_their_size() -> None:
+    sample = {
+        "image": torch.ones(1024),
+        "meta": {"id": 3, "z": 0.5},
+        "g": torch.ones(2, requires_grad=True),
+    }
+    plan = Encoding(sample).plan
+    small, sized = generate(plan, small=True), generate(plan)
+    assert "numel" not in small.__code__.co_names and "numel" in sized.__code__.co_names
+    resident = clone(sample)
+    assert_replica(small(resident), resident)
+    assert small(resident)["g"].requires_grad
+
+
+@pytest.mark.parametrize(("at_most", "small"), [(None, False), (32767, True), (32768, False)])
+def test_only_a_bound_below_the_parallel_size_gets_the_small_copier(
+    at_most: int | None, small: bool
+) -> None:
+    plan = Encoding({"bound test": torch.ones(1)}).plan
+    replicator(plan, at_most)
+    made = replicator(plan, at_most)
+    assert made is REPLICATORS[plan, small]
+    assert ("numel" not in made.__code__.co_names) == small
+    assert made is not replicator(plan, None if small else 100)
+
+
+@pytest.mark.parametrize("path", ["put", "read"])
+def test_the_cache_admits_samples_with_the_copier_their_tensors_bytes_allow(
+    tmp_path: Path, path: str
+) -> None:
+    def copier_names(tensor: torch.Tensor, store: Path) -> tuple[str, ...]:
+        with SpillCache(store, ram_budget=0 if path == "read" else 1 << 24) as cache:
+            for key in range(2):  # the plan's second admission gets generated code
+                cache.put(key, {"x": tensor.clone(), "copier test": 1})
+            cache.flush()
+            if path == "read":  # admitted by get's read from the store
+                with SpillCache(store, ram_budget=1 << 24) as reader:
+                    for key in range(2):
+                        assert reader.get(key) is not None
+                    return _copier(reader, 1).__code__.co_names
+            return _copier(cache, 1).__code__.co_names
+
+    assert "numel" not in copier_names(torch.ones(1024), tmp_path / "a")  # 4 KiB
+    assert "numel" in copier_names(torch.ones(32768, dtype=torch.uint8), tmp_path / "b")
+    assert "numel" in copier_names(torch.ones(1 << 18), tmp_path / "c")  # 1 MiB
+
+
+def _copier(cache: SpillCache, key: int) -> Any:
+    value, copier = cache._ram.lookup(key)
+    assert value is not None and copier is not None and copier is not replicate
+    return copier

@@ -78,7 +78,7 @@ class Puts(CacheState):
             value, kept = encoding, sample
         # Unless the writer needs it, the layout (numpy views of the sample's tensors) goes
         # before the write, not after: faster (docs/design.rst, "Buffer pool").
-        copier = replicator(encoding.plan) if copied else None
+        copier = replicator(encoding.plan, encoding.array_bytes) if copied else None
         del encoding
         nbytes = sample_nbytes(kept) + ENTRY_OVERHEAD if fits else 0
         pending = self._node.before_put(k, value, stored=self._disk.contains)

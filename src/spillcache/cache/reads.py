@@ -107,7 +107,8 @@ class Reads(CacheState):
                 self._counters.add(MISSES)
             return None
         nbytes = value.nbytes + ENTRY_OVERHEAD
-        copier = replicator(value.plan) if self._copy else None  # outside the lock: it compiles
+        # Outside the lock: it compiles. The footprint bounds each tensor's bytes.
+        copier = replicator(value.plan, value.nbytes) if self._copy else None
         with self._lock:
             overtaken = self._reads.done(k)
             self._counters.add(DISK_HITS)
@@ -150,7 +151,9 @@ class Reads(CacheState):
             raise
         admits = value is not None and self._may_admit()
         nbytes = value.nbytes + ENTRY_OVERHEAD if value is not None and admits else 0
-        copier = replicator(value.plan) if value is not None and admits and self._copy else None
+        copier = None
+        if value is not None and admits and self._copy:
+            copier = replicator(value.plan, value.nbytes)
         with self._lock:
             overtaken = self._reads.done(key)
             if value is None:

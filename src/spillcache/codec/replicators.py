@@ -29,18 +29,23 @@ Replicator = Callable[[Any], Any]
 _GENERATE_AT_USE: Final = 2
 _GENERATE_MAX_NODES: Final = 256
 
-# Generated replicators by plan, and the plans asked for once; both emptied when full.
-REPLICATORS: dict[Plan, Replicator] = {}
-_ASKED: set[Plan] = set()
+# Generated replicators by plan and whether all its tensors are small (see ``replicator``),
+# and those asked for once; both emptied when full.
+REPLICATORS: dict[tuple[Plan, bool], Replicator] = {}
+_ASKED: set[tuple[Plan, bool]] = set()
 
 
-def replicator(plan: Plan) -> Replicator:
+def replicator(plan: Plan, at_most: int | None = None) -> Replicator:
     """The copier of samples of ``plan``'s structure (as decoded, cloned or viewed).
 
     Parameters
     ----------
     plan : Plan
         The plan of the spec the samples were encoded with.
+    at_most : int, optional
+        No tensor of the samples it copies holds more bytes than this (a sample's array bytes
+        or its footprint bound each of its tensors). Below ``PARALLEL_NUMEL`` every tensor is
+        cloned without asking its size: a ``numel()`` call less per tensor and hit.
 
     Returns
     -------
@@ -49,27 +54,29 @@ def replicator(plan: Plan) -> Replicator:
         :func:`~spillcache.codec.replicate` returns: :func:`replicate` itself the first time a
         plan is asked for (and for plans of over 256 nodes), generated code from then on.
     """
-    found = REPLICATORS.get(plan)
+    key = (plan, at_most is not None and at_most < PARALLEL_NUMEL)
+    found = REPLICATORS.get(key)
     if found is not None:
         return found
-    if plan not in _ASKED or plan.nodes > _GENERATE_MAX_NODES:
+    if key not in _ASKED or plan.nodes > _GENERATE_MAX_NODES:
         if len(_ASKED) >= CACHE_LIMIT:
             _ASKED.clear()
-        _ASKED.add(plan)
+        _ASKED.add(key)
         return replicate
     if len(REPLICATORS) >= CACHE_LIMIT:
         REPLICATORS.clear()
-    made = REPLICATORS[plan] = generate(plan)
+    made = REPLICATORS[key] = generate(*key)
     return made
 
 
-def generate(plan: Plan) -> Replicator:
+def generate(plan: Plan, small: bool = False) -> Replicator:
     """Generate the replicator of ``plan``: :func:`replicate` unrolled for its tree.
 
     Only names chosen here enter the source; dict keys are passed in as constants, so no byte
-    of any value is ever parsed as code.
+    of any value is ever parsed as code. ``small``: every tensor has fewer than
+    ``PARALLEL_NUMEL`` elements (it is cloned without a look at its size).
     """
-    source = _Source(plan)
+    source = _Source(plan, small)
     root = source.node(plan.tree, "s")
     lines = ["def replicate(s):", *source.lines, f"    return {root}"]
     exec(compile("\n".join(lines), "<spillcache replicator>", "exec"), source.consts)
@@ -79,8 +86,9 @@ def generate(plan: Plan) -> Replicator:
 class _Source:
     """The statements of one replicator, built by walking its plan's tree."""
 
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, small: bool) -> None:
         self.ops = plan.ops
+        self.small = small
         self.lines: list[str] = []
         self.consts: dict[str, object] = {
             "big": copy_plain_tensor,
@@ -120,11 +128,13 @@ class _Source:
             return source
         if op.convert is None:
             return f"{source}.copy()"
+        if _requires_grad(op):
+            return f"grad({source})"
+        # Samples made by the codec are contiguous: clone() keeps them so.
+        if self.small:
+            return f"{source}.clone()"
         value = self.name("t")
         self.lines.append(f"    {value} = {source}")
-        if _requires_grad(op):
-            return f"grad({value})"
-        # Samples made by the codec are contiguous: clone() keeps them so.
         return f"({value}.clone() if {value}.numel() < {PARALLEL_NUMEL} else big({value}))"
 
     def sequence(self, tag: bytes, parts: list[str]) -> str:
