@@ -214,6 +214,17 @@ def test_admit_records_no_access_get_does() -> None:
     assert len(tier) == 100
 
 
+@pytest.mark.parametrize("key", [-1, -(2**63), 2**64, 2**90 + 7])
+def test_keys_outside_64_unsigned_bits_are_counted_too(key: int) -> None:
+    tier = RamTier(10_000)
+    _fill(tier, range(100), 100)
+    for _ in range(2):
+        assert tier.get(key) is None
+    assert tier.lookup(key) == (None, None)
+    assert tier.admit(key, "wanted", 100) is True  # counted 3 times: beats the residents
+    assert tier.get(key) == "wanted"
+
+
 def test_lookup_returns_the_value_with_its_copier_and_records_an_access() -> None:
     tier = RamTier(10_000)
     _fill(tier, range(100), 100)

@@ -40,7 +40,7 @@ _SAMPLE = 3
 class RamTier:
     """Decoded samples in RAM under a byte budget, kept by a scan-resistant TinyLFU policy.
 
-    Maps non-negative int keys (sparse or as large as ``2**62`` is fine) to opaque values, kept
+    Maps int keys (sparse, negative or past 64 bits is fine) to opaque values, kept
     and returned by reference, and accounts the size the caller states for each value.  Not
     thread-safe: the cache calls it under its own lock.
 
@@ -149,7 +149,10 @@ class RamTier:
         if sketch is None:
             return None
         pending = sketch.pending
-        pending.append(key)
+        try:
+            pending.append(key)
+        except OverflowError:  # below 0 or above 2**64 - 1: counted now, after those pending
+            sketch.frequency(key, True)
         if len(pending) >= BUFFER:
             sketch.drain()
         return self._values.get(key)
@@ -175,7 +178,10 @@ class RamTier:
             return _ABSENT
         # Recorded in the sketch's read buffer, counted in batches: a hit hashes nothing.
         pending = sketch.pending
-        pending.append(key)
+        try:
+            pending.append(key)
+        except OverflowError:  # as in get
+            sketch.frequency(key, True)
         if len(pending) >= BUFFER:
             sketch.drain()
         slot = self._slot.get(key)
