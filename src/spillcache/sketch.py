@@ -39,9 +39,9 @@ _WIDTH_PER_ENTRY = 8
 # a hot set that is no longer drawn fades.
 _AGING_PER_ENTRY = 10
 #: Accesses a sketch holds in its read buffer, uncounted, before it counts them all at once.
-#: Hashing in Python cost 8,200 instructions of a 28,000-instruction 4 KiB RAM hit; counted with
-#: numpy, a buffer of 1,024 costs about 75 ns an access, and of 4,096 about 55 ns (10 ns less
-#: per hit for a 4x longer pause of the hit that drains it, 0.2 ms).
+#: Hashing in Python cost 8,600 instructions of a 29,500-instruction 4 KiB RAM hit; counted with
+#: numpy, a buffer of 1,024 costs about 72 ns (700 instructions) an access, and of 4,096 about
+#: 55 ns (170 instructions less per hit, for a 3x longer pause of the hit that drains: 0.22 ms).
 BUFFER = 1024
 # A drain of fewer accesses than this hashes them in Python (about 0.5 µs each): numpy's
 # dozen calls cost about 27 µs whatever the count.
