@@ -55,11 +55,13 @@ def simulate(
     until: float = 10.0,
     loads: int | None = None,
     spawn: float = 0.0,
+    cpu: float = 0.0,
 ) -> Trace:
     """Run loads on ``storage`` (load begin -> load end) until ``until`` or ``loads`` ended.
 
     As in the preload, a thread that ends a load begins the next one at once; threads that a
-    higher limit adds start ``spawn`` seconds apart.
+    higher limit adds start ``spawn`` seconds apart. Each load uses ``cpu`` seconds of its
+    thread's CPU time (told to ``slots`` while it asks, as the preload does).
     """
     events: list[tuple[float, int, Slot | None]] = []  # a load's end, or a thread's start
     order = itertools.count()
@@ -68,7 +70,9 @@ def simulate(
 
     def begin(now: float) -> None:
         if loads is None or len(trace.done_at) + slots.active < loads:
-            heapq.heappush(events, (storage(now), next(order), slots.reserve(now)))
+            # Each slot's thread clock starts at 0: only the difference counts.
+            slot = slots.reserve(now, 0.0 if slots.wants_cpu else None)
+            heapq.heappush(events, (storage(now), next(order), slot))
 
     def add_threads(now: float) -> None:
         nonlocal threads
@@ -85,7 +89,8 @@ def simulate(
             begin(now)
             continue
         trace.done_at.append(now)
-        if slots.release(slot, completed=1, now=now):
+        used = cpu if slots.wants_cpu else None
+        if slots.release(slot, completed=1, now=now, cpu=used):
             trace.limits.append((now, slots.limit))
         if slots.active < slots.limit:
             begin(now)
@@ -101,9 +106,10 @@ def auto(
     until: float = 10.0,
     loads: int | None = None,
     spawn: float = 0.0,
+    cpu: float = 0.0,
 ) -> Trace:
     slots = Concurrency(0, Tuner(64))
-    return simulate(storage, slots, until=until, loads=loads, spawn=spawn)
+    return simulate(storage, slots, until=until, loads=loads, spawn=spawn, cpu=cpu)
 
 
 def first_time_at(trace: Trace, limit: int) -> float:
@@ -169,8 +175,9 @@ def test_on_iops_limited_storage_the_ramp_stops_at_twice_the_limit(count: int, b
     assert trace.slots.limit >= count * 0.87 or trace.slots.limit == best
 
 
-def test_on_cpu_bound_storage_the_ramp_stops_at_the_first_step() -> None:
-    # One core (the GIL): every load waits for the ones before it.
+def test_on_one_server_storage_the_ramp_stops_at_the_first_step() -> None:
+    # One server that takes none of our CPU time (a device serving one load at a time): every
+    # load waits for the ones before it, and the first round cannot tell a CPU-bound source.
     trace = auto(Servers(1, 0.005).end, until=3.0)
     assert peak(trace) == 4  # the one doubling that measured no gain
     assert trace.slots.limit in (1, 2)
@@ -180,6 +187,37 @@ def test_on_cpu_bound_storage_the_ramp_stops_at_the_first_step() -> None:
     assert [t for t, _, _ in trace.slots.tuning[:3]] == pytest.approx([0.015, 0.035, 0.12])
     rates = [rate for _, level, rate in trace.slots.tuning if level == 2]
     assert rates and all(rate == pytest.approx(200, rel=0.01) for rate in rates)
+
+
+# -- CPU-bound sources: the first round tells how many CPUs its loads kept busy ----------------
+
+
+def test_on_gil_bound_loads_one_load_is_measured_before_the_ramp_goes_on() -> None:
+    # Python code holding the GIL: one load at a time, each 5 ms of its thread's CPU time. The
+    # first round at 2 kept one CPU busy; one load loses nothing: the ramp never tries 4.
+    trace = auto(Servers(1, 0.005).end, until=3.0, cpu=0.005)
+    assert [level for _, level, _ in trace.slots.tuning[:2]] == [2, 1]
+    assert peak(trace) == 2
+    assert trace.slots.limit == 1
+    # Later probes try 2 now and then (never 4: 2 gains nothing over 1).
+    assert {level for _, level, _ in trace.slots.tuning} == {1, 2}
+
+
+def test_loads_that_keep_two_cpus_busy_go_on_ramping_after_one_load() -> None:
+    # Loads computing outside the GIL on 2 CPUs: one load gives half, so the ramp goes on from
+    # 2 (4 gains nothing on 2 CPUs, a long window confirms it, and the tuner holds 2).
+    trace = auto(Servers(2, 0.01).end, until=3.0, cpu=0.01)
+    assert [level for _, level, _ in trace.slots.tuning[:5]] == [2, 1, 4, 4, 2]
+    assert first_time_at(trace, 4) < 0.15
+    assert peak(trace) == 4
+    assert trace.slots.limit == 2
+
+
+def test_sleeping_loads_with_a_little_cpu_ramp_as_before() -> None:
+    # 0.5 ms of CPU per 20 ms load (encoding, storing): 0.05 CPUs at 2, far from saturated.
+    trace = auto(latency_bound, until=1.0, cpu=0.0005)
+    assert [level for _, level in trace.limits[:6]] == [2, 4, 8, 16, 32, 64]
+    assert first_time_at(trace, 64) == pytest.approx(6 * LATENCY)
 
 
 def test_a_ramp_step_with_a_small_gain_is_measured_again_with_a_long_window() -> None:
@@ -237,6 +275,31 @@ def test_a_stalled_window_does_not_make_a_probe_down_look_good() -> None:
     assert tuner.observe(100.0) == 4
 
 
+def test_a_first_window_with_a_cpu_busy_asks_for_one_load() -> None:
+    tuner = Tuner(64)
+    assert tuner.observe(100.0, cpus=0.69) == 4  # below 0.7 CPUs: the ramp as before
+    tuner = Tuner(64)
+    assert tuner.observe(100.0, cpus=0.7) == 1
+    assert not tuner.ramping  # a long window at one load
+    assert tuner.observe(87.0) == 1  # loses at most 13 %: kept
+    # The start's rate came from a short window: 2 is probed again after 2 windows.
+    assert [tuner.observe(87.0) for _ in range(2)] == [1, 2]
+    assert tuner.observe(87.0 * 1.19) == 1  # not 1.2x: back to one load
+    assert Tuner(1).observe(100.0, cpus=1.0) == 1
+
+
+def test_a_first_window_with_a_cpu_busy_ramps_on_if_one_load_loses() -> None:
+    tuner = Tuner(64)
+    tuner.observe(100.0, cpus=2.0)
+    assert tuner.observe(86.0) == 4  # one load loses 14 %: the ramp goes on from 2
+    assert tuner.ramping
+    assert tuner.observe(200.0, cpus=2.0) == 8  # the CPUs are read in the first window only
+    tuner = Tuner(2)
+    tuner.observe(100.0, cpus=2.0)
+    assert tuner.observe(50.0) == 2  # at the maximum already: held
+    assert not tuner.ramping
+
+
 def test_the_ramp_respects_the_maximum() -> None:
     tuner = Tuner(5)
     assert tuner.observe(1.0) == 4
@@ -259,3 +322,24 @@ def test_a_ramp_window_needs_one_round_and_some_time() -> None:
     assert slots.release(third, completed=1, now=0.040)
     assert slots.limit == 4
     assert slots.tuning == [(pytest.approx(0.040), 2, pytest.approx(3 / 0.020))]
+
+
+def test_the_first_ramp_window_measures_the_cpu_time_of_its_loads() -> None:
+    slots = Concurrency(0, Tuner(64))
+    assert slots.wants_cpu
+    first, second = slots.reserve(0.0, 0.0), slots.reserve(0.0, 0.0)
+    assert not slots.release(first, completed=1, now=0.010, cpu=0.005)  # opens the window
+    third = slots.reserve(0.010, 0.005)
+    assert not slots.release(second, completed=1, now=0.015, cpu=0.006)
+    # Both passes of the window: 0.006 + 0.004 s of CPU in 0.015 + 0.010 s held, at 2 slots.
+    assert slots.release(third, completed=1, now=0.020, cpu=0.009)
+    assert slots.limit == 1  # 0.8 CPUs: one load is measured first
+    assert not slots.wants_cpu
+    # Without CPU times (none measured) the same round ramps on.
+    slots = Concurrency(0, Tuner(64))
+    first, second = slots.reserve(0.0), slots.reserve(0.0)
+    slots.release(first, completed=1, now=0.010)
+    third = slots.reserve(0.010)
+    slots.release(second, completed=1, now=0.015)
+    assert slots.release(third, completed=1, now=0.020)
+    assert slots.limit == 4

@@ -5,7 +5,9 @@ Each pass of a load thread holds a *slot* from :meth:`Concurrency.reserve` to
 measurement window. While the tuner ramps up, a window is one round: it opens once the slots
 in flight reach the limit (after a change: once the new threads have started; the first one at
 the first release) and closes once as many passes as the limit allows completed; its
-throughput is those completions over that time. Afterwards a window waits for the loads begun
+throughput is those completions over that time (the first round also tells the tuner how many
+CPUs its loads kept busy: their threads' CPU time over their time in flight, times the limit).
+Afterwards a window waits for the loads begun
 under the previous limit to settle, lasts longer, and its throughput comes from Little's law
 (mean slots in flight / mean time a slot is held), which, unlike counting completions in a
 short window, is not fooled by loads that finish in waves.
@@ -40,6 +42,7 @@ class Slot:
 
     epoch: int
     reserved_at: float
+    cpu_at: float | None = None  # the thread's CPU time (``time.thread_time()``), if measured
 
 
 class Concurrency:
@@ -79,26 +82,34 @@ class Concurrency:
         # ``_settling`` more slots after that.
         self._epoch = self._old = self._settling = 0
         self._window_start: float | None = None
-        self._area = self._area_at = self._window_busy = 0.0
+        self._area = self._area_at = self._window_busy = self._window_cpu = 0.0
         self._window_done = 0
         # Whether the last window was one of the ramp; whether the next one opens once the
         # slots in flight reach the limit (after a change: when the new threads have started).
         self._ramped = tuner is not None and tuner.ramping
         self._opens_when_full = False
 
-    def reserve(self, now: float) -> Slot:
-        """Hold one more slot from ``now``."""
+    @property
+    def wants_cpu(self) -> bool:
+        """Whether :meth:`reserve` and :meth:`release` should be given the thread's CPU time.
+
+        Only until the first window closed: the one the tuner reads it from.
+        """
+        return self.tuner is not None and not self.tuning
+
+    def reserve(self, now: float, cpu: float | None = None) -> Slot:
+        """Hold one more slot from ``now``; ``cpu``: the thread's CPU time then."""
         self._add_active(1, now)
         if self._opens_when_full and self.active >= self.limit:
             self._opens_when_full = False
             self._start_window(now)
-        return Slot(self._epoch, now)
+        return Slot(self._epoch, now, cpu)
 
-    def release(self, slot: Slot, *, completed: int, now: float) -> bool:
+    def release(self, slot: Slot, *, completed: int, now: float, cpu: float | None = None) -> bool:
         """Give ``slot`` back at ``now``; whether the limit changed.
 
         ``completed``: how many indices the pass completed (0: it found nothing to do, which
-        the window does not count).
+        the window does not count). ``cpu``: the thread's CPU time now.
         """
         self._add_active(-1, now)
         old = slot.epoch != self._epoch
@@ -106,14 +117,8 @@ class Concurrency:
             self._old -= 1
         tuner = self.tuner
         if tuner is not None and tuner.ramping:
-            if self._window_start is None and not self._opens_when_full:
-                # The first loads pay for opening the store and starting its writer (tens of
-                # ms for CPU-bound ones): the first window opens when the first one ends.
-                self._start_window(now)
-            elif completed and self._window_start is not None:
-                self._window_done += 1
-                return self._tune_ramp(tuner, now)
-        elif old:
+            return self._release_ramp(tuner, slot, completed=completed, now=now, cpu=cpu)
+        if old:
             pass
         elif self._window_start is None:
             # Settling (the very first load, too, pays for opening the store and starting
@@ -126,6 +131,22 @@ class Concurrency:
             self._window_busy += now - slot.reserved_at
             if tuner is not None:
                 return self._tune(tuner, now)
+        return False
+
+    def _release_ramp(
+        self, tuner: Tuner, slot: Slot, *, completed: int, now: float, cpu: float | None
+    ) -> bool:
+        """:meth:`release` while the tuner ramps: a round's completions (and their CPU time)."""
+        if self._window_start is None and not self._opens_when_full:
+            # The first loads pay for opening the store and starting its writer (tens of
+            # ms for CPU-bound ones): the first window opens when the first one ends.
+            self._start_window(now)
+        elif completed and self._window_start is not None:
+            self._window_done += 1
+            self._window_busy += now - slot.reserved_at
+            if cpu is not None and slot.cpu_at is not None:
+                self._window_cpu += cpu - slot.cpu_at
+            return self._tune_ramp(tuner, now)
         return False
 
     def describe(self) -> str:
@@ -147,7 +168,7 @@ class Concurrency:
 
     def _start_window(self, now: float) -> None:
         self._window_start = self._area_at = now
-        self._area = self._window_busy = 0.0
+        self._area = self._window_busy = self._window_cpu = 0.0
         self._window_done = 0
 
     def _tune_ramp(self, tuner: Tuner, now: float) -> bool:
@@ -159,7 +180,9 @@ class Concurrency:
         start = self._window_start
         if start is None or now - start < _RAMP_SECONDS or self._window_done < self.limit:
             return False
-        return self._feed(tuner, now, self._window_done / (now - start))
+        busy = self._window_busy
+        cpus = self.limit * self._window_cpu / busy if busy > 0 else 0.0
+        return self._feed(tuner, now, self._window_done / (now - start), cpus)
 
     def _tune(self, tuner: Tuner, now: float) -> bool:
         """Close a complete window and feed its throughput to the tuner; whether the limit changed.
@@ -177,11 +200,11 @@ class Concurrency:
         rate = (self._area / (now - start)) / (self._window_busy / self._window_done)
         return self._feed(tuner, now, rate)
 
-    def _feed(self, tuner: Tuner, now: float, rate: float) -> bool:
-        """Give the tuner ``rate`` and open the next window; whether the limit changed."""
+    def _feed(self, tuner: Tuner, now: float, rate: float, cpus: float = 0.0) -> bool:
+        """Give the tuner ``rate`` (and ``cpus``) and open the next window; whether it changed."""
         self.tuning.append((now - self.started_at, self.limit, rate))
         del self.tuning[:-_TUNING_KEPT]
-        limit = tuner.observe(rate)
+        limit = tuner.observe(rate, cpus)
         changed = limit != self.limit
         self.limit = limit
         self.peak_limit = max(self.peak_limit, limit)

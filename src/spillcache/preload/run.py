@@ -79,7 +79,7 @@ class PreloadRun:
             if not self.life.takes_work or self.pool > self.slots.limit:
                 self._leave_locked()
                 return None
-            return self.slots.reserve(time.monotonic())
+            return self.slots.reserve(time.monotonic(), _cpu(self.slots))
 
     def release(self, slot: Slot, *, completed: int, counter: str | None = None) -> None:
         """Give ``slot`` back after a pass that completed ``completed`` indices.
@@ -91,7 +91,8 @@ class PreloadRun:
             self.flights.count(counter)
         with self.cond:
             self.processed += completed
-            if self.slots.release(slot, completed=completed, now=time.monotonic()):
+            slots = self.slots
+            if slots.release(slot, completed=completed, now=time.monotonic(), cpu=_cpu(slots)):
                 self.cond.notify_all()  # the limit changed: the coordinator starts threads
 
     def leave(self) -> None:
@@ -137,3 +138,8 @@ class PreloadRun:
     def _leave_locked(self) -> None:
         self.pool -= 1
         self.cond.notify_all()
+
+
+def _cpu(slots: Concurrency) -> float | None:
+    # The thread's CPU clock only until the tuner's first window: the one it reads it from.
+    return time.thread_time() if slots.wants_cpu else None

@@ -39,15 +39,22 @@ _RECENT_WINDOWS = 5
 # The ramp starts at this many loads in flight: the second costs nothing measurable where it
 # does not help (a load thread also encodes and stores its sample, which overlaps the next load).
 _START = 2
+# A first round whose loads kept at least this many CPUs busy (their threads' CPU time per second
+# in flight, times the loads in flight) may have saturated the GIL already, which Python code never
+# keeps more than one CPU busy under: one load at a time is measured before the ramp goes on, or
+# its first step (4) would be 4x the best count. Sleeping loads keep about 0.03 CPUs busy at 2.
+_SATURATED_CPUS = 0.7
 
-_Phase = Literal["ramp", "check", "grow", "hold", "up", "down"]
+_Phase = Literal["ramp", "floor", "check", "grow", "hold", "up", "down"]
 
 
 class Tuner:
     """A ramp like TCP's slow start, then hill climbing of the concurrency on a log2 scale.
 
     Starts at ``_START`` and doubles after each short window (:attr:`ramping`) while a
-    doubling raises throughput by ``_RAMP_GROW``, as on latency-bound storage. The first level
+    doubling raises throughput by ``_RAMP_GROW``, as on latency-bound storage. If the loads of
+    the first window kept ``_SATURATED_CPUS`` busy, a long window at one load decides first:
+    kept if it loses less than ``1 - _KEEP``, else the ramp goes on from the start. The first level
     that gains less is measured again with a long window, and kept if it gains ``_GROW`` over
     the level below it (then climbing goes on with long windows), else left for that level.
     Then it holds the best level and probes one step down (kept if it loses less than
@@ -81,11 +88,17 @@ class Tuner:
         """Whether the next window is a short one, of the ramp."""
         return self._phase == "ramp"
 
-    def observe(self, rate: float) -> int:
-        """Take the throughput measured at ``self.limit``; return the next limit."""
+    def observe(self, rate: float, cpus: float = 0.0) -> int:
+        """Take the throughput measured at ``self.limit``; return the next limit.
+
+        ``cpus``: how many CPUs the loads of the window kept busy (read in the first window
+        only).
+        """
         phase = self._phase
         if phase == "ramp":
-            self._ramp(rate)
+            self._ramp(rate, cpus)
+        elif phase == "floor":
+            self._floor(rate)
         elif phase == "check":
             self._check(rate)
         elif phase in ("grow", "up"):
@@ -96,9 +109,13 @@ class Tuner:
             self._follow(rate)
         return self.limit
 
-    def _ramp(self, rate: float) -> None:
+    def _ramp(self, rate: float, cpus: float) -> None:
+        first = self._base_rate == 0
+        if first and cpus >= _SATURATED_CPUS and self.limit > 1:
+            self._base, self._base_rate = self.limit, rate
+            self.limit, self._phase = 1, "floor"
         # The first window has no level below it to beat.
-        if self._base_rate == 0 or rate >= self._base_rate * _RAMP_GROW:
+        elif first or rate >= self._base_rate * _RAMP_GROW:
             self._base, self._base_rate = self.limit, rate
             if self._base >= self._max:
                 # A ramp that ends at the maximum measured every level below: it counts as a
@@ -110,6 +127,17 @@ class Tuner:
         else:
             # Too little gain for a short window to tell: a long one decides, at this level.
             self._phase = "check"
+
+    def _floor(self, rate: float) -> None:
+        if rate >= self._base_rate * _KEEP:
+            # The start's rate came from a short window: probe it again soon, with a long one.
+            self._base, self._base_rate = 1, rate
+            self._hold(up_next=True, wait=_FIRST_PROBE_WINDOWS)
+        else:
+            # The loads were not bound by one CPU: the ramp goes on from the start.
+            self._climb("ramp", wait=2 * _HOLD_WINDOWS)
+            if not self.ramping:
+                self._reference = 0.0  # held at a rate of a short window: see _follow
 
     def _check(self, rate: float) -> None:
         if rate >= self._base_rate * _GROW:
