@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
 
 from spillcache.preload.concurrency import Concurrency, Slot
+from spillcache.preload.demand import thread_demand
 from spillcache.preload.tuner import Tuner
 
 LATENCY = 0.02
@@ -343,3 +345,17 @@ def test_the_first_ramp_window_measures_the_cpu_time_of_its_loads() -> None:
     slots.release(second, completed=1, now=0.015)
     assert slots.release(third, completed=1, now=0.020)
     assert slots.limit == 4
+
+
+def test_a_threads_cpu_demand_counts_computing_not_sleeping() -> None:
+    # Computing (Python holding the GIL) counts, whether on a CPU or waiting for one; sleeping
+    # does not. Margins are wide: only which side of them a 30 ms spin and sleep fall on matters.
+    start = thread_demand()
+    time.sleep(0.03)
+    slept = thread_demand() - start
+    start, end = thread_demand(), time.perf_counter() + 0.03
+    while time.perf_counter() < end:
+        pass
+    spun = thread_demand() - start
+    assert slept < 0.01
+    assert spun > 0.02

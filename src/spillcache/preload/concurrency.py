@@ -6,7 +6,8 @@ measurement window. While the tuner ramps up, a window is one round: it opens on
 in flight reach the limit (after a change: once the new threads have started; the first one at
 the first release) and closes once as many passes as the limit allows completed; its
 throughput is those completions over that time (the first round also tells the tuner how many
-CPUs its loads kept busy: their threads' CPU time over their time in flight, times the limit).
+CPUs its loads kept busy or waited for: their threads' CPU demand, :mod:`.demand`, over their
+time in flight, times the limit).
 Afterwards a window waits for the loads begun
 under the previous limit to settle, lasts longer, and its throughput comes from Little's law
 (mean slots in flight / mean time a slot is held), which, unlike counting completions in a
@@ -42,7 +43,7 @@ class Slot:
 
     epoch: int
     reserved_at: float
-    cpu_at: float | None = None  # the thread's CPU time (``time.thread_time()``), if measured
+    cpu_at: float | None = None  # the thread's CPU demand (:mod:`.demand`), if measured
 
 
 class Concurrency:
@@ -91,14 +92,14 @@ class Concurrency:
 
     @property
     def wants_cpu(self) -> bool:
-        """Whether :meth:`reserve` and :meth:`release` should be given the thread's CPU time.
+        """Whether :meth:`reserve` and :meth:`release` should be given the thread's CPU demand.
 
         Only until the first window closed: the one the tuner reads it from.
         """
         return self.tuner is not None and not self.tuning
 
     def reserve(self, now: float, cpu: float | None = None) -> Slot:
-        """Hold one more slot from ``now``; ``cpu``: the thread's CPU time then."""
+        """Hold one more slot from ``now``; ``cpu``: the thread's CPU demand then."""
         self._add_active(1, now)
         if self._opens_when_full and self.active >= self.limit:
             self._opens_when_full = False
@@ -109,7 +110,7 @@ class Concurrency:
         """Give ``slot`` back at ``now``; whether the limit changed.
 
         ``completed``: how many indices the pass completed (0: it found nothing to do, which
-        the window does not count). ``cpu``: the thread's CPU time now.
+        the window does not count). ``cpu``: the thread's CPU demand now.
         """
         self._add_active(-1, now)
         old = slot.epoch != self._epoch
@@ -136,7 +137,7 @@ class Concurrency:
     def _release_ramp(
         self, tuner: Tuner, slot: Slot, *, completed: int, now: float, cpu: float | None
     ) -> bool:
-        """:meth:`release` while the tuner ramps: a round's completions (and their CPU time)."""
+        """:meth:`release` while the tuner ramps: a round's completions (and their CPU demand)."""
         if self._window_start is None and not self._opens_when_full:
             # The first loads pay for opening the store and starting its writer (tens of
             # ms for CPU-bound ones): the first window opens when the first one ends.

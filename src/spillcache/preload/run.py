@@ -13,6 +13,7 @@ import time
 from ..cache import SpillCache
 from ..signalsafe import Condition
 from .concurrency import Concurrency, Slot
+from .demand import thread_demand
 from .guard import StoreGuard
 from .lifecycle import Lifecycle, State
 from .progress import Failures
@@ -141,5 +142,5 @@ class PreloadRun:
 
 
 def _cpu(slots: Concurrency) -> float | None:
-    # The thread's CPU clock only until the tuner's first window: the one it reads it from.
-    return time.thread_time() if slots.wants_cpu else None
+    # The thread's CPU demand only until the tuner's first window: the one it reads it from.
+    return thread_demand() if slots.wants_cpu else None

@@ -39,10 +39,11 @@ _RECENT_WINDOWS = 5
 # The ramp starts at this many loads in flight: the second costs nothing measurable where it
 # does not help (a load thread also encodes and stores its sample, which overlaps the next load).
 _START = 2
-# A first round whose loads kept at least this many CPUs busy (their threads' CPU time per second
-# in flight, times the loads in flight) may have saturated the GIL already, which Python code never
-# keeps more than one CPU busy under: one load at a time is measured before the ramp goes on, or
-# its first step (4) would be 4x the best count. Sleeping loads keep about 0.03 CPUs busy at 2.
+# A first round whose loads kept at least this many CPUs busy or waited for one (their threads'
+# CPU demand, see .demand, per second in flight, times the loads in flight) may have saturated the
+# GIL already, under which Python code keeps at most one CPU busy: one load at a time is measured
+# before the ramp goes on, or its first step (4) would be 4x the best count. Sleeping loads
+# demand 0.03-0.08 CPUs at 2, Python code that computes about 1.
 _SATURATED_CPUS = 0.7
 
 _Phase = Literal["ramp", "floor", "check", "grow", "hold", "up", "down"]
@@ -91,8 +92,8 @@ class Tuner:
     def observe(self, rate: float, cpus: float = 0.0) -> int:
         """Take the throughput measured at ``self.limit``; return the next limit.
 
-        ``cpus``: how many CPUs the loads of the window kept busy (read in the first window
-        only).
+        ``cpus``: how many CPUs the loads of the window kept busy or waited for (read in the
+        first window only).
         """
         phase = self._phase
         if phase == "ramp":
