@@ -39,6 +39,42 @@ class Servers:
         return start + self.seconds
 
 
+@dataclass
+class Barging:
+    """``count`` servers of ``seconds`` each that serve whoever asks when one is free.
+
+    A load that finds them all busy is overtaken by later ones (as at a Python semaphore, where
+    a releasing thread barges past the waiters): it is served at the first gap on a server
+    after ``starved`` seconds. The servers never serve more than ``count / seconds`` a second.
+    """
+
+    count: int
+    seconds: float
+    starved: float
+    busy: list[list[float]] = field(default_factory=list)  # per server: its loads' starts
+
+    def end(self, begin: float) -> float:
+        if not self.busy:
+            self.busy = [[] for _ in range(self.count)]
+        for server in self.busy:
+            if self._free(server, begin):
+                return self._serve(server, begin)
+        at = begin + self.starved - self.seconds
+        while True:
+            for server in self.busy:
+                if self._free(server, at):
+                    return self._serve(server, at)
+            at += self.seconds / 4
+
+    def _free(self, server: list[float], at: float) -> bool:
+        return all(abs(start - at) >= self.seconds - 1e-12 for start in server)
+
+    def _serve(self, server: list[float], at: float) -> float:
+        server.append(at)
+        del server[: -4 * int(self.starved / self.seconds + 1)]  # only recent ones can overlap
+        return at + self.seconds
+
+
 def latency_bound(begin: float) -> float:
     return begin + LATENCY
 
@@ -189,6 +225,19 @@ def test_on_one_server_storage_the_ramp_stops_at_the_first_step() -> None:
     assert [t for t, _, _ in trace.slots.tuning[:3]] == pytest.approx([0.015, 0.035, 0.12])
     rates = [rate for _, level, rate in trace.slots.tuning if level == 2]
     assert rates and all(rate == pytest.approx(200, rel=0.01) for rate in rates)
+
+
+@pytest.mark.parametrize("starved", [0.2, 0.3])
+def test_loads_starved_behind_a_barging_queue_do_not_make_a_higher_level_look_faster(
+    starved: float,
+) -> None:
+    # 16 loads on 8 servers: 8 cycle in 20 ms, 8 wait 200-300 ms. Little's law on a window's
+    # completions (nearly all fast) says 800/s; the servers serve 400/s.
+    trace = auto(Barging(8, LATENCY, starved).end, until=3.0)
+    assert peak(trace) == 16  # the ramp's step past 8, never a climb on to 32
+    assert trace.slots.limit == 8
+    climbs = [rate for _, level, rate in trace.slots.tuning if level > 8]
+    assert climbs and max(climbs) <= 400 * 1.01
 
 
 # -- CPU-bound sources: the first round tells how many CPUs its loads kept busy ----------------

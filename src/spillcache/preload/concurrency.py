@@ -199,6 +199,11 @@ class Concurrency:
             return False
         self._add_active(0, now)
         rate = (self._area / (now - start)) / (self._window_busy / self._window_done)
+        if tuner.climbing:
+            # Behind an unfair queue (Python's semaphore lets a releasing thread barge) most
+            # loads are fast and a few starve past the window: their completions alone say
+            # more than the storage serves. A climb needs the completions counted to agree.
+            rate = min(rate, self._window_done / (now - start))
         return self._feed(tuner, now, rate)
 
     def _feed(self, tuner: Tuner, now: float, rate: float, cpus: float = 0.0) -> bool:

@@ -89,6 +89,11 @@ class Tuner:
         """Whether the next window is a short one, of the ramp."""
         return self._phase == "ramp"
 
+    @property
+    def climbing(self) -> bool:
+        """Whether the next window decides if a higher level is kept."""
+        return self._phase in ("check", "grow", "up")
+
     def observe(self, rate: float, cpus: float = 0.0) -> int:
         """Take the throughput measured at ``self.limit``; return the next limit.
 
