@@ -178,6 +178,7 @@ def test_preload_ramp_reports_auto_against_every_fixed_count(tmp_path: Path) -> 
     lines = text.splitlines()
     header = next(line for line in lines if line.startswith("| storage |"))
     assert "| auto / best | auto / 1 | auto / 4 | auto peak threads | peak / best |" in header
+    assert "| fewest within 5% | peak / fewest | auto final |" in header
     rows = [
         line.split("|")[1:-1] for line in lines if line.startswith("| ") and " s | new |" in line
     ]
@@ -188,6 +189,9 @@ def test_preload_ramp_reports_auto_against_every_fixed_count(tmp_path: Path) -> 
         ratios = [float(c.strip(" *")) for c in row[5:8]]
         assert all(r > 0 for r in ratios) and ratios[0] == ratios[1 + (best == 4)]
         assert 2 <= int(row[8]) <= 64  # auto's peak threads
+        fewest = int(row[10])  # the fewest threads within 5 % of the best count's rate
+        assert fewest in (1, 4) and fewest <= best
+        assert float(row[11].strip(" *")) == pytest.approx(int(row[8]) / fewest, abs=0.01)
     (epoch,) = [line for line in lines if line.startswith("| new | ")]
     assert "4: " in epoch  # the fixed count the 20-sample epoch compares with
     assert "load average" in text
