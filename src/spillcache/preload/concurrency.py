@@ -7,11 +7,12 @@ in flight reach the limit (after a change: once the new threads have started; th
 the first release) and closes once as many passes as the limit allows completed; its
 throughput is those completions over that time (the first round also tells the tuner how many
 CPUs its loads kept busy or waited for: their threads' CPU demand, :mod:`.demand`, over their
-time in flight, times the limit).
-Afterwards a window waits for the loads begun
-under the previous limit to settle, lasts longer, and its throughput comes from Little's law
-(mean slots in flight / mean time a slot is held), which, unlike counting completions in a
-short window, is not fooled by loads that finish in waves.
+time in flight, times the limit). Afterwards a window waits for the loads begun under the
+previous limit to settle, lasts longer, and its throughput comes from Little's law (mean slots
+in flight / mean time a slot is held), which, unlike counting completions in a short window, is
+not fooled by loads that finish in waves; but while the tuner decides whether to keep a higher
+limit, it is capped at the completions counted, which loads starving in an unfair queue past
+the window's end cannot fool.
 
 Not thread-safe: the preload calls every method with its lock held.
 """
