@@ -7,12 +7,14 @@ and its end is decided by the storage model. Nothing here depends on the machine
 
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import pytest
 
 from spillcache.preload.concurrency import Concurrency, Slot
@@ -290,7 +292,8 @@ def test_the_ramp_needs_a_clear_gain_and_then_hands_over_to_hill_climbing() -> N
     assert tuner.observe(100.0) == 4  # the first window has nothing to beat
     assert tuner.observe(149.0) == 4  # 1.49x: a long window decides
     assert not tuner.ramping
-    assert tuner.observe(149.0 * 1.2) == 8  # it gains 1.2x over 2: climbing goes on, slowly
+    assert tuner.observe(149.0 * 1.2) == 4  # it gains 1.2x over 2: a second window must agree
+    assert tuner.observe(149.0 * 1.2) == 8  # it does: climbing goes on, slowly
     assert not tuner.ramping
 
 
@@ -349,6 +352,36 @@ def test_a_first_window_with_a_cpu_busy_ramps_on_if_one_load_loses() -> None:
     tuner.observe(100.0, cpus=2.0)
     assert tuner.observe(50.0) == 2  # at the maximum already: held
     assert not tuner.ramping
+
+
+def test_a_climb_needs_two_windows_that_gain() -> None:
+    tuner = Tuner(64)
+    tuner.observe(100.0)
+    tuner.observe(100.0)  # 4 gains nothing: a long window decides
+    assert tuner.observe(130.0) == 4  # a lull in other work: one window gains 1.3x
+    assert tuner.observe(100.0) == 2  # the next one does not: back to 2
+    tuner = Tuner(64)
+    tuner.observe(100.0)
+    tuner.observe(100.0)
+    assert tuner.observe(130.0) == 4
+    assert tuner.observe(125.0) == 8  # two that gain: kept, and climbing goes on
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_lulls_in_other_work_do_not_make_the_tuner_climb_where_threads_do_not_help(
+    seed: int,
+) -> None:
+    # A CPU-bound source (200/s +- 5 % at any level) on a machine whose other work pauses now
+    # and then: 3 windows in 10, at random, are 1.3x faster. Probes that catch one must not
+    # climb (with one window deciding, 10 of these 20 runs reached 8).
+    rng = np.random.default_rng(seed)
+    tuner, limits = Tuner(64), []
+    for _ in range(400):
+        limits.append(tuner.limit)
+        lull = 1.3 if rng.random() < 0.3 else 1.0
+        tuner.observe(200.0 * lull * rng.uniform(0.95, 1.05))
+    assert max(limits) == 4  # the ramp's first step (no CPU demand told), never a climb
+    assert collections.Counter(limits[100:]).most_common(1)[0][0] == 1
 
 
 def test_the_ramp_respects_the_maximum() -> None:

@@ -58,6 +58,7 @@ class Tuner:
     kept if it loses less than ``1 - _KEEP``, else the ramp goes on from the start. The first level
     that gains less is measured again with a long window, and kept if it gains ``_GROW`` over
     the level below it (then climbing goes on with long windows), else left for that level.
+    Every such gain of a long window must be confirmed by the next window at the same level.
     Then it holds the best level and probes one step down (kept if it loses less than
     ``1 - _KEEP``: fewer threads for the same rate) or up (kept, and climbing resumes, if it
     gains ``_GROW``). The first probe after a careful climb goes down, soon, to undo a step
@@ -83,6 +84,7 @@ class Tuner:
         self._wait = self._interval = _HOLD_WINDOWS
         self._up_next = False
         self._recent: list[float] = []
+        self._gained: float | None = None  # a first window at a higher level that gained
 
     @property
     def ramping(self) -> bool:
@@ -105,10 +107,8 @@ class Tuner:
             self._ramp(rate, cpus)
         elif phase == "floor":
             self._floor(rate)
-        elif phase == "check":
-            self._check(rate)
-        elif phase in ("grow", "up"):
-            self._grown(rate, probing=phase == "up")
+        elif phase in ("check", "grow", "up"):
+            self._climbed(rate, phase)
         elif phase == "down":
             self._shrunk(rate)
         else:
@@ -144,6 +144,21 @@ class Tuner:
             self._climb("ramp", wait=2 * _HOLD_WINDOWS)
             if not self.ramping:
                 self._reference = 0.0  # held at a rate of a short window: see _follow
+
+    def _climbed(self, rate: float, phase: _Phase) -> None:
+        """A window at a higher level: a gain is kept only once a second window agrees."""
+        if rate >= self._base_rate * _GROW and self._gained is None:
+            # One window can catch a lull in other work on the machine's CPUs; two in a row
+            # rarely do. Waiting costs nothing where the gain is real: it is at the higher level.
+            self._gained = rate
+            return
+        if self._gained is not None and rate >= self._base_rate * _GROW:
+            rate = min(rate, self._gained)
+        self._gained = None
+        if phase == "check":
+            self._check(rate)
+        else:
+            self._grown(rate, probing=phase == "up")
 
     def _check(self, rate: float) -> None:
         if rate >= self._base_rate * _GROW:
