@@ -506,13 +506,10 @@ def test_large_values_have_packs_of_their_own(tmp_path: Path) -> None:
     shutil.rmtree(path)
 
 
-def test_a_chunk_is_hashed_once_per_snapshot(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def hashed_chunks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The chunks the disk hit hashes from now on, in order (``lookup.HASH`` counted)."""
     from spillcache.disk import lookup
 
-    path = tmp_path / "s"
-    fill(path, list(range(2 * CHUNK_KEYS)))
     hashed: list[int] = []
     real = lookup.HASH
 
@@ -521,6 +518,15 @@ def test_a_chunk_is_hashed_once_per_snapshot(
         return real(raw, chunk)
 
     monkeypatch.setattr(lookup, "HASH", counting)
+    return hashed
+
+
+def test_a_chunk_is_hashed_once_per_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "s"
+    fill(path, list(range(2 * CHUNK_KEYS)))
+    hashed = hashed_chunks(monkeypatch)
     with SpillCache(path, ram_budget=0) as cache:
         for _ in range(3):
             for key in range(2 * CHUNK_KEYS):
@@ -540,14 +546,7 @@ def test_chunks_past_the_kept_ones_are_read_from_the_map_and_still_hashed_once(
 
     path = tmp_path / "s"
     fill(path, list(range(3 * CHUNK_KEYS)))
-    hashed: list[int] = []
-    real = lookup.HASH
-
-    def counting(raw: Any, chunk: int) -> int:
-        hashed.append(chunk)
-        return real(raw, chunk)
-
-    monkeypatch.setattr(lookup, "HASH", counting)
+    hashed = hashed_chunks(monkeypatch)
     monkeypatch.setattr(lookup, "CHUNKS_KEPT", 1)
     with SpillCache(path, ram_budget=0) as cache:
         for _ in range(2):
