@@ -148,13 +148,7 @@ class RamTier:
         sketch = self._sketch
         if sketch is None:
             return None
-        pending = sketch.pending
-        try:
-            pending.append(key)
-        except OverflowError:  # below 0 or above 2**64 - 1: counted now, after those pending
-            sketch.frequency(key, True)
-        if len(pending) >= BUFFER:
-            sketch.drain()
+        sketch.record(key)
         return self._values.get(key)
 
     def lookup(self, key: int) -> tuple[object, Copier | None] | tuple[None, None]:
@@ -176,11 +170,11 @@ class RamTier:
         sketch = self._sketch
         if sketch is None:
             return _ABSENT
-        # Recorded in the sketch's read buffer, counted in batches: a hit hashes nothing.
+        # sketch.record inlined (a call is 1/30 of a 4 KiB hit): a hit hashes nothing.
         pending = sketch.pending
         try:
             pending.append(key)
-        except OverflowError:  # as in get
+        except OverflowError:  # below 0 or past 64 bits: counted now
             sketch.frequency(key, True)
         if len(pending) >= BUFFER:
             sketch.drain()

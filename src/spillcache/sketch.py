@@ -154,6 +154,19 @@ class FrequencySketch:
             self._table = self._table.translate(_HALVE)
         return low
 
+    def record(self, key: int) -> None:
+        """Record an access of ``key`` in the read buffer; drain the buffer once full.
+
+        A key below 0 or past 64 bits cannot go in the buffer: it is counted at once.
+        """
+        pending = self.pending
+        try:
+            pending.append(key)
+        except OverflowError:
+            self.frequency(key, True)
+        if len(pending) >= BUFFER:
+            self.drain()
+
     def drain(self) -> None:
         """Count every pending access, halving the counters where one at a time would."""
         pending = self.pending

@@ -118,14 +118,8 @@ def lookup(txn: lmdb.Transaction[Any], index_db: Any, keys_db: Any, key: int) ->
     """The entry of ``key`` (0: none). Raises CodecError for a damaged chunk or entry."""
     chunk, pos = divmod(key, CHUNK_KEYS)
     raw = txn.get(chunk.to_bytes(8, "big"), db=index_db)
-    if raw is not None:
-        # _checked inlined: every disk hit comes through here.
-        if (
-            len(raw) != CHUNK_BYTES + 8
-            or HASH(raw[:CHUNK_BYTES], chunk) != UNPACK(raw, CHUNK_BYTES)[0]
-        ):
-            _checked(chunk, raw)
-        entry: int = UNPACK(raw, pos * ENTRY_SIZE)[0] & ENTRY_MASK
+    if raw is not None:  # the disk hit inlines this in lookup.find_in; here: contains, damage
+        entry: int = UNPACK(_checked(chunk, raw), pos * ENTRY_SIZE)[0] & ENTRY_MASK
         if entry:
             return entry
     return sparse_lookup(txn, keys_db, key)
